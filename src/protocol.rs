@@ -1,0 +1,355 @@
+//! The line protocol of SPEC §4: framing, request parsing and reply lines.
+//!
+//! Framing is a bounded line splitter over a `BytesMut` read buffer, in the check-then-parse
+//! style of mini-redis: [`next_frame`] returns `None` while a line is incomplete (need more
+//! bytes), [`Frame::TooLong`] as soon as the buffered bytes prove the line passes
+//! `max_line_bytes`, and a [`Frame::Line`] otherwise. Lines are handed out as `Bytes`
+//! slices of the read buffer, so payloads are never copied on their way to a machine.
+//!
+//! Decoding is separate from framing: [`parse`] turns one line (already checked to be
+//! UTF-8) into a [`Request`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::{Bytes, BytesMut};
+
+/// Request classes (`[load.requests]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestClass {
+    /// `SMALL`
+    Small,
+    /// `MEDIUM`
+    Medium,
+    /// `LARGE`
+    Large,
+}
+
+impl RequestClass {
+    /// All classes.
+    pub const ALL: [RequestClass; 3] =
+        [RequestClass::Small, RequestClass::Medium, RequestClass::Large];
+
+    /// Lower-case name (as in replies and configuration).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestClass::Small => "small",
+            RequestClass::Medium => "medium",
+            RequestClass::Large => "large",
+        }
+    }
+}
+
+impl fmt::Display for RequestClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error for a name that is not a request class.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown request class \"{0}\" (expected one of small, medium, large)")]
+pub struct UnknownClass(pub String);
+
+impl FromStr for RequestClass {
+    type Err = UnknownClass;
+
+    /// Case-insensitive, as on the wire.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RequestClass::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownClass(s.to_string()))
+    }
+}
+
+impl serde::Serialize for RequestClass {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RequestClass {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // The configuration spells classes in lower case only.
+        if s.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(serde::de::Error::custom(UnknownClass(s)));
+        }
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// === framing ===
+
+/// One framed unit of input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A complete line without its `\n` or `\r\n` (may be empty; may be invalid UTF-8).
+    Line(Bytes),
+    /// The line passes `max_line_bytes` before its newline: answer `too-long` and close.
+    TooLong,
+}
+
+/// Takes the next frame off the front of `buf`, or `None` if more bytes are needed.
+///
+/// `scanned` remembers how far a previous call already looked for a newline, so a long line
+/// arriving in many small reads is scanned once (reset to 0 whenever a frame is returned).
+/// A trailing `\r` does not count toward `max_line_bytes` (SPEC §4).
+pub fn next_frame(buf: &mut BytesMut, scanned: &mut usize, max_line_bytes: usize) -> Option<Frame> {
+    let start = (*scanned).min(buf.len());
+    match buf[start..].iter().position(|&b| b == b'\n') {
+        Some(offset) => {
+            let newline = start + offset;
+            let mut line = buf.split_to(newline + 1);
+            line.truncate(newline);
+            if line.last() == Some(&b'\r') {
+                line.truncate(newline - 1);
+            }
+            *scanned = 0;
+            if line.len() > max_line_bytes {
+                Some(Frame::TooLong)
+            } else {
+                Some(Frame::Line(line.freeze()))
+            }
+        }
+        None => {
+            *scanned = buf.len();
+            // Without a newline yet, the line is already too long once it holds more than
+            // the limit — plus one byte of grace for a `\r` that may end it.
+            let len = buf.len();
+            let over = len > max_line_bytes + 1
+                || (len == max_line_bytes + 1 && buf.last() != Some(&b'\r'));
+            if over {
+                *scanned = 0;
+                Some(Frame::TooLong)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+// === requests ===
+
+/// A decoded line (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `PING` → `PONG`
+    Ping,
+    /// `INFO` → placement details
+    Info,
+    /// `STATS` → loads of the active machines
+    Stats,
+    /// `QUIT` → `BYE`, then close
+    Quit,
+    /// A class request (`SMALL x`) or a default-class request (any other line).
+    Work {
+        /// The class.
+        class: RequestClass,
+        /// What the reply echoes (possibly empty).
+        payload: Bytes,
+    },
+}
+
+/// Decodes one UTF-8 line. Returns `None` for an empty line (ignored, no reply).
+///
+/// Keywords are commands only when they are the whole line (surrounding spaces trimmed) and
+/// match case-insensitively; a class keyword may be followed by a space and a payload; any
+/// other line is a `default_class` request whose payload is the whole line.
+pub fn parse(line: &Bytes, default_class: RequestClass) -> Option<Request> {
+    if line.is_empty() {
+        return None;
+    }
+    let text = std::str::from_utf8(line).ok()?;
+    let trimmed = text.trim_matches(' ');
+    for (word, request) in [
+        ("PING", Request::Ping),
+        ("INFO", Request::Info),
+        ("STATS", Request::Stats),
+        ("QUIT", Request::Quit),
+    ] {
+        if trimmed.eq_ignore_ascii_case(word) {
+            return Some(request);
+        }
+    }
+    let (first, rest) = match trimmed.split_once(' ') {
+        Some((first, rest)) => (first, rest.trim_start_matches(' ')),
+        None => (trimmed, ""),
+    };
+    if let Ok(class) = first.parse::<RequestClass>() {
+        // The payload is a slice of the original line: no copy.
+        let payload = if rest.is_empty() {
+            Bytes::new()
+        } else {
+            line.slice_ref(rest.as_bytes())
+        };
+        return Some(Request::Work { class, payload });
+    }
+    Some(Request::Work {
+        class: default_class,
+        payload: line.clone(),
+    })
+}
+
+// === replies ===
+
+/// The error codes of SPEC §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// No machine can take the connection and the pool can supply none.
+    Exhausted,
+    /// `max_connections` reached.
+    Overloaded,
+    /// The machine's request queue is full.
+    Busy,
+    /// The line is not valid UTF-8.
+    BadRequest,
+    /// A line passes `max_line_bytes` before its newline.
+    TooLong,
+    /// Shutdown has begun.
+    ShuttingDown,
+    /// Idle for `idle_timeout`.
+    Timeout,
+}
+
+impl ErrorCode {
+    /// The code as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Exhausted => "exhausted",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Busy => "busy",
+            ErrorCode::BadRequest => "bad-request",
+            ErrorCode::TooLong => "too-long",
+            ErrorCode::ShuttingDown => "shutting-down",
+            ErrorCode::Timeout => "timeout",
+        }
+    }
+
+    /// `ERR <code> <message>\n`
+    pub fn reply(self, message: &str) -> Bytes {
+        Bytes::from(format!("ERR {} {}\n", self.as_str(), message))
+    }
+}
+
+/// `[55.18%,84.35%]` from loads in percent.
+pub fn stats_reply(loads: impl IntoIterator<Item = f64>) -> Bytes {
+    let mut out = String::from("[");
+    for (i, load) in loads.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("{load:.2}%"));
+    }
+    out.push_str("]\n");
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(input: &[u8], max: usize) -> Vec<Frame> {
+        let mut buf = BytesMut::from(input);
+        let mut scanned = 0;
+        let mut out = Vec::new();
+        while let Some(f) = next_frame(&mut buf, &mut scanned, max) {
+            let stop = f == Frame::TooLong;
+            out.push(f);
+            if stop {
+                break;
+            }
+        }
+        out
+    }
+
+    fn line(s: &str) -> Frame {
+        Frame::Line(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn splits_lf_and_crlf_and_keeps_the_rest() {
+        let mut buf = BytesMut::from(&b"a\r\nb\n\npartial"[..]);
+        let mut scanned = 0;
+        assert_eq!(next_frame(&mut buf, &mut scanned, 10), Some(line("a")));
+        assert_eq!(next_frame(&mut buf, &mut scanned, 10), Some(line("b")));
+        assert_eq!(next_frame(&mut buf, &mut scanned, 10), Some(line("")));
+        assert_eq!(next_frame(&mut buf, &mut scanned, 10), None);
+        assert_eq!(&buf[..], b"partial");
+        assert_eq!(scanned, 7);
+    }
+
+    #[test]
+    fn line_of_exactly_max_bytes_is_fine_with_either_ending() {
+        assert_eq!(frames(b"abcd\n", 4), vec![line("abcd")]);
+        assert_eq!(frames(b"abcd\r\n", 4), vec![line("abcd")]);
+        assert_eq!(frames(b"abcde\n", 4), vec![Frame::TooLong]);
+    }
+
+    #[test]
+    fn too_long_is_detected_before_the_newline() {
+        assert_eq!(frames(b"abcde", 4), vec![Frame::TooLong]);
+        // A trailing \r may still be the start of \r\n: wait for more.
+        assert_eq!(frames(b"abcd\r", 4), vec![]);
+        assert_eq!(frames(b"abcd", 4), vec![]);
+    }
+
+    #[test]
+    fn keywords_are_whole_line_and_case_insensitive() {
+        let p = |s: &str| parse(&Bytes::copy_from_slice(s.as_bytes()), RequestClass::Small);
+        assert_eq!(p("PING"), Some(Request::Ping));
+        assert_eq!(p("  ping "), Some(Request::Ping));
+        assert_eq!(p("Info"), Some(Request::Info));
+        assert_eq!(p("stats"), Some(Request::Stats));
+        assert_eq!(p("QUIT"), Some(Request::Quit));
+        assert_eq!(p(""), None);
+        assert_eq!(
+            p("PING x"),
+            Some(Request::Work {
+                class: RequestClass::Small,
+                payload: Bytes::from_static(b"PING x")
+            })
+        );
+    }
+
+    #[test]
+    fn class_requests_take_the_rest_as_payload() {
+        let p = |s: &str| parse(&Bytes::copy_from_slice(s.as_bytes()), RequestClass::Medium);
+        assert_eq!(
+            p("LARGE hello world"),
+            Some(Request::Work {
+                class: RequestClass::Large,
+                payload: Bytes::from_static(b"hello world")
+            })
+        );
+        assert_eq!(
+            p("small"),
+            Some(Request::Work {
+                class: RequestClass::Small,
+                payload: Bytes::new()
+            })
+        );
+        assert_eq!(
+            p("SMALLER x"),
+            Some(Request::Work {
+                class: RequestClass::Medium,
+                payload: Bytes::from_static(b"SMALLER x")
+            })
+        );
+    }
+
+    #[test]
+    fn stats_format_matches_the_spec() {
+        assert_eq!(&stats_reply([55.18, 84.354])[..], b"[55.18%,84.35%]\n");
+        assert_eq!(&stats_reply([])[..], b"[]\n");
+    }
+
+    #[test]
+    fn error_lines() {
+        assert_eq!(
+            &ErrorCode::TooLong.reply("line exceeds 4 bytes")[..],
+            b"ERR too-long line exceeds 4 bytes\n"
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! Counters and gauges shared by every task, and the plain-data [`Snapshot`] that the admin
+//! API, the `STATS` command and the autoscaler read.
+//!
+//! This is the only shared mutable state in the crate besides each machine's own gauges
+//! (see [`crate::machine::MachineInfo`]), and it is made of atomics: nothing here is ever
+//! locked, so reading stats never slows the request path.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::machine::{MachineState, Size};
+
+/// An amount of load in fixed point: 1 load unit = 1000 milli-units.
+///
+/// Fixed point keeps the accounting exact: a reservation added to a machine's `used` is
+/// subtracted again to the last bit when the connection closes, so `used` returns to 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Units(pub u64);
+
+impl Units {
+    /// Zero load.
+    pub const ZERO: Units = Units(0);
+    /// Milli-units per load unit.
+    pub const SCALE: u64 = 1000;
+
+    /// Converts load units (rounded to the nearest milli-unit; negatives become 0).
+    pub fn from_f64(units: f64) -> Units {
+        if units.is_finite() && units > 0.0 {
+            Units((units * Self::SCALE as f64).round() as u64)
+        } else {
+            Units(0)
+        }
+    }
+
+    /// Whole load units.
+    pub fn from_whole(units: u64) -> Units {
+        Units(units.saturating_mul(Self::SCALE))
+    }
+
+    /// The amount in load units.
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / Self::SCALE as f64
+    }
+
+    /// `self − other`, saturating at zero.
+    pub fn saturating_sub(self, other: Units) -> Units {
+        Units(self.0.saturating_sub(other.0))
+    }
+
+    /// `100 × self / capacity`; 0 for a zero capacity.
+    pub fn percent_of(self, capacity: Units) -> f64 {
+        if capacity.0 == 0 {
+            0.0
+        } else {
+            100.0 * self.0 as f64 / capacity.0 as f64
+        }
+    }
+}
+
+impl std::ops::Add for Units {
+    type Output = Units;
+    fn add(self, rhs: Units) -> Units {
+        Units(self.0.saturating_add(rhs.0))
+    }
+}
+
+impl std::iter::Sum for Units {
+    fn sum<I: Iterator<Item = Units>>(iter: I) -> Units {
+        iter.fold(Units::ZERO, |a, b| a + b)
+    }
+}
+
+impl fmt::Display for Units {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.2}", self.as_f64())
+    }
+}
+
+/// A gauge of [`Units`] that many tasks add to and subtract from.
+#[derive(Debug, Default)]
+pub struct UnitsGauge(AtomicU64);
+
+impl UnitsGauge {
+    /// Adds `u`.
+    pub fn add(&self, u: Units) {
+        self.0.fetch_add(u.0, Ordering::Relaxed);
+    }
+
+    /// Subtracts `u`. Every `sub` pairs with an earlier `add` of the same amount.
+    pub fn sub(&self, u: Units) {
+        self.0.fetch_sub(u.0, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> Units {
+        Units(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Process-wide totals (SPEC §6 `totals`).
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Connections placed on a machine.
+    pub connections_admitted: AtomicU64,
+    /// Connections refused with `overloaded` or `exhausted`.
+    pub connections_rejected: AtomicU64,
+    /// Connections currently open (admitted and not yet closed).
+    pub connections_open: AtomicU64,
+    /// Requests answered `OK`.
+    pub requests_ok: AtomicU64,
+    /// Requests answered with an error (`busy`, `shutting-down`, `bad-request`, `too-long`).
+    pub requests_failed: AtomicU64,
+    /// Σ weights of successful requests.
+    pub weighted_ok: UnitsGauge,
+    /// Σ weights of failed requests + reservations of refused connections.
+    pub weighted_failed: UnitsGauge,
+    /// Machines acquired by the autoscaler (including on-the-spot acquisitions).
+    pub scale_ups: AtomicU64,
+    /// Machines retired.
+    pub scale_downs: AtomicU64,
+}
+
+impl Totals {
+    /// Counts one successful request of `weight`.
+    pub fn request_ok(&self, weight: Units) {
+        self.requests_ok.fetch_add(1, Ordering::Relaxed);
+        self.weighted_ok.add(weight);
+    }
+
+    /// Counts one failed request of `weight`.
+    pub fn request_failed(&self, weight: Units) {
+        self.requests_failed.fetch_add(1, Ordering::Relaxed);
+        self.weighted_failed.add(weight);
+    }
+
+    /// Counts one refused connection holding `reservation`.
+    pub fn connection_rejected(&self, reservation: Units) {
+        self.connections_rejected.fetch_add(1, Ordering::Relaxed);
+        self.weighted_failed.add(reservation);
+    }
+
+    /// A plain copy of the counters.
+    pub fn snapshot(&self) -> TotalsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TotalsSnapshot {
+            connections_admitted: get(&self.connections_admitted),
+            connections_rejected: get(&self.connections_rejected),
+            connections_open: get(&self.connections_open),
+            requests_ok: get(&self.requests_ok),
+            requests_failed: get(&self.requests_failed),
+            weighted_ok: self.weighted_ok.get().as_f64(),
+            weighted_failed: self.weighted_failed.get().as_f64(),
+            scale_ups: get(&self.scale_ups),
+            scale_downs: get(&self.scale_downs),
+        }
+    }
+}
+
+/// Plain copy of [`Totals`], with the JSON keys of SPEC §6.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[allow(missing_docs)]
+pub struct TotalsSnapshot {
+    pub connections_admitted: u64,
+    pub connections_rejected: u64,
+    pub connections_open: u64,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    pub weighted_ok: f64,
+    pub weighted_failed: f64,
+    pub scale_ups: u64,
+    pub scale_downs: u64,
+}
+
+/// One machine as the admin API shows it (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct MachineSnapshot {
+    /// `m1`, `m2`, …
+    pub name: String,
+    /// Size name.
+    pub size: Size,
+    /// Capacity in load units.
+    pub capacity: f64,
+    /// Used capacity in load units.
+    pub used: f64,
+    /// `100 × used / capacity`.
+    pub load: f64,
+    /// Open connections placed on it.
+    pub connections: u64,
+    /// Requests waiting plus the one in service.
+    pub queued: u64,
+    /// `active` or `draining`.
+    pub state: MachineState,
+}
+
+/// Free machines per size in the factory's pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[allow(missing_docs)]
+pub struct PoolSnapshot {
+    pub small: u32,
+    pub medium: u32,
+    pub large: u32,
+    pub xlarge: u32,
+}
+
+impl PoolSnapshot {
+    /// Free machines of `size`.
+    pub fn get(&self, size: Size) -> u32 {
+        match size {
+            Size::Small => self.small,
+            Size::Medium => self.medium,
+            Size::Large => self.large,
+            Size::Xlarge => self.xlarge,
+        }
+    }
+
+    /// Mutable access to the free count of `size`.
+    pub fn get_mut(&mut self, size: Size) -> &mut u32 {
+        match size {
+            Size::Small => &mut self.small,
+            Size::Medium => &mut self.medium,
+            Size::Large => &mut self.large,
+            Size::Xlarge => &mut self.xlarge,
+        }
+    }
+}
+
+/// Everything `GET /api/stats` returns (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// The strategy in force.
+    pub strategy: String,
+    /// `100 × Σ used / Σ capacity` over active machines.
+    pub avg_load: f64,
+    /// Active and draining machines in creation order.
+    pub machines: Vec<MachineSnapshot>,
+    /// Free machines per size.
+    pub pool: PoolSnapshot,
+    /// Process-wide totals.
+    pub totals: TotalsSnapshot,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_round_trip_exactly() {
+        let r = Units::from_f64(7.3456);
+        assert_eq!(r, Units(7346));
+        let g = UnitsGauge::default();
+        g.add(r);
+        g.add(Units::from_whole(5));
+        g.sub(r);
+        g.sub(Units::from_whole(5));
+        assert_eq!(g.get(), Units::ZERO);
+    }
+
+    #[test]
+    fn percent_and_display() {
+        assert_eq!(Units::from_whole(25).percent_of(Units::from_whole(50)), 50.0);
+        assert_eq!(Units::from_whole(1).percent_of(Units::ZERO), 0.0);
+        assert_eq!(Units::from_f64(10.0).to_string(), "10.00");
+        assert_eq!(Units::from_f64(-3.0), Units::ZERO);
+    }
+}

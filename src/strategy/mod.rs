@@ -1,0 +1,209 @@
+//! Placement strategies: which machine gets a new connection (SPEC §5).
+//!
+//! The dispatcher owns exactly one `Box<dyn Strategy>` and calls [`Strategy::pick`] once per
+//! admission with a view of every *active* machine in creation order. Each view says whether
+//! the connection's reservation fits on that machine (`used + reservation ≤ capacity`); a
+//! strategy must only ever return a fitting machine. Strategies never touch the machines
+//! themselves: they are pure functions of the views plus their own state (a round-robin
+//! cursor, an RNG, a hash ring), which keeps them unit-testable with fixed seeds.
+//!
+//! Ties (equal free capacity or equal load) always go to the older machine, i.e. the one
+//! that comes first in the slice, so results are reproducible.
+//!
+//! | kind | file | picks |
+//! | --- | --- | --- |
+//! | `round-robin` | [`round_robin`] | the next fitting machine in turn |
+//! | `random` | [`random`] | a uniformly random fitting machine |
+//! | `least-connections` | [`least_connections`] | most free capacity (capacity − used) |
+//! | `least-load` | [`least_load`] | lowest load % |
+//! | `power-of-two` | [`power_of_two`] | two random fitting machines, the less loaded |
+//! | `consistent-hash` | [`consistent_hash`] | client IP on a hash ring, next fitting clockwise |
+//!
+//! Power-of-two-choices follows Mitzenmacher, "The Power of Two Choices in Randomized Load
+//! Balancing" (2001), as tower's `balance::p2c` does: sampling two candidates gets most of the
+//! benefit of a full scan at O(1) cost.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use crate::machine::MachineId;
+use crate::stats::Units;
+
+pub mod consistent_hash;
+pub mod least_connections;
+pub mod least_load;
+pub mod power_of_two;
+pub mod random;
+pub mod round_robin;
+
+/// What a strategy sees of one active machine at admission time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MachineView {
+    /// Stable identity (creation order; never reused in one run).
+    pub id: MachineId,
+    /// Capacity in load units.
+    pub capacity: Units,
+    /// Used capacity (reservations + queued request weights) in load units.
+    pub used: Units,
+    /// Whether `used + reservation ≤ capacity` for the connection being placed.
+    pub fits: bool,
+}
+
+impl MachineView {
+    /// Free capacity, `capacity − used`, saturating at zero.
+    pub fn free(&self) -> Units {
+        self.capacity.saturating_sub(self.used)
+    }
+
+    /// Load in percent, `100 × used / capacity`.
+    pub fn load_percent(&self) -> f64 {
+        self.used.percent_of(self.capacity)
+    }
+}
+
+/// The connection being placed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PickRequest {
+    /// The client's IP address (the key for `consistent-hash`).
+    pub client_ip: IpAddr,
+    /// The reservation the connection will hold.
+    pub reservation: Units,
+}
+
+/// A placement algorithm. See the module docs for the contract.
+pub trait Strategy: Send + fmt::Debug {
+    /// Which kind this is (for stats and the admin API).
+    fn kind(&self) -> StrategyKind;
+
+    /// Picks a machine for `request` among `machines` (all active machines, creation order).
+    ///
+    /// Returns the index into `machines` of a machine whose `fits` is true, or `None` when no
+    /// machine fits. Must never return a non-fitting machine.
+    fn pick(&mut self, machines: &[MachineView], request: &PickRequest) -> Option<usize>;
+}
+
+/// The strategy names of `dispatcher.strategy` (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StrategyKind {
+    /// `round-robin`
+    RoundRobin,
+    /// `random`
+    Random,
+    /// `least-connections`
+    LeastConnections,
+    /// `least-load`
+    LeastLoad,
+    /// `power-of-two`
+    PowerOfTwo,
+    /// `consistent-hash`
+    ConsistentHash,
+}
+
+impl StrategyKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [StrategyKind; 6] = [
+        StrategyKind::RoundRobin,
+        StrategyKind::Random,
+        StrategyKind::LeastConnections,
+        StrategyKind::LeastLoad,
+        StrategyKind::PowerOfTwo,
+        StrategyKind::ConsistentHash,
+    ];
+
+    /// The configuration name, e.g. `"least-connections"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::RoundRobin => "round-robin",
+            StrategyKind::Random => "random",
+            StrategyKind::LeastConnections => "least-connections",
+            StrategyKind::LeastLoad => "least-load",
+            StrategyKind::PowerOfTwo => "power-of-two",
+            StrategyKind::ConsistentHash => "consistent-hash",
+        }
+    }
+}
+
+impl fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error for a name that is not a strategy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown strategy \"{0}\" (expected one of round-robin, random, least-connections, least-load, power-of-two, consistent-hash)")]
+pub struct UnknownStrategy(pub String);
+
+impl FromStr for StrategyKind {
+    type Err = UnknownStrategy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StrategyKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownStrategy(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for StrategyKind {
+    type Error = UnknownStrategy;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<StrategyKind> for String {
+    fn from(k: StrategyKind) -> String {
+        k.as_str().to_string()
+    }
+}
+
+impl serde::Serialize for StrategyKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StrategyKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Builds a strategy of `kind`. `seed` seeds its RNG (strategies without randomness ignore
+/// it); the dispatcher passes `dispatcher.seed`, or an OS-random seed when that is 0.
+pub fn build(kind: StrategyKind, seed: u64) -> Box<dyn Strategy> {
+    match kind {
+        StrategyKind::RoundRobin => Box::new(round_robin::RoundRobin::new()),
+        StrategyKind::Random => Box::new(random::Random::new(seed)),
+        StrategyKind::LeastConnections => Box::new(least_connections::LeastConnections::new()),
+        StrategyKind::LeastLoad => Box::new(least_load::LeastLoad::new()),
+        StrategyKind::PowerOfTwo => Box::new(power_of_two::PowerOfTwo::new(seed)),
+        StrategyKind::ConsistentHash => Box::new(consistent_hash::ConsistentHash::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for k in StrategyKind::ALL {
+            assert_eq!(k.as_str().parse::<StrategyKind>(), Ok(k));
+        }
+    }
+
+    #[test]
+    fn unknown_name_lists_the_valid_ones() {
+        let err = "fastest".parse::<StrategyKind>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown strategy \"fastest\" (expected one of round-robin, random, \
+             least-connections, least-load, power-of-two, consistent-hash)"
+        );
+    }
+}
