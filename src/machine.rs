@@ -143,7 +143,8 @@ pub struct MachineInfo {
 }
 
 impl MachineInfo {
-    fn new(id: MachineId, size: Size, capacity: Units, queue_depth: usize) -> Self {
+    /// A fresh, active machine with no load (the factory spawns its task).
+    pub fn new(id: MachineId, size: Size, capacity: Units, queue_depth: usize) -> Self {
         MachineInfo {
             id,
             name: id.to_string(),

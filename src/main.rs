@@ -1,1 +1,220 @@
-fn main() {}
+//! The `elastic-lb` binary: parse the command line, load the configuration, bind, run.
+//!
+//! Everything testable lives in the library crate; this file only wires it to the process
+//! (arguments, logging, signals, exit status).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use elastic_lb::config::{self, AdminAddress, Config};
+use elastic_lb::strategy::StrategyKind;
+use elastic_lb::Server;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+/// An asynchronous, elastic TCP load balancer.
+#[derive(Debug, Parser)]
+#[command(name = "elastic-lb", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run(RunArgs),
+    /// Validate the configuration and print the effective configuration as TOML.
+    Check {
+        /// Configuration file (default: config/elastic-lb.toml if present, else built-in).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// Configuration file (default: config/elastic-lb.toml if present, else built-in).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides listener.address).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Admin address, or "off" (overrides admin.address).
+    #[arg(long, value_name = "ADDR|off")]
+    admin: Option<AdminAddress>,
+    /// Placement strategy (overrides dispatcher.strategy).
+    #[arg(long, value_name = "NAME")]
+    strategy: Option<StrategyKind>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { config }) => check(config.as_deref()),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+/// `elastic-lb check`: exit 0 and print the effective configuration, or exit 1.
+fn check(path: Option<&Path>) -> ExitCode {
+    match load_config(path) {
+        Ok((config, _)) => {
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads `path`, or `config/elastic-lb.toml` when it exists, or the built-in defaults.
+/// Returns the file it read, if any (for SIGHUP reloads).
+fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), config::ConfigError> {
+    let path = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from(config::DEFAULT_PATH)).filter(|p| p.exists()),
+    };
+    match path {
+        Some(p) => Ok((Config::load(&p)?, Some(p))),
+        None => Ok((Config::default(), None)),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    init_tracing(args.log_format);
+    // The configuration is loaded and validated before any socket is bound.
+    let (mut config, path) = match load_config(args.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(listen) = args.listen {
+        config.listener.address = listen;
+    }
+    if let Some(admin) = args.admin {
+        config.admin.address = admin;
+    }
+    if let Some(strategy) = args.strategy {
+        config.dispatcher.strategy = strategy;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, path)) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds, runs until a signal, shuts down. `Err` is a one-line start-up problem.
+async fn serve(config: Config, path: Option<PathBuf>) -> Result<ExitCode, String> {
+    // Signal handlers are installed before the listener binds (SPEC §5).
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("signals: {e}"))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| format!("signals: {e}"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| format!("signals: {e}"))?;
+
+    let listen = config.listener.address;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let admin_listener = match config.admin.address {
+        AdminAddress::Off => None,
+        AdminAddress::Addr(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?,
+        ),
+    };
+    let server = Server::start(config, listener, admin_listener)
+        .await
+        .map_err(|e| format!("cannot start: {e}"))?;
+    info!(
+        addr = %server.local_addr(),
+        strategy = %server.config().dispatcher.strategy,
+        "elastic-lb ready"
+    );
+
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => reload(&server, path.as_deref()).await,
+        }
+    }
+
+    // A second signal during the graceful shutdown exits at once.
+    let grace = server.config().shutdown.grace;
+    tokio::select! {
+        _ = server.shutdown(grace) => Ok(ExitCode::SUCCESS),
+        _ = sigint.recv() => {
+            info!("second signal: exiting now");
+            Ok(ExitCode::from(130))
+        }
+        _ = sigterm.recv() => {
+            info!("second signal: exiting now");
+            Ok(ExitCode::from(130))
+        }
+    }
+}
+
+/// SIGHUP: read the file again; apply it, or keep the old configuration and log one error.
+async fn reload(server: &Server, path: Option<&Path>) {
+    let Some(path) = path else {
+        info!("reload: no configuration file in use; nothing to reload");
+        return;
+    };
+    match Config::load(path) {
+        Ok(mut config) => {
+            // Listen addresses change only on restart; command-line overrides stay, except
+            // the strategy: a reload applies the file's strategy again (SPEC §6).
+            let current = server.config();
+            config.listener.address = current.listener.address;
+            config.admin.address = current.admin.address;
+            info!(path = %path.display(), strategy = %config.dispatcher.strategy, "configuration reloaded");
+            server.reload(config).await;
+        }
+        Err(e) => error!("reload failed, keeping the old configuration: {e}"),
+    }
+}

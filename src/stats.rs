@@ -7,10 +7,13 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
+use tokio::sync::watch;
 
-use crate::machine::{MachineState, Size};
+use crate::machine::{MachineInfo, MachineState, Size};
+use crate::strategy::StrategyKind;
 
 /// An amount of load in fixed point: 1 load unit = 1000 milli-units.
 ///
@@ -239,6 +242,68 @@ pub struct Snapshot {
     pub pool: PoolSnapshot,
     /// Process-wide totals.
     pub totals: TotalsSnapshot,
+}
+
+/// What the dispatcher publishes whenever the machine set, the pool or the strategy
+/// changes. Loads are not copied in: readers get them live from each [`MachineInfo`].
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Active and draining machines, creation order.
+    pub machines: Vec<Arc<MachineInfo>>,
+    /// Free machines per size.
+    pub pool: PoolSnapshot,
+    /// The strategy in force.
+    pub strategy: StrategyKind,
+}
+
+/// Read-only access to everything observable: totals plus the published [`Topology`].
+///
+/// Cheap to clone; reading never blocks a writer for longer than a pointer copy.
+#[derive(Debug, Clone)]
+pub struct StatsHandle {
+    /// Process-wide counters.
+    pub totals: Arc<Totals>,
+    /// The latest topology; the dispatcher holds the sender.
+    pub topology: watch::Receiver<Arc<Topology>>,
+}
+
+impl StatsHandle {
+    /// The current topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.borrow().clone()
+    }
+
+    /// Loads (percent) of the active machines in creation order, for `STATS`.
+    pub fn active_loads(&self) -> Vec<f64> {
+        self.topology()
+            .machines
+            .iter()
+            .filter(|m| m.is_active())
+            .map(|m| m.load_percent())
+            .collect()
+    }
+
+    /// Everything `GET /api/stats` returns.
+    pub fn snapshot(&self) -> Snapshot {
+        let topology = self.topology();
+        let machines: Vec<MachineSnapshot> = topology.machines.iter().map(|m| m.snapshot()).collect();
+        Snapshot {
+            strategy: topology.strategy.to_string(),
+            avg_load: average_load(topology.machines.iter().map(|m| &**m)),
+            machines,
+            pool: topology.pool,
+            totals: self.totals.snapshot(),
+        }
+    }
+}
+
+/// `100 × Σ used / Σ capacity` over the *active* machines among `machines` (0 when none).
+pub fn average_load<'a>(machines: impl IntoIterator<Item = &'a MachineInfo>) -> f64 {
+    let (used, capacity) = machines
+        .into_iter()
+        .filter(|m| m.is_active())
+        .fold((Units::ZERO, Units::ZERO), |(u, c), m| (u + m.used(), c + m.capacity));
+    used.percent_of(capacity)
 }
 
 #[cfg(test)]

@@ -1,0 +1,176 @@
+//! The autoscaler: when to acquire and when to retire machines (SPEC §5).
+//!
+//! Split in two:
+//!
+//! - the *policy* — pure functions and a small timer struct, unit-tested under paused time:
+//!   [`size_preference`] (which size to try next), [`ScaleDownTimer`] (has the average
+//!   stayed low long enough?) and [`pick_retiree`] (which machine may go);
+//! - the *task* ([`spawn`]) — a periodic tick every `autoscaler.interval` that asks the
+//!   dispatcher to run a check.
+//!
+//! The checks themselves run inside the dispatcher task, because it alone owns the machine
+//! table and the factory. It runs one right after every admission too, so scale-up reacts
+//! within the admission that pushed the average past the threshold, not a tick later.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AutoscalerConfig, Config};
+use crate::dispatcher::Command;
+use crate::machine::{MachineInfo, Size};
+use crate::stats::Units;
+
+/// The order in which sizes are tried: the preferred size, then the larger sizes in
+/// ascending order, then the smaller ones in descending order.
+pub fn size_preference(preferred: Size) -> Vec<Size> {
+    let larger = Size::ALL.into_iter().filter(|s| *s > preferred);
+    let smaller = Size::ALL.into_iter().rev().filter(|s| *s < preferred);
+    std::iter::once(preferred).chain(larger).chain(smaller).collect()
+}
+
+/// Tracks how long the average load has stayed below `scale_down_threshold`.
+#[derive(Debug, Default)]
+pub struct ScaleDownTimer {
+    /// When the current low stretch began (None while the average is not low).
+    low_since: Option<Instant>,
+}
+
+impl ScaleDownTimer {
+    /// Records the average at `now`; returns true when it has been below the threshold for
+    /// `scale_down_after` — then the stretch restarts, so retirements are spaced by at least
+    /// `scale_down_after` ("retire one machine, then wait again").
+    pub fn observe(&mut self, now: Instant, avg_load: f64, cfg: &AutoscalerConfig) -> bool {
+        if avg_load >= cfg.scale_down_threshold {
+            self.low_since = None;
+            return false;
+        }
+        let since = *self.low_since.get_or_insert(now);
+        if now.duration_since(since) >= cfg.scale_down_after {
+            self.low_since = Some(now);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Forgets the current stretch (after the machine set changed by scaling up).
+    pub fn reset(&mut self) {
+        self.low_since = None;
+    }
+}
+
+/// Picks the machine to retire among `machines` (active and draining, creation order), or
+/// `None` when none may go: the least-loaded active machine (ties: the newest, so the
+/// oldest machines stay), provided that at least `min_machines` active machines remain and
+/// that the average over the others — with the retiree's reservations moved onto them —
+/// stays at or below `scale_up_threshold` (SPEC §5).
+pub fn pick_retiree(machines: &[&MachineInfo], cfg: &AutoscalerConfig) -> Option<usize> {
+    let active: Vec<usize> = (0..machines.len())
+        .filter(|&i| machines[i].is_active())
+        .collect();
+    if active.len() <= cfg.min_machines.max(1) {
+        return None;
+    }
+    // Least loaded; iterating newest first makes ties go to the newest.
+    let &candidate = active.iter().rev().min_by(|&&a, &&b| {
+        let (ma, mb) = (machines[a], machines[b]);
+        // Compare used/capacity exactly by cross-multiplying.
+        (ma.used().0 as u128 * mb.capacity.0 as u128)
+            .cmp(&(mb.used().0 as u128 * ma.capacity.0 as u128))
+    })?;
+    let retiree = machines[candidate];
+    let (mut used, mut capacity) = (retiree.reserved.get(), Units::ZERO);
+    for &i in &active {
+        if i != candidate {
+            used = used + machines[i].used();
+            capacity = capacity + machines[i].capacity;
+        }
+    }
+    if used.percent_of(capacity) > cfg.scale_up_threshold {
+        return None;
+    }
+    Some(candidate)
+}
+
+/// Spawns the periodic check: every `autoscaler.interval` (re-read after a reload) it sends
+/// [`Command::Tick`] to the dispatcher. Stops when `shutdown` fires or the dispatcher is gone.
+pub fn spawn(
+    commands_tx: mpsc::Sender<Command>,
+    mut config: watch::Receiver<Arc<Config>>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let period = |c: &Config| c.autoscaler.interval.max(Duration::from_millis(1));
+        let mut ticker = tokio::time::interval(period(&config.borrow()));
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let p = period(&config.borrow_and_update());
+                    ticker = tokio::time::interval_at(Instant::now() + p, p);
+                    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                }
+                _ = ticker.tick() => {
+                    // NOTE: try_send: when the dispatcher is busy a tick is simply skipped,
+                    // there is no point in queueing checks behind each other.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) =
+                        commands_tx.try_send(Command::Tick)
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preference_goes_larger_first_then_smaller() {
+        assert_eq!(
+            size_preference(Size::Medium),
+            vec![Size::Medium, Size::Large, Size::Xlarge, Size::Small]
+        );
+        assert_eq!(
+            size_preference(Size::Large),
+            vec![Size::Large, Size::Xlarge, Size::Medium, Size::Small]
+        );
+        assert_eq!(
+            size_preference(Size::Xlarge),
+            vec![Size::Xlarge, Size::Large, Size::Medium, Size::Small]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scale_down_waits_for_a_full_low_stretch() {
+        let cfg = AutoscalerConfig {
+            scale_down_after: Duration::from_secs(10),
+            ..AutoscalerConfig::default()
+        };
+        let mut t = ScaleDownTimer::default();
+        let start = Instant::now();
+        assert!(!t.observe(start, 5.0, &cfg));
+        assert!(!t.observe(start + Duration::from_secs(9), 5.0, &cfg));
+        // A single high sample restarts the stretch.
+        assert!(!t.observe(start + Duration::from_secs(9), 30.0, &cfg));
+        assert!(!t.observe(start + Duration::from_secs(10), 5.0, &cfg));
+        assert!(!t.observe(start + Duration::from_secs(19), 5.0, &cfg));
+        assert!(t.observe(start + Duration::from_secs(20), 5.0, &cfg));
+        // ... then waits again.
+        assert!(!t.observe(start + Duration::from_secs(21), 5.0, &cfg));
+        assert!(t.observe(start + Duration::from_secs(30), 5.0, &cfg));
+    }
+}

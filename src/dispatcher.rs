@@ -1,0 +1,570 @@
+//! The dispatcher: owns the machine table and places every new connection (SPEC §1, §5).
+//!
+//! One task ([`Dispatcher::run`]) owns, and alone mutates:
+//!
+//! - the machine table (`Vec<MachineHandle>`, active and draining machines, creation order),
+//! - the `Box<dyn Strategy>`,
+//! - the [`MachineFactory`] (and so the pool),
+//! - the autoscaler's scale-down timer.
+//!
+//! Everybody else talks to it through [`Command`]s on a bounded channel via a cloneable
+//! [`DispatcherHandle`]: connections ask to be admitted, the autoscaler ticks, the admin API
+//! switches strategy, a reload swaps the configuration. Serialising all of this through one
+//! task makes admission atomic (check-fits, reserve, scale-up are one step) without locks.
+//!
+//! The request path does NOT come through here: an admitted connection gets a
+//! [`Placement`] and submits jobs to its machine's queue directly.
+//!
+//! Whenever the machine set, the pool or the strategy changes, the dispatcher publishes a
+//! fresh [`Topology`] on a `watch` channel for the stats readers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::autoscaler::{self, ScaleDownTimer};
+use crate::config::Config;
+use crate::factory::MachineFactory;
+use crate::machine::{MachineHandle, MachineId, MachineState};
+use crate::stats::{self, Topology, Totals, Units};
+use crate::strategy::{self, MachineView, PickRequest, Strategy, StrategyKind};
+
+/// Messages to the dispatcher task.
+#[derive(Debug)]
+pub enum Command {
+    /// Place a new connection from `peer`.
+    Admit {
+        /// The client.
+        peer: SocketAddr,
+        /// Where the outcome goes; the connection task awaits it.
+        reply_tx: oneshot::Sender<Result<Placement, AdmitError>>,
+    },
+    /// Periodic autoscaler check (scale up, scale down, finish drains).
+    Tick,
+    /// Switch the strategy at run time.
+    SetStrategy(StrategyKind),
+    /// Apply a reloaded configuration (strategy, thresholds, pool sizes, ...).
+    Reconfigure(Arc<Config>),
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdmitError {
+    /// No machine fits and the pool (or `max_machines`) can supply none.
+    #[error("no machine can take the connection (reservation {reservation}, pool exhausted)")]
+    Exhausted {
+        /// The reservation that did not fit.
+        reservation: Units,
+    },
+    /// The dispatcher has stopped.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+/// The sending side of the dispatcher's command channel.
+#[derive(Debug, Clone)]
+pub struct DispatcherHandle {
+    commands_tx: mpsc::Sender<Command>,
+}
+
+impl DispatcherHandle {
+    /// Asks for a placement for a connection from `peer`.
+    ///
+    /// # Errors
+    ///
+    /// [`AdmitError::Exhausted`] when nothing fits and no machine can be acquired,
+    /// [`AdmitError::ShuttingDown`] when the dispatcher is gone.
+    pub async fn admit(&self, peer: SocketAddr) -> Result<Placement, AdmitError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.commands_tx
+            .send(Command::Admit { peer, reply_tx })
+            .await
+            .map_err(|_| AdmitError::ShuttingDown)?;
+        reply_rx.await.map_err(|_| AdmitError::ShuttingDown)?
+    }
+
+    /// Sends a command without waiting for its effect.
+    ///
+    /// # Errors
+    ///
+    /// [`AdmitError::ShuttingDown`] when the dispatcher is gone.
+    pub async fn send(&self, command: Command) -> Result<(), AdmitError> {
+        self.commands_tx
+            .send(command)
+            .await
+            .map_err(|_| AdmitError::ShuttingDown)
+    }
+
+    /// The raw sender (for the autoscaler's ticker).
+    pub fn sender(&self) -> mpsc::Sender<Command> {
+        self.commands_tx.clone()
+    }
+}
+
+// === impl Placement ===
+
+/// A connection's binding to a machine, with the reservation it holds there.
+///
+/// Owned by the connection task. Dropping it releases the reservation from whichever
+/// machine the connection is on at that moment (the dispatcher may have moved it while its
+/// machine drained), so reservations can never leak.
+#[derive(Debug)]
+pub struct Placement {
+    shared: Arc<PlacementShared>,
+}
+
+#[derive(Debug)]
+struct PlacementShared {
+    peer: SocketAddr,
+    reservation: Units,
+    totals: Arc<Totals>,
+    /// The current machine; swapped by the dispatcher during a drain. `None` once closed.
+    ///
+    /// NOTE: a std mutex held for a few instructions, never across an `.await`. Both the
+    /// connection's close and the dispatcher's migration take it, which is what makes
+    /// "move the reservation" and "release the reservation" mutually exclusive.
+    machine: Mutex<Option<MachineHandle>>,
+}
+
+impl PlacementShared {
+    fn lock(&self) -> MutexGuard<'_, Option<MachineHandle>> {
+        // A poisoned lock only means a panic elsewhere while holding it; the Option inside
+        // is still consistent (every critical section is a single assignment).
+        self.machine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Placement {
+    /// The machine the connection is on now.
+    ///
+    /// # Panics
+    ///
+    /// Never: the machine is only taken by `Drop`.
+    pub fn machine(&self) -> MachineHandle {
+        self.shared
+            .lock()
+            .clone()
+            .expect("a live placement always has a machine")
+    }
+
+    /// The reservation held.
+    pub fn reservation(&self) -> Units {
+        self.shared.reservation
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.shared.peer
+    }
+}
+
+impl Drop for Placement {
+    fn drop(&mut self) {
+        if let Some(machine) = self.shared.lock().take() {
+            machine.info.reserved.sub(self.shared.reservation);
+            machine.info.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.shared
+            .totals
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// === impl Dispatcher ===
+
+/// The dispatcher task's state. See the module docs.
+#[derive(Debug)]
+pub struct Dispatcher {
+    config: Arc<Config>,
+    /// Active and draining machines, creation order.
+    machines: Vec<MachineHandle>,
+    strategy: Box<dyn Strategy>,
+    factory: Box<dyn MachineFactory>,
+    /// Draws reservations.
+    rng: SmallRng,
+    /// Seed for strategies built later (switch, reload), derived from `dispatcher.seed`.
+    strategy_seed: u64,
+    next_id: u32,
+    totals: Arc<Totals>,
+    /// Every placement handed out; pruned of closed ones on each tick. Used to find the
+    /// connections of a draining machine.
+    placements: Vec<Weak<PlacementShared>>,
+    scale_down: ScaleDownTimer,
+    /// False while the initial machines start: those are not counted as scale-ups.
+    booted: bool,
+    topology_tx: watch::Sender<Arc<Topology>>,
+    /// Reused per admission to avoid allocating.
+    views: Vec<MachineView>,
+    view_index: Vec<usize>,
+}
+
+impl Dispatcher {
+    /// Builds the dispatcher and starts the initial machines (`autoscaler.initial`, topped
+    /// up to `min_machines`). Returns it with a receiver of its topology.
+    pub fn new(
+        config: Arc<Config>,
+        factory: Box<dyn MachineFactory>,
+        totals: Arc<Totals>,
+    ) -> (Dispatcher, watch::Receiver<Arc<Topology>>) {
+        let seed = match config.dispatcher.seed {
+            0 => rand::random(),
+            seed => seed,
+        };
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let strategy_seed = rng.random();
+        let strategy = strategy::build(config.dispatcher.strategy, strategy_seed);
+        let (topology_tx, topology_rx) = watch::channel(Arc::new(Topology {
+            machines: Vec::new(),
+            pool: factory.free(),
+            strategy: config.dispatcher.strategy,
+        }));
+        let mut dispatcher = Dispatcher {
+            config,
+            machines: Vec::new(),
+            strategy,
+            factory,
+            rng,
+            strategy_seed,
+            next_id: 1,
+            totals,
+            placements: Vec::new(),
+            scale_down: ScaleDownTimer::default(),
+            booted: false,
+            topology_tx,
+            views: Vec::new(),
+            view_index: Vec::new(),
+        };
+        let initial = dispatcher.config.autoscaler.initial.clone();
+        for size in initial {
+            if dispatcher.acquire_sized(size).is_none() {
+                warn!(%size, "initial machine not available from the pool");
+            }
+        }
+        while dispatcher.active_count() < dispatcher.config.autoscaler.min_machines {
+            if dispatcher.acquire_one().is_none() {
+                break;
+            }
+        }
+        dispatcher.booted = true;
+        dispatcher.publish();
+        (dispatcher, topology_rx)
+    }
+
+    /// Serves commands until every [`DispatcherHandle`] is dropped.
+    pub async fn run(mut self, mut commands_rx: mpsc::Receiver<Command>) {
+        while let Some(command) = commands_rx.recv().await {
+            match command {
+                Command::Admit { peer, reply_tx } => {
+                    let result = self.admit(peer);
+                    if let Err(Ok(placement)) = reply_tx.send(result) {
+                        // The connection went away while waiting; dropping the placement
+                        // releases its reservation again.
+                        drop(placement);
+                    }
+                }
+                Command::Tick => self.tick(Instant::now()),
+                Command::SetStrategy(kind) => self.set_strategy(kind),
+                Command::Reconfigure(config) => self.reconfigure(config),
+            }
+        }
+        debug!("dispatcher stopped");
+    }
+
+    /// Places a connection from `peer`: draw a reservation, let the strategy pick among the
+    /// machines it fits on, acquire a machine on the spot when it fits nowhere, then run the
+    /// scale-up check.
+    fn admit(&mut self, peer: SocketAddr) -> Result<Placement, AdmitError> {
+        let reservation = self.draw_reservation();
+        let request = PickRequest {
+            client_ip: peer.ip(),
+            reservation,
+        };
+        self.fill_views(reservation);
+        let picked = self
+            .strategy
+            .pick(&self.views, &request)
+            // Defence in depth: a strategy must never return a machine that does not fit.
+            .filter(|&v| v < self.views.len() && self.views[v].fits)
+            .map(|v| self.view_index[v]);
+        let index = match picked {
+            Some(index) => index,
+            // Fits nowhere: the autoscaler is asked for a machine on the spot (SPEC §1).
+            None => match self.acquire_one() {
+                Some(index) if fits(&self.machines[index], reservation) => index,
+                _ => {
+                    self.totals.connection_rejected(reservation);
+                    self.publish();
+                    debug!(%peer, %reservation, "connection refused: pool exhausted");
+                    return Err(AdmitError::Exhausted { reservation });
+                }
+            },
+        };
+        let placement = self.bind(peer, reservation, index);
+        self.scale_up();
+        self.publish();
+        Ok(placement)
+    }
+
+    fn draw_reservation(&mut self) -> Units {
+        let (min, max) = (
+            self.config.load.connection_min,
+            self.config.load.connection_max,
+        );
+        if max > min {
+            Units::from_f64(self.rng.random_range(min..max))
+        } else {
+            Units::from_f64(min)
+        }
+    }
+
+    /// Fills `views` with the active machines (and `view_index` with their table indices).
+    fn fill_views(&mut self, reservation: Units) {
+        self.views.clear();
+        self.view_index.clear();
+        for (i, m) in self.machines.iter().enumerate() {
+            if m.info.is_active() {
+                self.views.push(MachineView {
+                    id: m.info.id,
+                    capacity: m.info.capacity,
+                    used: m.info.used(),
+                    fits: fits(m, reservation),
+                });
+                self.view_index.push(i);
+            }
+        }
+    }
+
+    fn bind(&mut self, peer: SocketAddr, reservation: Units, index: usize) -> Placement {
+        let machine = self.machines[index].clone();
+        machine.info.reserved.add(reservation);
+        machine.info.connections.fetch_add(1, Ordering::Relaxed);
+        self.totals
+            .connections_admitted
+            .fetch_add(1, Ordering::Relaxed);
+        self.totals.connections_open.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(PlacementShared {
+            peer,
+            reservation,
+            totals: self.totals.clone(),
+            machine: Mutex::new(Some(machine)),
+        });
+        self.placements.push(Arc::downgrade(&shared));
+        Placement { shared }
+    }
+
+    /// Acquires machines while the average load is above `scale_up_threshold`.
+    fn scale_up(&mut self) {
+        let threshold = self.config.autoscaler.scale_up_threshold;
+        while self.average_load() > threshold {
+            if self.acquire_one().is_none() {
+                break;
+            }
+        }
+    }
+
+    /// Acquires one machine of the preferred size, falling back per
+    /// [`autoscaler::size_preference`]; `None` when `max_machines` or the pool stops it.
+    /// Returns its index in the table.
+    fn acquire_one(&mut self) -> Option<usize> {
+        if self.machines.len() >= self.config.autoscaler.max_machines {
+            return None;
+        }
+        autoscaler::size_preference(self.config.autoscaler.scale_up_size)
+            .into_iter()
+            .find_map(|size| self.acquire_sized(size))
+    }
+
+    fn acquire_sized(&mut self, size: crate::machine::Size) -> Option<usize> {
+        let id = MachineId(self.next_id);
+        let machine = self.factory.acquire(size, id).ok()?;
+        self.next_id += 1;
+        if self.booted {
+            self.totals.scale_ups.fetch_add(1, Ordering::Relaxed);
+        }
+        self.scale_down.reset();
+        info!(
+            machine = %machine.info.name,
+            %size,
+            capacity = %machine.info.capacity,
+            machines = self.machines.len() + 1,
+            "scale up: machine added"
+        );
+        self.machines.push(machine);
+        Some(self.machines.len() - 1)
+    }
+
+    /// The periodic check: scale up, scale down, finish drains, prune closed placements.
+    fn tick(&mut self, now: Instant) {
+        self.placements.retain(|p| p.strong_count() > 0);
+        self.scale_up();
+        let avg = self.average_load();
+        if self
+            .scale_down
+            .observe(now, avg, &self.config.autoscaler)
+        {
+            let infos: Vec<_> = self.machines.iter().map(|m| &*m.info).collect();
+            if let Some(index) = autoscaler::pick_retiree(&infos, &self.config.autoscaler) {
+                self.drain(index);
+            }
+        }
+        self.finish_drains();
+        self.publish();
+    }
+
+    /// Starts draining machine `index`: no new connections; its connections move to other
+    /// machines with their reservations; its queued requests finish where they are.
+    fn drain(&mut self, index: usize) {
+        let leaving = self.machines[index].clone();
+        leaving.info.set_state(MachineState::Draining);
+        let live: Vec<Arc<PlacementShared>> =
+            self.placements.iter().filter_map(Weak::upgrade).collect();
+        let mut moved = 0;
+        for shared in live {
+            // Holding the placement's lock while moving makes the move and a concurrent
+            // close of the connection mutually exclusive: the reservation is released from
+            // exactly the machine it is on.
+            let mut slot = shared.lock();
+            if !matches!(&*slot, Some(m) if m.info.id == leaving.info.id) {
+                continue;
+            }
+            let Some(target) = self.migration_target(shared.peer, shared.reservation) else {
+                // No other active machine (min_machines ≥ 1 keeps one): stay and finish here.
+                continue;
+            };
+            let target = self.machines[target].clone();
+            leaving.info.reserved.sub(shared.reservation);
+            leaving.info.connections.fetch_sub(1, Ordering::Relaxed);
+            target.info.reserved.add(shared.reservation);
+            target.info.connections.fetch_add(1, Ordering::Relaxed);
+            *slot = Some(target);
+            moved += 1;
+        }
+        info!(
+            machine = %leaving.info.name,
+            moved_connections = moved,
+            queued = leaving.info.queued.load(Ordering::Relaxed),
+            "scale down: machine draining"
+        );
+    }
+
+    /// Where a connection of a draining machine goes (index into the table): the
+    /// strategy's pick among the active machines it fits on, else the least-loaded active
+    /// machine — a connection is never dropped (SPEC §5).
+    fn migration_target(&mut self, peer: SocketAddr, reservation: Units) -> Option<usize> {
+        self.fill_views(reservation);
+        let request = PickRequest {
+            client_ip: peer.ip(),
+            reservation,
+        };
+        let picked = self
+            .strategy
+            .pick(&self.views, &request)
+            .filter(|&v| v < self.views.len() && self.views[v].fits)
+            .or_else(|| {
+                // Least loaded; `min_by` keeps the first of equals, i.e. the older machine.
+                (0..self.views.len()).min_by(|&a, &b| {
+                    let (a, b) = (&self.views[a], &self.views[b]);
+                    (a.used.0 as u128 * b.capacity.0 as u128)
+                        .cmp(&(b.used.0 as u128 * a.capacity.0 as u128))
+                })
+            })?;
+        Some(self.view_index[picked])
+    }
+
+    /// Retires draining machines that have no connections and nothing queued.
+    fn finish_drains(&mut self) {
+        let mut i = 0;
+        while i < self.machines.len() {
+            let info = &self.machines[i].info;
+            let done = info.state() == MachineState::Draining
+                && info.connections.load(Ordering::Relaxed) == 0
+                && info.queued.load(Ordering::Relaxed) == 0;
+            if done {
+                let machine = self.machines.remove(i);
+                machine.info.set_state(MachineState::Retired);
+                self.factory.release(machine.info.size);
+                self.totals.scale_downs.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    machine = %machine.info.name,
+                    machines = self.machines.len(),
+                    "scale down: machine retired"
+                );
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn set_strategy(&mut self, kind: StrategyKind) {
+        if kind != self.strategy.kind() {
+            info!(from = %self.strategy.kind(), to = %kind, "strategy switched");
+        }
+        self.strategy = strategy::build(kind, self.strategy_seed);
+        self.publish();
+    }
+
+    fn reconfigure(&mut self, config: Arc<Config>) {
+        self.factory.reconfigure(&config);
+        self.config = config;
+        // A reload applies the file's strategy again, even after a run-time switch (SPEC §6).
+        let kind = self.config.dispatcher.strategy;
+        self.set_strategy(kind);
+        self.scale_up();
+        self.publish();
+    }
+
+    fn active_count(&self) -> usize {
+        self.machines.iter().filter(|m| m.info.is_active()).count()
+    }
+
+    fn average_load(&self) -> f64 {
+        stats::average_load(self.machines.iter().map(|m| &*m.info))
+    }
+
+    fn publish(&self) {
+        let pool = self.factory.free();
+        let strategy = self.strategy.kind();
+        let same_set = {
+            let current = self.topology_tx.borrow();
+            current.pool == pool
+                && current.strategy == strategy
+                && current.machines.len() == self.machines.len()
+                && current
+                    .machines
+                    .iter()
+                    .zip(&self.machines)
+                    .all(|(a, b)| Arc::ptr_eq(a, &b.info))
+        };
+        if !same_set {
+            self.topology_tx.send_replace(Arc::new(Topology {
+                machines: self.machines.iter().map(|m| m.info.clone()).collect(),
+                pool,
+                strategy,
+            }));
+        }
+    }
+}
+
+/// Whether `reservation` fits on `machine`: `used + reservation ≤ capacity`.
+fn fits(machine: &MachineHandle, reservation: Units) -> bool {
+    machine.info.used() + reservation <= machine.info.capacity
+}
+
+/// Spawns the dispatcher task and returns its handle and topology receiver.
+pub fn spawn(
+    config: Arc<Config>,
+    factory: Box<dyn MachineFactory>,
+    totals: Arc<Totals>,
+) -> (DispatcherHandle, watch::Receiver<Arc<Topology>>) {
+    let (dispatcher, topology_rx) = Dispatcher::new(config, factory, totals);
+    let (commands_tx, commands_rx) = mpsc::channel(1024);
+    tokio::spawn(dispatcher.run(commands_rx));
+    (DispatcherHandle { commands_tx }, topology_rx)
+}
