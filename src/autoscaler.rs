@@ -30,7 +30,10 @@ use crate::stats::Units;
 pub fn size_preference(preferred: Size) -> Vec<Size> {
     let larger = Size::ALL.into_iter().filter(|s| *s > preferred);
     let smaller = Size::ALL.into_iter().rev().filter(|s| *s < preferred);
-    std::iter::once(preferred).chain(larger).chain(smaller).collect()
+    std::iter::once(preferred)
+        .chain(larger)
+        .chain(smaller)
+        .collect()
 }
 
 /// Tracks how long the average load has stayed below `scale_down_threshold`.

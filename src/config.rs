@@ -464,8 +464,9 @@ pub mod duration_str {
     ///
     /// A message naming the bad value.
     pub fn parse(s: &str) -> Result<Duration, String> {
-        humantime::parse_duration(s.trim())
-            .map_err(|e| format!("invalid duration \"{s}\" ({e}; expected e.g. \"250ms\", \"10s\")"))
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            format!("invalid duration \"{s}\" ({e}; expected e.g. \"250ms\", \"10s\")")
+        })
     }
 
     /// Renders whole seconds as `"10s"`, anything else as `"250ms"`.

@@ -85,7 +85,11 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<ConnectionConte
             return;
         }
         Err(AdmitError::ShuttingDown) => {
-            refuse(socket, ErrorCode::ShuttingDown.reply("server is shutting down")).await;
+            refuse(
+                socket,
+                ErrorCode::ShuttingDown.reply("server is shutting down"),
+            )
+            .await;
             return;
         }
     };
@@ -185,12 +189,15 @@ impl Reader<'_> {
     async fn read_loop(&self, read_half: &mut OwnedReadHalf) -> ReadEnd {
         let mut buf = BytesMut::new();
         let mut scanned = 0;
-        let idle = self.ctx.config.borrow().listener.idle_timeout;
-        let mut deadline = Instant::now() + idle;
+        let mut last_read = Instant::now();
         loop {
+            // Read per round so that a reload applies to open connections too.
+            let (max_line, idle) = {
+                let config = self.ctx.config.borrow();
+                (config.listener.max_line_bytes, config.listener.idle_timeout)
+            };
             // Everything already buffered is "read": handle it before looking at timers or
             // shutdown, so that requests read before shutdown began are answered.
-            let max_line = self.ctx.config.borrow().listener.max_line_bytes;
             while let Some(frame) = protocol::next_frame(&mut buf, &mut scanned, max_line) {
                 match self.handle(frame, max_line) {
                     Step::Nothing => {}
@@ -214,19 +221,19 @@ impl Reader<'_> {
                 _ = self.pending_tx.closed() => return ReadEnd::ClientGone,
                 read = read_half.read_buf(&mut buf) => match read {
                     Ok(0) => return ReadEnd::ClientGone,
-                    Ok(_) => deadline = Instant::now() + idle,
+                    Ok(_) => last_read = Instant::now(),
                     Err(e) => {
                         debug!(error = %e, "read failed");
                         return ReadEnd::ClientGone;
                     }
                 },
-                _ = tokio::time::sleep_until(deadline), if !idle.is_zero() => {
+                _ = tokio::time::sleep_until(last_read + idle), if !idle.is_zero() => {
                     if self.in_flight.load(Ordering::Acquire) == 0 {
                         let msg = format!("idle for {}", crate::config::duration_str::format(idle));
                         return self.close_with(Some(ErrorCode::Timeout.reply(&msg))).await;
                     }
-                    // Work in flight: not idle. Look again one period later.
-                    deadline = Instant::now() + idle;
+                    // Work in flight is not idleness: count the silence from now on.
+                    last_read = Instant::now();
                 }
             }
         }
@@ -328,7 +335,6 @@ impl Reader<'_> {
             self.placement.reservation(),
         ))
     }
-
 }
 
 // === writer ===

@@ -32,7 +32,7 @@ use crate::autoscaler::{self, ScaleDownTimer};
 use crate::config::Config;
 use crate::factory::MachineFactory;
 use crate::machine::{MachineHandle, MachineId, MachineState};
-use crate::stats::{self, Topology, Totals, Units};
+use crate::stats::{self, ScaleEvent, ScaleEventKind, Topology, Totals, Units};
 use crate::strategy::{self, MachineView, PickRequest, Strategy, StrategyKind};
 
 /// Messages to the dispatcher task.
@@ -197,6 +197,10 @@ pub struct Dispatcher {
     /// connections of a draining machine.
     placements: Vec<Weak<PlacementShared>>,
     scale_down: ScaleDownTimer,
+    /// Recent scale events, oldest first (at most `stats::RECENT_EVENTS`).
+    events: std::collections::VecDeque<ScaleEvent>,
+    /// Set when `events` changed since the last publish.
+    events_dirty: bool,
     /// False while the initial machines start: those are not counted as scale-ups.
     booted: bool,
     topology_tx: watch::Sender<Arc<Topology>>,
@@ -224,6 +228,7 @@ impl Dispatcher {
             machines: Vec::new(),
             pool: factory.free(),
             strategy: config.dispatcher.strategy,
+            events: Arc::default(),
         }));
         let mut dispatcher = Dispatcher {
             config,
@@ -236,6 +241,8 @@ impl Dispatcher {
             totals,
             placements: Vec::new(),
             scale_down: ScaleDownTimer::default(),
+            events: std::collections::VecDeque::new(),
+            events_dirty: false,
             booted: false,
             topology_tx,
             views: Vec::new(),
@@ -397,7 +404,11 @@ impl Dispatcher {
             "scale up: machine added"
         );
         self.machines.push(machine);
-        Some(self.machines.len() - 1)
+        let index = self.machines.len() - 1;
+        if self.booted {
+            self.record(ScaleEventKind::Up, index);
+        }
+        Some(index)
     }
 
     /// The periodic check: scale up, scale down, finish drains, prune closed placements.
@@ -405,10 +416,7 @@ impl Dispatcher {
         self.placements.retain(|p| p.strong_count() > 0);
         self.scale_up();
         let avg = self.average_load();
-        if self
-            .scale_down
-            .observe(now, avg, &self.config.autoscaler)
-        {
+        if self.scale_down.observe(now, avg, &self.config.autoscaler) {
             let infos: Vec<_> = self.machines.iter().map(|m| &*m.info).collect();
             if let Some(index) = autoscaler::pick_retiree(&infos, &self.config.autoscaler) {
                 self.drain(index);
@@ -446,6 +454,7 @@ impl Dispatcher {
             *slot = Some(target);
             moved += 1;
         }
+        self.record(ScaleEventKind::Drain, index);
         info!(
             machine = %leaving.info.name,
             moved_connections = moved,
@@ -487,6 +496,7 @@ impl Dispatcher {
                 && info.connections.load(Ordering::Relaxed) == 0
                 && info.queued.load(Ordering::Relaxed) == 0;
             if done {
+                self.record(ScaleEventKind::Down, i);
                 let machine = self.machines.remove(i);
                 machine.info.set_state(MachineState::Retired);
                 self.factory.release(machine.info.size);
@@ -520,6 +530,31 @@ impl Dispatcher {
         self.publish();
     }
 
+    /// Remembers a scale event for machine `index` (for the admin API and dashboard).
+    fn record(&mut self, kind: ScaleEventKind, index: usize) {
+        let info = &self.machines[index].info;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let machines = match kind {
+            ScaleEventKind::Down => self.machines.len() - 1,
+            _ => self.machines.len(),
+        };
+        let event = ScaleEvent {
+            at_ms,
+            kind,
+            machine: info.name.clone(),
+            size: info.size,
+            machines,
+            avg_load: self.average_load(),
+        };
+        if self.events.len() == stats::RECENT_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+        self.events_dirty = true;
+    }
+
     fn active_count(&self) -> usize {
         self.machines.iter().filter(|m| m.info.is_active()).count()
     }
@@ -528,7 +563,7 @@ impl Dispatcher {
         stats::average_load(self.machines.iter().map(|m| &*m.info))
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let pool = self.factory.free();
         let strategy = self.strategy.kind();
         let same_set = {
@@ -542,11 +577,15 @@ impl Dispatcher {
                     .zip(&self.machines)
                     .all(|(a, b)| Arc::ptr_eq(a, &b.info))
         };
-        if !same_set {
+        // Machine states (draining) are read live from each MachineInfo, so only the set,
+        // the pool, the strategy and the event list need a new Topology.
+        if !same_set || self.events_dirty {
+            self.events_dirty = false;
             self.topology_tx.send_replace(Arc::new(Topology {
                 machines: self.machines.iter().map(|m| m.info.clone()).collect(),
                 pool,
                 strategy,
+                events: Arc::new(self.events.iter().cloned().collect()),
             }));
         }
     }

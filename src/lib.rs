@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
@@ -124,7 +124,7 @@ impl Server {
         });
         let accept_loop = listener::Listener {
             listener,
-            permits: Arc::new(Semaphore::new(config.listener.max_connections)),
+            open: Arc::default(),
             ctx,
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),

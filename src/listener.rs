@@ -1,19 +1,20 @@
 //! The accept loop: connection cap, accept-error backoff, one task per connection.
 //!
-//! Each accepted socket first takes a permit from a semaphore of `listener.max_connections`
-//! permits. With no permit left the connection is answered `ERR overloaded …` and closed —
-//! the listener keeps accepting, so the client learns why instead of hanging in the backlog
-//! (HAProxy's `maxconn` queues instead; SPEC §4 asks for the explicit refusal). The permit
-//! moves into the connection task and is released when the task ends (mini-redis).
+//! Each accepted socket first takes a [`ConnectionSlot`] — one of `listener.max_connections`
+//! (read live, so a reload changes the limit at once). With no slot left the connection is
+//! answered `ERR overloaded …` and closed: the listener keeps accepting, so the client learns
+//! why instead of hanging in the backlog (HAProxy's `maxconn` queues instead; SPEC §4 asks
+//! for the explicit refusal). The slot moves into the connection task and is released on
+//! drop when the task ends, like mini-redis's semaphore permit. A counter replaces the
+//! semaphore because a semaphore cannot shrink while its permits are out.
 //!
 //! Connection tasks are spawned on a [`TaskTracker`] so that shutdown can wait for them.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -26,8 +27,8 @@ use crate::protocol::ErrorCode;
 pub struct Listener {
     /// The bound listening socket; dropped (port closed) when the loop ends.
     pub listener: TcpListener,
-    /// `max_connections` permits; each connection task holds one.
-    pub permits: Arc<Semaphore>,
+    /// Open connections (accepted, not yet closed), against `listener.max_connections`.
+    pub open: Arc<AtomicUsize>,
     /// Shared by all connection tasks.
     pub ctx: Arc<ConnectionContext>,
     /// Connection tasks; shutdown waits on it.
@@ -39,9 +40,8 @@ pub struct Listener {
 impl Listener {
     /// Accepts until `shutdown` fires.
     pub async fn run(self) {
-        let limit = self.permits.available_permits();
         if let Ok(addr) = self.listener.local_addr() {
-            info!(%addr, max_connections = limit, "listening");
+            info!(%addr, "listening");
         }
         let mut backoff = Duration::from_millis(1);
         loop {
@@ -66,23 +66,67 @@ impl Listener {
                     continue;
                 }
             };
-            match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => {
+            let limit = self.ctx.config.borrow().listener.max_connections;
+            match ConnectionSlot::try_take(&self.open, limit) {
+                Some(slot) => {
                     let ctx = self.ctx.clone();
                     self.tracker.spawn(async move {
                         connection::serve(socket, peer, ctx).await;
-                        drop(permit);
+                        drop(slot);
                     });
                 }
-                Err(_) => {
+                None => {
                     let totals = &self.ctx.stats.totals;
                     totals.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     let msg = format!("too many connections (max_connections = {limit})");
-                    self.tracker
-                        .spawn(connection::refuse(socket, ErrorCode::Overloaded.reply(&msg)));
+                    self.tracker.spawn(connection::refuse(
+                        socket,
+                        ErrorCode::Overloaded.reply(&msg),
+                    ));
                 }
             }
         }
         info!("listener closed");
+    }
+}
+
+/// One of `max_connections`; released on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl ConnectionSlot {
+    /// Takes a slot if fewer than `limit` are taken.
+    pub fn try_take(open: &Arc<AtomicUsize>, limit: usize) -> Option<ConnectionSlot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| ConnectionSlot { open: open.clone() })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_respect_a_changing_limit() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let a = ConnectionSlot::try_take(&open, 2).unwrap();
+        let _b = ConnectionSlot::try_take(&open, 2).unwrap();
+        assert!(ConnectionSlot::try_take(&open, 2).is_none());
+        // Lowered by a reload: nobody is cut off, but nobody new gets in.
+        assert!(ConnectionSlot::try_take(&open, 1).is_none());
+        drop(a);
+        assert!(ConnectionSlot::try_take(&open, 1).is_none());
+        assert!(ConnectionSlot::try_take(&open, 3).is_some());
     }
 }

@@ -377,7 +377,8 @@ fn ok_reply(machine: &str, class: RequestClass, payload: &[u8]) -> Bytes {
 
 /// `weight × ms_per_unit × 100 / capacity` milliseconds.
 pub fn service_time(weight: Units, capacity: Units, ms_per_unit: f64) -> Duration {
-    if capacity == Units::ZERO || !(ms_per_unit > 0.0) {
+    // NaN and negatives count as "instant" (validation rejects them anyway).
+    if capacity == Units::ZERO || ms_per_unit.is_nan() || ms_per_unit <= 0.0 {
         return Duration::ZERO;
     }
     let ms = weight.as_f64() * ms_per_unit * 100.0 / capacity.as_f64();
@@ -412,15 +413,27 @@ mod tests {
     #[test]
     fn service_time_scales_with_capacity() {
         let w = Units::from_whole(10);
-        assert_eq!(service_time(w, Units::from_whole(100), 1.0), Duration::from_millis(10));
-        assert_eq!(service_time(w, Units::from_whole(200), 1.0), Duration::from_millis(5));
+        assert_eq!(
+            service_time(w, Units::from_whole(100), 1.0),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            service_time(w, Units::from_whole(200), 1.0),
+            Duration::from_millis(5)
+        );
         assert_eq!(service_time(w, Units::from_whole(100), 0.0), Duration::ZERO);
     }
 
     #[test]
     fn ok_reply_leaves_out_empty_payload() {
-        assert_eq!(&ok_reply("m1", RequestClass::Large, b"")[..], b"OK m1 large\n");
-        assert_eq!(&ok_reply("m2", RequestClass::Small, b"a b")[..], b"OK m2 small a b\n");
+        assert_eq!(
+            &ok_reply("m1", RequestClass::Large, b"")[..],
+            b"OK m1 large\n"
+        );
+        assert_eq!(
+            &ok_reply("m2", RequestClass::Small, b"a b")[..],
+            b"OK m2 small a b\n"
+        );
     }
 
     #[tokio::test(start_paused = true)]

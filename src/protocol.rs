@@ -27,8 +27,11 @@ pub enum RequestClass {
 
 impl RequestClass {
     /// All classes.
-    pub const ALL: [RequestClass; 3] =
-        [RequestClass::Small, RequestClass::Medium, RequestClass::Large];
+    pub const ALL: [RequestClass; 3] = [
+        RequestClass::Small,
+        RequestClass::Medium,
+        RequestClass::Large,
+    ];
 
     /// Lower-case name (as in replies and configuration).
     pub fn as_str(self) -> &'static str {

@@ -229,6 +229,38 @@ impl PoolSnapshot {
     }
 }
 
+/// What happened to a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleEventKind {
+    /// Acquired from the pool (autoscaler or on the spot).
+    Up,
+    /// Started draining.
+    Drain,
+    /// Retired and returned to the pool.
+    Down,
+}
+
+/// One scale event, as `GET /api/stats` lists it under `events` (newest last).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ScaleEvent {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened.
+    pub kind: ScaleEventKind,
+    /// The machine.
+    pub machine: String,
+    /// Its size.
+    pub size: Size,
+    /// Active + draining machines afterwards.
+    pub machines: usize,
+    /// Average load (percent) when it happened.
+    pub avg_load: f64,
+}
+
+/// How many recent scale events are kept.
+pub const RECENT_EVENTS: usize = 32;
+
 /// Everything `GET /api/stats` returns (SPEC §6).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Snapshot {
@@ -242,6 +274,9 @@ pub struct Snapshot {
     pub pool: PoolSnapshot,
     /// Process-wide totals.
     pub totals: TotalsSnapshot,
+    /// Recent scale events, oldest first (at most [`RECENT_EVENTS`]).
+    #[serde(default)]
+    pub events: Vec<ScaleEvent>,
 }
 
 /// What the dispatcher publishes whenever the machine set, the pool or the strategy
@@ -254,6 +289,8 @@ pub struct Topology {
     pub pool: PoolSnapshot,
     /// The strategy in force.
     pub strategy: StrategyKind,
+    /// Recent scale events, oldest first.
+    pub events: Arc<Vec<ScaleEvent>>,
 }
 
 /// Read-only access to everything observable: totals plus the published [`Topology`].
@@ -286,13 +323,15 @@ impl StatsHandle {
     /// Everything `GET /api/stats` returns.
     pub fn snapshot(&self) -> Snapshot {
         let topology = self.topology();
-        let machines: Vec<MachineSnapshot> = topology.machines.iter().map(|m| m.snapshot()).collect();
+        let machines: Vec<MachineSnapshot> =
+            topology.machines.iter().map(|m| m.snapshot()).collect();
         Snapshot {
             strategy: topology.strategy.to_string(),
             avg_load: average_load(topology.machines.iter().map(|m| &**m)),
             machines,
             pool: topology.pool,
             totals: self.totals.snapshot(),
+            events: topology.events.to_vec(),
         }
     }
 }
@@ -302,7 +341,9 @@ pub fn average_load<'a>(machines: impl IntoIterator<Item = &'a MachineInfo>) -> 
     let (used, capacity) = machines
         .into_iter()
         .filter(|m| m.is_active())
-        .fold((Units::ZERO, Units::ZERO), |(u, c), m| (u + m.used(), c + m.capacity));
+        .fold((Units::ZERO, Units::ZERO), |(u, c), m| {
+            (u + m.used(), c + m.capacity)
+        });
     used.percent_of(capacity)
 }
 
@@ -324,7 +365,10 @@ mod tests {
 
     #[test]
     fn percent_and_display() {
-        assert_eq!(Units::from_whole(25).percent_of(Units::from_whole(50)), 50.0);
+        assert_eq!(
+            Units::from_whole(25).percent_of(Units::from_whole(50)),
+            50.0
+        );
         assert_eq!(Units::from_whole(1).percent_of(Units::ZERO), 0.0);
         assert_eq!(Units::from_f64(10.0).to_string(), "10.00");
         assert_eq!(Units::from_f64(-3.0), Units::ZERO);
