@@ -18,6 +18,10 @@ use crate::strategy::StrategyKind;
 pub const DEFAULT_PATH: &str = "config/elastic-lb.toml";
 
 /// A configuration problem, with enough context to fix it.
+///
+/// Every variant renders as one line naming the file, the line where known, the dotted
+/// key, the bad value and what would be valid, e.g.
+/// `config/x.toml:3: dispatcher.strategy: unknown strategy "fastest" (expected one of …)`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -28,9 +32,99 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML, or a value has the wrong type or is unknown.
+    /// A problem without a location in a file (e.g. a bad command-line override).
     #[error("{0}")]
     Invalid(String),
+    /// The text is not valid TOML, or a key is unknown, or a value has the wrong type or
+    /// is not one of the accepted names: `<file>:<line>: <key>: <message>`.
+    #[error("{}: {}", at(.origin, .line), keyed(.key, .message))]
+    Parse {
+        /// The file (or other origin) of the text.
+        origin: String,
+        /// 1-based line of the problem, when known.
+        line: Option<usize>,
+        /// Dotted key (`listener.max_connections`), when it can be told.
+        key: Option<String>,
+        /// What is wrong and what would be valid (one line).
+        message: String,
+    },
+    /// The text parsed but breaks a rule of SPEC §3:
+    /// `<file>:<line>: <key> = <value>: <message>`.
+    #[error("{}: {error}", at(.origin, .line))]
+    Validation {
+        /// The file (or other origin) of the text.
+        origin: String,
+        /// 1-based line of the offending key, when it appears in the text.
+        line: Option<usize>,
+        /// The broken rule.
+        error: Box<ValidationError>,
+    },
+}
+
+impl ConfigError {
+    /// The 1-based line the problem was found on, when known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Parse { line, .. } | ConfigError::Validation { line, .. } => *line,
+            ConfigError::Read { .. } | ConfigError::Invalid(_) => None,
+        }
+    }
+
+    /// The dotted key at fault, when known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Parse { key, .. } => key.as_deref(),
+            ConfigError::Validation { error, .. } => Some(&error.key),
+            ConfigError::Read { .. } | ConfigError::Invalid(_) => None,
+        }
+    }
+}
+
+/// `file:line`, or `file` when the line is unknown.
+fn at(origin: &str, line: &Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{origin}:{line}"),
+        None => origin.to_string(),
+    }
+}
+
+/// `key: message`, or `message` when the key is unknown.
+fn keyed(key: &Option<String>, message: &str) -> String {
+    match key {
+        Some(key) => format!("{key}: {message}"),
+        None => message.to_string(),
+    }
+}
+
+/// A broken rule of SPEC §3, found by [`Config::validate`]: `<key> = <value>: <message>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} = {value}: {message}")]
+pub struct ValidationError {
+    /// Dotted key, e.g. `autoscaler.min_machines`.
+    pub key: String,
+    /// The offending value, written as in TOML (`-5`, `"0s"`, `["large", "large"]`).
+    pub value: String,
+    /// What is wrong and what would be valid.
+    pub message: String,
+    /// The other key of a cross-field rule (`autoscaler.max_machines` for
+    /// `min_machines > max_machines`); its line is reported when `key` is not in the file.
+    pub related: Option<String>,
+}
+
+impl ValidationError {
+    fn new(key: &str, value: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError {
+            key: key.to_string(),
+            value: value.into(),
+            message: message.into(),
+            related: None,
+        }
+    }
+
+    fn related(mut self, key: &str) -> Self {
+        self.related = Some(key.to_string());
+        self
+    }
 }
 
 /// The whole configuration (SPEC §3). Every key is optional.
@@ -424,32 +518,486 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Invalid`] for bad syntax, types, unknown keys or failed validation.
+    /// [`ConfigError::Parse`] for bad syntax, types, names or unknown keys,
+    /// [`ConfigError::Validation`] for a broken rule of SPEC §3; both carry the line of the
+    /// offending key when it can be found in `text`.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
-        config
-            .validate()
-            .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
+        let config: Config = toml::from_str(text).map_err(|e| parse_error(&e, text, origin))?;
+        config.validate().map_err(|error| {
+            let find = |dotted: &str| {
+                let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+                locate(text, table, key)
+            };
+            let table = error.key.rsplit_once('.').map_or("", |(table, _)| table);
+            let line = find(&error.key)
+                .or_else(|| error.related.as_deref().and_then(find))
+                .or_else(|| locate_table(text, table));
+            ConfigError::Validation {
+                origin: origin.to_string(),
+                line,
+                error: Box::new(error),
+            }
+        })?;
         Ok(config)
     }
 
-    /// Checks the cross-field rules of SPEC §3.
+    /// Checks the rules of SPEC §3 that serde cannot: ranges and cross-field constraints.
     ///
     /// # Errors
     ///
-    /// A message naming the key and the offending value.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.machines.queue_depth == 0 {
-            return Err("machines.queue_depth = 0: must be at least 1".into());
+    /// The first broken rule, naming the key and the offending value.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let at_least_one = "must be at least 1";
+        let l = &self.listener;
+        if l.max_connections == 0 {
+            return Err(ValidationError::new(
+                "listener.max_connections",
+                "0",
+                at_least_one,
+            ));
+        }
+        if l.max_line_bytes == 0 {
+            return Err(ValidationError::new(
+                "listener.max_line_bytes",
+                "0",
+                at_least_one,
+            ));
+        }
+        if let AdminAddress::Addr(admin) = self.admin.address {
+            if admin == l.address && admin.port() != 0 {
+                return Err(ValidationError::new(
+                    "admin.address",
+                    quoted(admin),
+                    format!("must differ from listener.address (\"{}\")", l.address),
+                )
+                .related("listener.address"));
+            }
+        }
+
+        let load = &self.load;
+        for (key, v) in [
+            ("load.connection_min", load.connection_min),
+            ("load.connection_max", load.connection_max),
+            (
+                "load.requests.service_ms_per_unit",
+                load.requests.service_ms_per_unit,
+            ),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(ValidationError::new(
+                    key,
+                    float(v),
+                    "must be a finite number >= 0",
+                ));
+            }
+        }
+        if load.connection_min > load.connection_max {
+            return Err(ValidationError::new(
+                "load.connection_min",
+                float(load.connection_min),
+                format!(
+                    "must be <= load.connection_max ({})",
+                    float(load.connection_max)
+                ),
+            )
+            .related("load.connection_max"));
+        }
+
+        let m = &self.machines;
+        for size in Size::ALL {
+            let capacity = match size {
+                Size::Small => m.small,
+                Size::Medium => m.medium,
+                Size::Large => m.large,
+                Size::Xlarge => m.xlarge,
+            };
+            if capacity <= 0 {
+                return Err(ValidationError::new(
+                    &format!("machines.{size}"),
+                    capacity.to_string(),
+                    "capacity must be > 0",
+                ));
+            }
+        }
+        if m.queue_depth == 0 {
+            return Err(ValidationError::new(
+                "machines.queue_depth",
+                "0",
+                at_least_one,
+            ));
+        }
+
+        let b = &self.backend;
+        if b.health_check_interval.is_zero() {
+            return Err(ValidationError::new(
+                "backend.health_check_interval",
+                quoted(duration_str::format(b.health_check_interval)),
+                "must be > 0",
+            ));
+        }
+        if b.mode == BackendMode::Proxy && b.upstreams.is_empty() {
+            return Err(ValidationError::new(
+                "backend.mode",
+                "\"proxy\"",
+                "proxy mode needs at least one [[backend.upstreams]] entry",
+            ));
+        }
+        self.validate_autoscaler()
+    }
+
+    /// The `[autoscaler]` rules, including `initial` against the pool.
+    fn validate_autoscaler(&self) -> Result<(), ValidationError> {
+        let a = &self.autoscaler;
+        if a.max_machines == 0 {
+            return Err(ValidationError::new(
+                "autoscaler.max_machines",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if a.min_machines > a.max_machines {
+            return Err(ValidationError::new(
+                "autoscaler.min_machines",
+                a.min_machines.to_string(),
+                format!("must be <= autoscaler.max_machines ({})", a.max_machines),
+            )
+            .related("autoscaler.max_machines"));
+        }
+        for (key, v) in [
+            ("autoscaler.scale_up_threshold", a.scale_up_threshold),
+            ("autoscaler.scale_down_threshold", a.scale_down_threshold),
+        ] {
+            if !(0.0..=100.0).contains(&v) {
+                return Err(ValidationError::new(
+                    key,
+                    float(v),
+                    "must be between 0 and 100 (percent of capacity)",
+                ));
+            }
+        }
+        if a.scale_down_threshold >= a.scale_up_threshold {
+            return Err(ValidationError::new(
+                "autoscaler.scale_down_threshold",
+                float(a.scale_down_threshold),
+                format!(
+                    "must be below autoscaler.scale_up_threshold ({})",
+                    float(a.scale_up_threshold)
+                ),
+            )
+            .related("autoscaler.scale_up_threshold"));
+        }
+        if a.interval.is_zero() {
+            return Err(ValidationError::new(
+                "autoscaler.interval",
+                quoted(duration_str::format(a.interval)),
+                "must be > 0",
+            ));
+        }
+
+        let initial = || {
+            let names: Vec<String> = a.initial.iter().map(quoted).collect();
+            format!("[{}]", names.join(", "))
+        };
+        if a.initial.len() > a.max_machines {
+            return Err(ValidationError::new(
+                "autoscaler.initial",
+                initial(),
+                format!(
+                    "{} machines exceed autoscaler.max_machines ({})",
+                    a.initial.len(),
+                    a.max_machines
+                ),
+            )
+            .related("autoscaler.max_machines"));
+        }
+        let proxy = self.backend.mode == BackendMode::Proxy;
+        for size in Size::ALL {
+            let wanted = a.initial.iter().filter(|s| **s == size).count();
+            let available = if proxy {
+                let n = self.backend.upstreams.iter();
+                n.filter(|u| u.size == size).count()
+            } else {
+                usize::try_from(self.pool.get(size)).unwrap_or(usize::MAX)
+            };
+            if wanted > available {
+                let supply = if proxy {
+                    format!("[[backend.upstreams]] has {available} of size {size}")
+                } else {
+                    format!("[pool] {size} = {available}")
+                };
+                let error = ValidationError::new(
+                    "autoscaler.initial",
+                    initial(),
+                    format!("{wanted} {size} machines requested but {supply}"),
+                );
+                return Err(if proxy {
+                    error
+                } else {
+                    error.related(&format!("pool.{size}"))
+                });
+            }
         }
         Ok(())
     }
 
-    /// The effective configuration as TOML (what `elastic-lb check` prints).
+    /// The effective configuration as TOML (what `elastic-lb check` prints); it parses
+    /// back to an equal [`Config`].
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
+}
+
+/// A value written as a TOML string: `"x"`.
+fn quoted(v: impl std::fmt::Display) -> String {
+    format!("\"{v}\"")
+}
+
+/// A float as TOML writes it (`50.0`, not `50`).
+fn float(v: f64) -> String {
+    format!("{v:?}")
+}
+
+/// Turns a `toml`/serde error into a one-line [`ConfigError::Parse`] with line and key.
+fn parse_error(e: &toml::de::Error, text: &str, origin: &str) -> ConfigError {
+    let line = e.span().map(|span| line_of(text, span.start));
+    let message = one_line(e.message());
+    let mut key = line.and_then(|line| key_at(text, line));
+    let message = match reword(&message) {
+        Reworded::UnknownKey { name, message } => {
+            // The span of an unknown key inside an inline table (`listener = { colour = 1 }`)
+            // is on a line whose key is the table: name the field too.
+            key = match key {
+                Some(k) if k == name || k.ends_with(&format!(".{name}")) => Some(k),
+                Some(k) => Some(format!("{k}.{name}")),
+                None => Some(name),
+            };
+            message
+        }
+        Reworded::Other(message) => message,
+    };
+    ConfigError::Parse {
+        origin: origin.to_string(),
+        line,
+        key,
+        message,
+    }
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    1 + text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+}
+
+/// Collapses a possibly multi-line message into one line.
+fn one_line(message: &str) -> String {
+    let parts: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    parts.join("; ")
+}
+
+/// A serde message in the words of this crate.
+enum Reworded {
+    /// `unknown field`: the field's name and the new message.
+    UnknownKey { name: String, message: String },
+    /// Anything else.
+    Other(String),
+}
+
+/// Rewords serde's `unknown field`, `unknown variant` and `missing field` messages.
+fn reword(message: &str) -> Reworded {
+    let (head, tail) = message.split_once(", ").unwrap_or((message, ""));
+    let expected = || {
+        let names = backticked(tail);
+        match names.len() {
+            0 => "this table takes no keys".to_string(),
+            1 => format!("expected {}", names[0]),
+            _ => format!("expected one of {}", names.join(", ")),
+        }
+    };
+    if let Some(name) = head.strip_prefix("unknown field ") {
+        let name = name.trim_matches('`').to_string();
+        let message = format!("unknown key ({})", expected());
+        return Reworded::UnknownKey { name, message };
+    }
+    if let Some(name) = head.strip_prefix("unknown variant ") {
+        let name = name.trim_matches('`');
+        return Reworded::Other(format!("unknown value \"{name}\" ({})", expected()));
+    }
+    if let Some(name) = message.strip_prefix("missing field ") {
+        let name = name.trim_matches('`');
+        return Reworded::Other(format!("required key \"{name}\" is missing"));
+    }
+    for (rust, words) in [
+        ("expected usize", "expected a whole number >= 0"),
+        ("expected u64", "expected a whole number >= 0"),
+        ("expected u32", "expected a whole number >= 0"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        if let Some(head) = message.strip_suffix(rust) {
+            return Reworded::Other(format!("{head}{words}"));
+        }
+    }
+    Reworded::Other(message.to_string())
+}
+
+/// The `` `quoted` `` words of `s`, in order.
+fn backticked(s: &str) -> Vec<&str> {
+    s.split('`').skip(1).step_by(2).collect()
+}
+
+/// `line` without a trailing `# comment` (a `#` inside a string does not count).
+fn strip_comment(line: &str) -> &str {
+    let mut quote = None;
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '#') => return &line[..i],
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+    }
+    line
+}
+
+/// A dotted TOML key normalised: `"load" . requests` → `load.requests`.
+fn normalise_key(raw: &str) -> String {
+    let parts: Vec<&str> = raw
+        .split('.')
+        .map(|p| p.trim().trim_matches('"').trim_matches('\''))
+        .collect();
+    parts.join(".")
+}
+
+/// What one line of TOML is, as far as locating keys goes.
+enum LineKind {
+    /// `[table]` or `[[array.of.tables]]`: its dotted name.
+    Header(String),
+    /// `key = value`: the (possibly dotted) key and the text after `=`.
+    Key(String, String),
+    /// Blank, comment, or the continuation of a multi-line value.
+    Other,
+}
+
+fn classify(line: &str) -> LineKind {
+    let line = strip_comment(line).trim();
+    if line.starts_with('[') && line.ends_with(']') {
+        let name = line.trim_start_matches('[').trim_end_matches(']').trim();
+        if is_key(name) {
+            return LineKind::Header(normalise_key(name));
+        }
+    }
+    if let Some((key, value)) = line.split_once('=') {
+        let key = key.trim();
+        if is_key(key) {
+            return LineKind::Key(normalise_key(key), value.trim().to_string());
+        }
+    }
+    LineKind::Other
+}
+
+/// Whether `s` looks like a (possibly dotted, possibly quoted) TOML key.
+fn is_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ' | '"' | '\''))
+}
+
+/// `table.key`, or `key` at the top level.
+fn join(table: &str, key: &str) -> String {
+    if table.is_empty() {
+        key.to_string()
+    } else {
+        format!("{table}.{key}")
+    }
+}
+
+/// The dotted key written on (or, for a multi-line value, above) 1-based `line`.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut last = None;
+    for (n, l) in text.lines().enumerate() {
+        if n >= line {
+            break;
+        }
+        match classify(l) {
+            LineKind::Header(name) => {
+                last = Some(name.clone());
+                table = name;
+            }
+            LineKind::Key(key, _) => last = Some(join(&table, &key)),
+            LineKind::Other => {}
+        }
+    }
+    last
+}
+
+/// The 1-based line where `key` of `table` is set in `text` (`table` is dotted, `""` for
+/// the top level), whether written under `[table]`, as a dotted key (`table.key = …`) or in
+/// an inline table (`table = { key = … }`). `None` when the text does not set it.
+pub fn locate(text: &str, table: &str, key: &str) -> Option<usize> {
+    let wanted = join(table, key);
+    let mut current = String::new();
+    for (n, l) in text.lines().enumerate() {
+        match classify(l) {
+            LineKind::Header(name) => current = name,
+            LineKind::Key(k, value) => {
+                let full = join(&current, &k);
+                if full == wanted {
+                    return Some(n + 1);
+                }
+                if value.starts_with('{') && wanted.starts_with(&format!("{full}.")) {
+                    let inner = &wanted[full.len() + 1..];
+                    if inline_sets(&value, inner) {
+                        return Some(n + 1);
+                    }
+                }
+            }
+            LineKind::Other => {}
+        }
+    }
+    None
+}
+
+/// Whether the inline table `{ a = 1, b.c = 2 }` sets the dotted key `key`.
+fn inline_sets(value: &str, key: &str) -> bool {
+    let body = value.trim_start_matches('{');
+    body.split([',', '{'])
+        .filter_map(|part| part.split_once('='))
+        .any(|(k, _)| normalise_key(k) == key)
+}
+
+/// The 1-based line of the `[table]` header (or of a `table = …` / `table.x = …` line).
+fn locate_table(text: &str, table: &str) -> Option<usize> {
+    if table.is_empty() {
+        return None;
+    }
+    let mut current = String::new();
+    for (n, l) in text.lines().enumerate() {
+        match classify(l) {
+            LineKind::Header(name) => {
+                if name == table {
+                    return Some(n + 1);
+                }
+                current = name;
+            }
+            LineKind::Key(k, _) => {
+                let full = join(&current, &k);
+                if full == table || full.starts_with(&format!("{table}.")) {
+                    return Some(n + 1);
+                }
+            }
+            LineKind::Other => {}
+        }
+    }
+    None
 }
 
 /// Serde for durations written as strings like `"250ms"`, `"10s"`, `"0s"`.
@@ -489,5 +1037,470 @@ pub mod duration_str {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../config/elastic-lb.toml");
+
+    /// Parses `text` as `x.toml` and returns the one-line error message.
+    fn err(text: &str) -> String {
+        match Config::from_toml(text, "x.toml") {
+            Ok(c) => panic!("accepted {text:?}: {c:?}"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!msg.contains('\n'), "multi-line message: {msg}");
+                msg
+            }
+        }
+    }
+
+    /// Asserts that `text` is rejected with a message containing every one of `parts`.
+    fn rejects(text: &str, parts: &[&str]) -> String {
+        let msg = err(text);
+        for part in parts {
+            assert!(msg.contains(part), "{msg:?} lacks {part:?}");
+        }
+        msg
+    }
+
+    #[test]
+    fn shipped_file_and_empty_text_are_the_defaults() {
+        let shipped = Config::from_toml(SHIPPED, DEFAULT_PATH).expect("shipped file is valid");
+        assert_eq!(shipped, Config::default());
+        assert_eq!(
+            Config::from_toml("", "x.toml").expect("empty"),
+            Config::default()
+        );
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn to_toml_round_trips_the_defaults() {
+        let text = Config::default().to_toml();
+        assert!(text.contains("idle_timeout = \"60s\""), "{text}");
+        assert!(text.contains("interval = \"100ms\""), "{text}");
+        let back = Config::from_toml(&text, "check").expect("round trip");
+        assert_eq!(back, Config::default());
+    }
+
+    #[test]
+    fn to_toml_round_trips_a_custom_config() {
+        let mut c = Config::default();
+        c.listener.address = "0.0.0.0:9000".parse().expect("literal address");
+        c.listener.idle_timeout = Duration::ZERO;
+        c.admin.address = AdminAddress::Off;
+        c.dispatcher.strategy = StrategyKind::ConsistentHash;
+        c.dispatcher.seed = 42;
+        c.load.connection_min = 2.5;
+        c.load.connection_max = 2.5;
+        c.load.requests.default_class = RequestClass::Large;
+        c.load.requests.service_ms_per_unit = 0.25;
+        c.machines.xlarge = 1000;
+        c.autoscaler.initial = vec![Size::Small, Size::Large];
+        c.autoscaler.scale_up_threshold = 80.5;
+        c.autoscaler.interval = Duration::from_millis(1500);
+        c.autoscaler.scale_down_after = Duration::from_millis(250);
+        c.backend.mode = BackendMode::Proxy;
+        c.backend.upstreams = vec![
+            UpstreamConfig {
+                address: "127.0.0.1:9001".parse().expect("literal address"),
+                size: Size::Small,
+            },
+            UpstreamConfig {
+                address: "127.0.0.1:9002".parse().expect("literal address"),
+                size: Size::Large,
+            },
+        ];
+        assert_eq!(c.validate(), Ok(()));
+        let text = c.to_toml();
+        assert!(text.contains("address = \"off\""), "{text}");
+        assert!(text.contains("scale_down_after = \"250ms\""), "{text}");
+        assert!(text.contains("[[backend.upstreams]]"), "{text}");
+        assert_eq!(Config::from_toml(&text, "check").expect("round trip"), c);
+    }
+
+    #[test]
+    fn durations_render_as_strings() {
+        assert_eq!(duration_str::format(Duration::from_secs(60)), "60s");
+        assert_eq!(duration_str::format(Duration::from_millis(250)), "250ms");
+        assert_eq!(duration_str::format(Duration::ZERO), "0s");
+        assert_eq!(duration_str::parse(" 10s "), Ok(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn unknown_strategy_names_file_line_key_value_and_choices() {
+        let msg = err("# strategies\n\n[dispatcher]\nstrategy = \"fastest\"\n");
+        assert_eq!(
+            msg,
+            "x.toml:4: dispatcher.strategy: unknown strategy \"fastest\" (expected one of \
+             round-robin, random, least-connections, least-load, power-of-two, consistent-hash)"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_reworded() {
+        let text = "[listener]\naddress = \"127.0.0.1:1\"\ncolour = \"red\"  # typo\n";
+        assert_eq!(
+            err(text),
+            "x.toml:3: listener.colour: unknown key (expected one of address, \
+             max_connections, max_line_bytes, idle_timeout)"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_nested_table() {
+        let msg = rejects(
+            "[load]\nconnection_min = 1.0\n\n[load.requests]\nsmall = 1\nfoo = 1\n",
+            &["x.toml:6: load.requests.foo: unknown key (expected one of small, medium"],
+        );
+        assert!(msg.contains("service_ms_per_unit)"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_dotted_and_inline_forms_and_unknown_table() {
+        rejects(
+            "listener.colour = 1\n",
+            &["x.toml:1: listener.colour: unknown key"],
+        );
+        rejects(
+            "listener = { colour = 1 }\n",
+            &["x.toml:1: listener.colour: unknown key"],
+        );
+        rejects(
+            "[listner]\naddress = \"127.0.0.1:1\"\n",
+            &["x.toml:1: listner: unknown key (expected one of listener, admin,"],
+        );
+        rejects(
+            "[[backend.upstreams]]\naddress = \"127.0.0.1:1\"\nweight = 3\n",
+            &["x.toml:3: backend.upstreams.weight: unknown key (expected one of address, size)"],
+        );
+    }
+
+    #[test]
+    fn wrong_type() {
+        rejects(
+            "[listener]\nmax_connections = \"many\"\n",
+            &[
+                "x.toml:2: listener.max_connections:",
+                "\"many\"",
+                "whole number",
+            ],
+        );
+        rejects(
+            "[pool]\nsmall = -1\n",
+            &[
+                "x.toml:2: pool.small:",
+                "-1",
+                "expected a whole number >= 0",
+            ],
+        );
+    }
+
+    #[test]
+    fn bad_duration() {
+        rejects(
+            "[listener]\nidle_timeout = \"10 parsecs\"\n",
+            &[
+                "x.toml:2: listener.idle_timeout: invalid duration \"10 parsecs\"",
+                "\"250ms\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn admin_address() {
+        rejects(
+            "[admin]\naddress = \"localhost\"\n",
+            &[
+                "x.toml:2: admin.address: invalid address \"localhost\"",
+                "host:port or \"off\"",
+            ],
+        );
+        let c = Config::from_toml("[admin]\naddress = \"off\"\n", "x.toml").expect("off");
+        assert_eq!(c.admin.address, AdminAddress::Off);
+        let c = Config::from_toml("admin.address = \"OFF\"\n", "x.toml").expect("OFF");
+        assert_eq!(c.admin.address, AdminAddress::Off);
+        rejects(
+            "[listener]\naddress = \"127.0.0.1:7071\"\n",
+            &["x.toml:2: admin.address = \"127.0.0.1:7071\": must differ from listener"],
+        );
+    }
+
+    #[test]
+    fn unknown_names() {
+        rejects(
+            "[autoscaler]\nscale_up_size = \"huge\"\n",
+            &["x.toml:2: autoscaler.scale_up_size: unknown size \"huge\" (expected one of"],
+        );
+        rejects(
+            "[autoscaler]\ninitial = [\"medium\", \"tiny\"]\n",
+            &["x.toml:2: autoscaler.initial: unknown size \"tiny\""],
+        );
+        rejects(
+            "[load.requests]\ndefault_class = \"jumbo\"\n",
+            &["x.toml:2: load.requests.default_class: unknown request class \"jumbo\""],
+        );
+        rejects(
+            "[backend]\nmode = \"mirror\"\n",
+            &["x.toml:2: backend.mode: unknown value \"mirror\" (expected one of simulated, proxy)"],
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_one_line_with_a_line_number() {
+        let msg = err("[listener]\nmax_connections = 10\n[admin\n");
+        assert!(msg.starts_with("x.toml:3: "), "{msg}");
+        let msg = err("[listener]\nmax_connections = 10\nmax_connections = 11\n");
+        assert!(
+            msg.starts_with("x.toml:3: listener.max_connections: "),
+            "{msg}"
+        );
+        rejects(
+            "[[backend.upstreams]]\nsize = \"small\"\n",
+            &["backend.upstreams: required key \"address\" is missing"],
+        );
+    }
+
+    #[test]
+    fn rejects_non_positive_capacities() {
+        assert_eq!(
+            err("[machines]\nsmall = -5\n"),
+            "x.toml:2: machines.small = -5: capacity must be > 0"
+        );
+        rejects(
+            "[machines]\nxlarge = 0   # off\n",
+            &["x.toml:2: machines.xlarge = 0: capacity must be > 0"],
+        );
+        rejects(
+            "[machines]\nqueue_depth = 0\n",
+            &["x.toml:2: machines.queue_depth = 0: must be at least 1"],
+        );
+    }
+
+    #[test]
+    fn rejects_zero_listener_limits() {
+        rejects(
+            "[listener]\nmax_connections = 0\n",
+            &["x.toml:2: listener.max_connections = 0: must be at least 1"],
+        );
+        rejects(
+            "[listener]\nmax_line_bytes = 0\n",
+            &["x.toml:2: listener.max_line_bytes = 0: must be at least 1"],
+        );
+    }
+
+    #[test]
+    fn rejects_bad_connection_range() {
+        rejects(
+            "[load]\nconnection_min = 12.0\nconnection_max = 11.0\n",
+            &["x.toml:2: load.connection_min = 12.0: must be <= load.connection_max (11.0)"],
+        );
+        // Only the max is in the file: the line is that of the max.
+        rejects(
+            "[load]\n\nconnection_max = 0.5\n",
+            &["x.toml:3: load.connection_min = 1.0: must be <= load.connection_max (0.5)"],
+        );
+        rejects(
+            "[load]\nconnection_min = -1\n",
+            &["x.toml:2: load.connection_min = -1.0: must be a finite number >= 0"],
+        );
+        rejects(
+            "[load]\nconnection_min = -3.0\nconnection_max = -2.0\n",
+            &["load.connection_min = -3.0", ">= 0"],
+        );
+        rejects(
+            "[load]\nconnection_max = nan\n",
+            &["x.toml:2: load.connection_max = NaN"],
+        );
+        rejects(
+            "[load.requests]\nservice_ms_per_unit = -1.5\n",
+            &["x.toml:2: load.requests.service_ms_per_unit = -1.5: must be a finite number"],
+        );
+    }
+
+    #[test]
+    fn rejects_thresholds() {
+        rejects(
+            "[autoscaler]\nscale_up_threshold = 150.0\n",
+            &["x.toml:2: autoscaler.scale_up_threshold = 150.0: must be between 0 and 100"],
+        );
+        rejects(
+            "[autoscaler]\nscale_down_threshold = -1.0\n",
+            &["x.toml:2: autoscaler.scale_down_threshold = -1.0: must be between 0 and 100"],
+        );
+        rejects(
+            "[autoscaler]\nscale_up_threshold = 40\nscale_down_threshold = 40\n",
+            &[
+                "x.toml:3: autoscaler.scale_down_threshold = 40.0: must be below \
+               autoscaler.scale_up_threshold (40.0)",
+            ],
+        );
+    }
+
+    #[test]
+    fn rejects_machine_counts() {
+        rejects(
+            "[autoscaler]\nmin_machines = 5\nmax_machines = 2\n",
+            &["x.toml:2: autoscaler.min_machines = 5: must be <= autoscaler.max_machines (2)"],
+        );
+        rejects(
+            "[autoscaler]\nmax_machines = 0\n",
+            &["x.toml:2: autoscaler.max_machines = 0: must be at least 1"],
+        );
+        rejects(
+            "[autoscaler]\ninitial = [\"small\", \"small\", \"small\"]\nmax_machines = 2\n",
+            &[
+                "x.toml:2: autoscaler.initial = [\"small\", \"small\", \"small\"]: \
+               3 machines exceed autoscaler.max_machines (2)",
+            ],
+        );
+    }
+
+    #[test]
+    fn rejects_initial_machines_the_pool_cannot_supply() {
+        assert_eq!(
+            err(
+                "[pool]\nlarge = 1\n\n[autoscaler]\ninitial = [\"large\", \"medium\", \"large\"]\n"
+            ),
+            "x.toml:5: autoscaler.initial = [\"large\", \"medium\", \"large\"]: \
+             2 large machines requested but [pool] large = 1"
+        );
+        let proxy = "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\n\
+                     address = \"127.0.0.1:9001\"\nsize = \"small\"\n";
+        rejects(
+            proxy,
+            &[
+                "autoscaler.initial = [\"medium\"]: 1 medium machines requested but \
+               [[backend.upstreams]] has 0 of size medium",
+            ],
+        );
+        let ok = format!("{proxy}[autoscaler]\ninitial = [\"small\"]\n");
+        assert!(Config::from_toml(&ok, "x.toml").is_ok());
+    }
+
+    #[test]
+    fn rejects_zero_intervals() {
+        rejects(
+            "[autoscaler]\ninterval = \"0s\"\n",
+            &["x.toml:2: autoscaler.interval = \"0s\": must be > 0"],
+        );
+        rejects(
+            "[backend]\nhealth_check_interval = \"0ms\"\n",
+            &["x.toml:2: backend.health_check_interval = \"0s\": must be > 0"],
+        );
+        // "0s" means "never" for the idle timeout.
+        assert!(Config::from_toml("[listener]\nidle_timeout = \"0s\"\n", "x").is_ok());
+    }
+
+    #[test]
+    fn rejects_proxy_mode_without_upstreams() {
+        rejects(
+            "[backend]\nmode = \"proxy\"\n",
+            &[
+                "x.toml:2: backend.mode = \"proxy\": proxy mode needs at least one \
+               [[backend.upstreams]]",
+            ],
+        );
+    }
+
+    #[test]
+    fn validation_without_a_text_has_no_line() {
+        let mut c = Config::default();
+        c.machines.queue_depth = 0;
+        let e = c.validate().expect_err("queue_depth 0");
+        assert_eq!(e.key, "machines.queue_depth");
+        assert_eq!(
+            e.to_string(),
+            "machines.queue_depth = 0: must be at least 1"
+        );
+        // Neither the key nor its table is in the text: the table's first dotted key is.
+        let e = Config::from_toml("pool.small = 0\nmachines.small = 0\n", "x.toml");
+        let e = e.expect_err("small = 0");
+        assert_eq!(e.line(), Some(2));
+        // The rule's other key is: its line.
+        assert_eq!(
+            err("[pool]\nmedium = 0\n"),
+            "x.toml:2: autoscaler.initial = [\"medium\"]: 1 medium machines requested \
+             but [pool] medium = 0"
+        );
+    }
+
+    #[test]
+    fn error_accessors() {
+        let e = Config::from_toml("\n[machines]\nmedium = 0\n", "x.toml").expect_err("bad");
+        assert_eq!(e.line(), Some(3));
+        assert_eq!(e.key(), Some("machines.medium"));
+        let e = Config::from_toml("[listener]\nfoo = 1\n", "x.toml").expect_err("bad");
+        assert_eq!(e.line(), Some(2));
+        assert_eq!(e.key(), Some("listener.foo"));
+    }
+
+    #[test]
+    fn line_numbers() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 4), 3);
+        assert_eq!(line_of("a\nb\nc", 99), 3);
+        assert_eq!(line_of("a\r\nb", 3), 2);
+    }
+
+    #[test]
+    fn locate_finds_keys_in_every_form() {
+        let text = "\
+# comment with min_machines = 3
+[autoscaler]   # the scaler
+initial = [
+  \"medium\",
+]
+\"min_machines\" = 2
+[load.requests]
+small = 1
+[[backend.upstreams]]
+address = \"127.0.0.1:1\"
+";
+        assert_eq!(locate(text, "autoscaler", "min_machines"), Some(6));
+        assert_eq!(locate(text, "autoscaler", "initial"), Some(3));
+        assert_eq!(locate(text, "autoscaler", "max_machines"), None);
+        assert_eq!(locate(text, "load.requests", "small"), Some(8));
+        assert_eq!(locate(text, "load", "small"), None);
+        assert_eq!(locate(text, "backend.upstreams", "address"), Some(10));
+        assert_eq!(locate("machines.small = 1\n", "machines", "small"), Some(1));
+        assert_eq!(
+            locate(
+                "x = 1\nload = { requests.small = 1 }",
+                "load.requests",
+                "small"
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            locate("[load]\nrequests.large = 3\n", "load.requests", "large"),
+            Some(2)
+        );
+        assert_eq!(locate_table(text, "load.requests"), Some(7));
+        assert_eq!(locate_table(text, "autoscaler"), Some(2));
+        assert_eq!(locate_table(text, "pool"), None);
+    }
+
+    #[test]
+    fn key_at_tracks_tables_and_multiline_values() {
+        let text = "a = 1\n[load.requests]\nsmall = 1\n[autoscaler]\ninitial = [\n\"x\",\n]\n";
+        assert_eq!(key_at(text, 1).as_deref(), Some("a"));
+        assert_eq!(key_at(text, 2).as_deref(), Some("load.requests"));
+        assert_eq!(key_at(text, 3).as_deref(), Some("load.requests.small"));
+        assert_eq!(key_at(text, 6).as_deref(), Some("autoscaler.initial"));
+    }
+
+    #[test]
+    fn read_error_names_the_file() {
+        let e = Config::load(Path::new("/nonexistent/elastic-lb.toml")).expect_err("missing");
+        assert!(
+            e.to_string().starts_with("/nonexistent/elastic-lb.toml: "),
+            "{e}"
+        );
     }
 }
