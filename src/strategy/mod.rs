@@ -186,6 +186,53 @@ pub fn build(kind: StrategyKind, seed: u64) -> Box<dyn Strategy> {
     }
 }
 
+/// Helpers shared by the strategy unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::{MachineView, PickRequest};
+    use crate::machine::MachineId;
+    use crate::stats::Units;
+
+    /// A view of machine `m<id>` with `capacity` and `used` in whole load units.
+    pub(crate) fn view(id: u32, capacity: u64, used: u64, fits: bool) -> MachineView {
+        MachineView {
+            id: MachineId(id),
+            capacity: Units::from_whole(capacity),
+            used: Units::from_whole(used),
+            fits,
+        }
+    }
+
+    /// Views of `m1`, `m2`, … (creation order) from `(capacity, used, fits)` triples.
+    pub(crate) fn views(specs: &[(u64, u64, bool)]) -> Vec<MachineView> {
+        specs
+            .iter()
+            .zip(1..)
+            .map(|(&(capacity, used, fits), id)| view(id, capacity, used, fits))
+            .collect()
+    }
+
+    /// `n` idle, fitting machines `m1..=mn` of capacity 100.
+    pub(crate) fn idle(n: u32) -> Vec<MachineView> {
+        (1..=n).map(|id| view(id, 100, 0, true)).collect()
+    }
+
+    /// A request for one load unit from `ip`.
+    pub(crate) fn request_from(ip: IpAddr) -> PickRequest {
+        PickRequest {
+            client_ip: ip,
+            reservation: Units::from_whole(1),
+        }
+    }
+
+    /// A request for one load unit from 192.0.2.1 (TEST-NET-1).
+    pub(crate) fn request() -> PickRequest {
+        request_from(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
