@@ -1,0 +1,227 @@
+//! The command line (SPEC §2): `check`, start-up errors, exit statuses. Runs the built
+//! binary; every child is killed on drop and every wait is bounded.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_elastic-lb");
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Kills the child (if still running) when dropped.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary with `args` in `cwd`; panics if it has not exited within [`WAIT`].
+fn run(args: &[&str], cwd: &Path) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn elastic-lb");
+    let mut guard = ChildGuard(child);
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "elastic-lb {args:?} did not exit within {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut out) = guard.0.stdout.take() {
+        out.read_to_string(&mut stdout).expect("read stdout");
+    }
+    if let Some(mut err) = guard.0.stderr.take() {
+        err.read_to_string(&mut stderr).expect("read stderr");
+    }
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A fresh, empty directory for one test (no `config/elastic-lb.toml` in it).
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Asserts the SPEC §2 shape of a start-up error: exactly one non-empty stderr line,
+/// starting `error:`, no panic or backtrace. Returns that line.
+fn single_error_line(out: &Output) -> String {
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let lower = out.stderr.to_lowercase();
+    assert!(
+        !lower.contains("panicked") && !lower.contains("backtrace"),
+        "no panic/backtrace expected, stderr:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one stderr line expected, got:\n{}",
+        out.stderr
+    );
+    assert!(
+        lines[0].starts_with("error:"),
+        "stderr line should start with `error:`: {:?}",
+        lines[0]
+    );
+    lines[0].to_string()
+}
+
+#[test]
+fn check_prints_the_effective_default_configuration_as_toml() {
+    // In the crate directory: the shipped config/elastic-lb.toml when present, else the
+    // built-in defaults (identical to it).
+    let out = run(&["check"], Path::new(env!("CARGO_MANIFEST_DIR")));
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr:\n{}",
+        out.status,
+        out.stderr
+    );
+    for needle in [
+        "[listener]",
+        "address = \"127.0.0.1:7070\"",
+        "[dispatcher]",
+        "strategy = \"least-connections\"",
+        "[autoscaler]",
+    ] {
+        assert!(
+            out.stdout.contains(needle),
+            "missing {needle:?} in:\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn check_output_is_itself_a_valid_configuration() {
+    let dir = scratch_dir("roundtrip");
+    let first = run(&["check"], &dir);
+    assert!(first.status.success(), "stderr:\n{}", first.stderr);
+    let file = dir.join("effective.toml");
+    std::fs::write(&file, &first.stdout).expect("write config");
+    let second = run(
+        &["check", "--config", file.to_str().expect("utf-8 path")],
+        &dir,
+    );
+    assert!(second.status.success(), "stderr:\n{}", second.stderr);
+    assert_eq!(second.stdout, first.stdout, "check output must round-trip");
+}
+
+#[test]
+fn check_rejects_an_unknown_key_with_one_error_line_naming_it() {
+    let dir = scratch_dir("unknown-key");
+    let file = dir.join("typo.toml");
+    std::fs::write(
+        &file,
+        "[listener]\nmax_connections = 10\nadress = \"127.0.0.1:7070\"\n",
+    )
+    .expect("write config");
+    let out = run(
+        &["check", "--config", file.to_str().expect("utf-8 path")],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    let line = single_error_line(&out);
+    assert!(line.contains("adress"), "names the key: {line:?}");
+    assert!(line.contains("typo.toml"), "names the file: {line:?}");
+    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
+}
+
+#[test]
+fn check_rejects_an_unknown_strategy_in_the_file_naming_key_and_value() {
+    let dir = scratch_dir("bad-strategy");
+    let file = dir.join("strategy.toml");
+    std::fs::write(&file, "[dispatcher]\nstrategy = \"fastest\"\n").expect("write config");
+    let out = run(
+        &["check", "--config", file.to_str().expect("utf-8 path")],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    let line = single_error_line(&out);
+    assert!(
+        line.contains("dispatcher.strategy"),
+        "names the key: {line:?}"
+    );
+    assert!(line.contains("fastest"), "names the value: {line:?}");
+}
+
+#[test]
+fn run_on_an_address_in_use_exits_1_with_one_line_naming_it() {
+    let dir = scratch_dir("addr-in-use");
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = occupied.local_addr().expect("addr").to_string();
+    let out = run(&["run", "--listen", &addr, "--admin", "off"], &dir);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    let line = single_error_line(&out);
+    assert!(line.contains(&addr), "names the address {addr}: {line:?}");
+    drop(occupied);
+}
+
+#[test]
+fn unknown_strategy_flag_is_refused_naming_it() {
+    let dir = scratch_dir("strategy-flag");
+    let out = run(
+        &[
+            "run",
+            "--strategy",
+            "fastest",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+        ],
+        &dir,
+    );
+    assert!(
+        !out.status.success(),
+        "must not start; stderr:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.status.code().is_some(),
+        "exited, not killed: {:?}",
+        out.status
+    );
+    assert!(
+        out.stderr.contains("fastest"),
+        "names the strategy:\n{}",
+        out.stderr
+    );
+    let lower = out.stderr.to_lowercase();
+    assert!(!lower.contains("panicked"), "no panic:\n{}", out.stderr);
+}
