@@ -239,15 +239,28 @@ impl MachineHandle {
     /// [`SubmitError::QueueFull`] when the queue is at `queue_depth`, and
     /// [`SubmitError::MachineGone`] after a hard stop; both hand the job back.
     pub fn try_submit(&self, job: Job) -> Result<(), SubmitError> {
-        // Count before sending: the machine may serve and subtract before try_send returns.
+        // The bound is on `queued` (waiting + in service), not on the channel: a request
+        // that reaches an idle machine is in service at once, even if the task has not been
+        // scheduled yet to take it off the channel. So `queue_depth + 1` may be queued.
+        let limit = self.info.queue_depth as u64 + 1;
+        let taken = self
+            .info
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(SubmitError::QueueFull(job));
+        }
+        // Count the weight before sending: the machine may serve and subtract it before
+        // try_send returns.
         let weight = job.weight;
         self.info.pending.add(weight);
-        self.info.queued.fetch_add(1, Ordering::Relaxed);
         match self.jobs_tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.info.pending.sub(weight);
-                self.info.queued.fetch_sub(1, Ordering::Relaxed);
+                self.info.queued.fetch_sub(1, Ordering::AcqRel);
                 Err(match e {
                     mpsc::error::TrySendError::Full(job) => SubmitError::QueueFull(job),
                     mpsc::error::TrySendError::Closed(job) => SubmitError::MachineGone(job),
@@ -299,8 +312,9 @@ pub fn spawn(
     queue_depth: usize,
     ctx: MachineContext,
 ) -> MachineHandle {
-    // The channel holds the waiting requests; the one in service has left it (SPEC §1).
-    let (jobs_tx, jobs_rx) = mpsc::channel(queue_depth);
+    // `try_submit` bounds waiting + in service at `queue_depth + 1` (SPEC §1); the channel
+    // is sized so that it is never the tighter bound.
+    let (jobs_tx, jobs_rx) = mpsc::channel(queue_depth + 1);
     let info = Arc::new(MachineInfo::new(id, size, capacity, queue_depth));
     tokio::spawn(serve(info.clone(), jobs_rx, ctx));
     MachineHandle { info, jobs_tx }
@@ -348,7 +362,7 @@ async fn serve(info: Arc<MachineInfo>, mut jobs_rx: mpsc::Receiver<Job>, ctx: Ma
 /// reply goes out so that a client that has all its replies sees consistent totals.
 fn finish(info: &MachineInfo, totals: &Totals, job: Job, served: bool) {
     info.pending.sub(job.weight);
-    info.queued.fetch_sub(1, Ordering::Relaxed);
+    info.queued.fetch_sub(1, Ordering::AcqRel);
     let reply = if served {
         totals.request_ok(job.weight);
         ok_reply(&info.name, job.class, &job.payload)
@@ -466,8 +480,6 @@ mod tests {
                 Err(SubmitError::QueueFull(_)) => full += 1,
                 Err(e) => panic!("unexpected {e}"),
             }
-            // Let the machine take the first job into service.
-            tokio::task::yield_now().await;
         }
         // One in service + one waiting; the rest were refused and left no weight behind.
         assert_eq!(replies.len(), 2);
