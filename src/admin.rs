@@ -46,3 +46,15 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 async fn api_stats(State(state): State<Arc<AdminState>>) -> Json<Snapshot> {
     Json(state.stats.snapshot())
 }
+
+/// `elastic-lb stats`: prints a table of machines and totals from a running daemon.
+///
+/// TODO(issue 4): not implemented yet.
+///
+/// # Errors
+///
+/// A one-line message when the daemon cannot be reached.
+pub async fn stats_command(admin: std::net::SocketAddr, watch: bool) -> Result<(), String> {
+    let _ = (admin, watch);
+    Err("the stats command is not implemented yet".to_string())
+}

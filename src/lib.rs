@@ -11,7 +11,8 @@
 //! - [`machine`] — a backend machine: bounded FIFO queue served by a task (SPEC §1)
 //! - [`factory`] — the finite machine pool
 //! - [`autoscaler`] — scale-up / scale-down policy and the periodic tick
-//! - [`admin`] — the HTTP admin endpoint (SPEC §6)
+//! - [`admin`] — the HTTP admin endpoint (SPEC §6) and the `stats` command
+//! - [`loadgen`] — the `load` command (SPEC §7)
 //! - [`stats`] — lock-free counters and the `Snapshot` the admin API serves
 //!
 //! ```text
@@ -39,6 +40,7 @@ pub mod connection;
 pub mod dispatcher;
 pub mod factory;
 pub mod listener;
+pub mod loadgen;
 pub mod machine;
 pub mod protocol;
 pub mod stats;

@@ -35,6 +35,17 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Print a table of machines and totals from a running daemon's admin endpoint.
+    Stats {
+        /// Admin address of the daemon.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
+        admin: SocketAddr,
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Generate load against a balancer (see `elastic-lb load --help`).
+    Load(elastic_lb::loadgen::LoadArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -82,7 +93,36 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { config }) => check(config.as_deref()),
         Some(Command::Run(args)) => run(args),
+        Some(Command::Stats { admin, watch }) => {
+            client(elastic_lb::admin::stats_command(admin, watch))
+        }
+        Some(Command::Load(args)) => client(async move {
+            elastic_lb::loadgen::run(args)
+                .await
+                .map_err(|e| e.to_string())
+        }),
         None => run(cli.run),
+    }
+}
+
+/// Runs a client command (`stats`, `load`) on a runtime; prints its error on one line.
+fn client(command: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
