@@ -177,3 +177,57 @@ mod tests {
         assert!(t.observe(start + Duration::from_secs(30), 5.0, &cfg));
     }
 }
+
+#[cfg(test)]
+mod retiree_tests {
+    use super::*;
+    use crate::machine::{MachineId, MachineInfo, MachineState};
+
+    fn machine(id: u32, capacity: u64, reserved: u64) -> MachineInfo {
+        let m = MachineInfo::new(MachineId(id), Size::Medium, Units::from_whole(capacity), 8);
+        m.reserved.add(Units::from_whole(reserved));
+        m
+    }
+
+    #[test]
+    fn picks_the_least_loaded_and_the_newest_on_ties() {
+        let cfg = AutoscalerConfig::default();
+        let (a, b, c) = (machine(1, 100, 10), machine(2, 100, 5), machine(3, 100, 5));
+        assert_eq!(pick_retiree(&[&a, &b, &c], &cfg), Some(2));
+    }
+
+    #[test]
+    fn never_below_min_machines() {
+        let cfg = AutoscalerConfig {
+            min_machines: 2,
+            ..AutoscalerConfig::default()
+        };
+        let (a, b) = (machine(1, 100, 1), machine(2, 100, 1));
+        assert_eq!(pick_retiree(&[&a, &b], &cfg), None);
+        let c = machine(3, 100, 0);
+        assert_eq!(pick_retiree(&[&a, &b, &c], &cfg), Some(2));
+    }
+
+    #[test]
+    fn never_when_the_rest_would_pass_the_threshold() {
+        let cfg = AutoscalerConfig::default();
+        // 45 + 45 + 15 on three machines: without the third, (45+45+15)/200 = 52.5 % > 50.
+        let (a, b, c) = (
+            machine(1, 100, 45),
+            machine(2, 100, 45),
+            machine(3, 100, 15),
+        );
+        assert_eq!(pick_retiree(&[&a, &b, &c], &cfg), None);
+        // 40 + 40 + 15: 47.5 % is fine.
+        let (a, b) = (machine(1, 100, 40), machine(2, 100, 40));
+        assert_eq!(pick_retiree(&[&a, &b, &c], &cfg), Some(2));
+    }
+
+    #[test]
+    fn draining_machines_are_not_candidates_and_do_not_count() {
+        let cfg = AutoscalerConfig::default();
+        let (a, b) = (machine(1, 100, 10), machine(2, 100, 0));
+        b.set_state(MachineState::Draining);
+        assert_eq!(pick_retiree(&[&a, &b], &cfg), None);
+    }
+}
