@@ -396,13 +396,16 @@ impl Dispatcher {
             self.totals.scale_ups.fetch_add(1, Ordering::Relaxed);
         }
         self.scale_down.reset();
-        info!(
-            machine = %machine.info.name,
-            %size,
-            capacity = %machine.info.capacity,
-            machines = self.machines.len() + 1,
-            "scale up: machine added"
+        let (name, capacity, machines) = (
+            &machine.info.name,
+            machine.info.capacity,
+            self.machines.len() + 1,
         );
+        if self.booted {
+            info!(machine = %name, %size, %capacity, machines, "scale up: machine added");
+        } else {
+            info!(machine = %name, %size, %capacity, machines, "initial machine started");
+        }
         self.machines.push(machine);
         let index = self.machines.len() - 1;
         if self.booted {
