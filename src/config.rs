@@ -358,8 +358,9 @@ impl Default for MachinesConfig {
     }
 }
 
-/// `[pool]`: machines of each size the factory can hand out at once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[pool]`: machines of each size the factory can hand out at once. Also used for the
+/// free counts the admin API reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Small machines.
@@ -382,6 +383,24 @@ impl PoolConfig {
             Size::Xlarge => self.xlarge,
         }
     }
+
+    /// Mutable access to the count of `size`.
+    pub fn get_mut(&mut self, size: Size) -> &mut u32 {
+        match size {
+            Size::Small => &mut self.small,
+            Size::Medium => &mut self.medium,
+            Size::Large => &mut self.large,
+            Size::Xlarge => &mut self.xlarge,
+        }
+    }
+
+    /// All zero.
+    pub const EMPTY: PoolConfig = PoolConfig {
+        small: 0,
+        medium: 0,
+        large: 0,
+        xlarge: 0,
+    };
 }
 
 impl Default for PoolConfig {

@@ -54,8 +54,8 @@ impl LocalFactory {
     /// A factory drawing from `config.pool`; machines get `ctx`.
     pub fn new(config: &Config, ctx: MachineContext) -> Self {
         let mut factory = LocalFactory {
-            limits: PoolSnapshot::default(),
-            in_use: PoolSnapshot::default(),
+            limits: PoolSnapshot::EMPTY,
+            in_use: PoolSnapshot::EMPTY,
             config: config.clone(),
             ctx,
         };
@@ -86,7 +86,7 @@ impl MachineFactory for LocalFactory {
     }
 
     fn free(&self) -> PoolSnapshot {
-        let mut free = PoolSnapshot::default();
+        let mut free = PoolSnapshot::EMPTY;
         for size in Size::ALL {
             // A pool shrunk by a reload below what is in use has none free (not negative).
             *free.get_mut(size) = self.limits.get(size).saturating_sub(self.in_use.get(size));
@@ -95,9 +95,7 @@ impl MachineFactory for LocalFactory {
     }
 
     fn reconfigure(&mut self, config: &Config) {
-        for size in Size::ALL {
-            *self.limits.get_mut(size) = config.pool.get(size);
-        }
+        self.limits = config.pool;
         self.config = config.clone();
     }
 }

@@ -105,17 +105,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs a client command (`stats`, `load`) on a runtime; prints its error on one line.
-fn client(command: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// A multi-threaded tokio runtime, or `None` after printing why it could not start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+/// Runs a client command (`stats`, `load`) on a runtime; prints its error on one line.
+fn client(command: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -189,15 +196,8 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("error: backend.mode = \"proxy\": proxy mode is not implemented yet (use \"simulated\")");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(serve(config, path)) {
         Ok(code) => code,

@@ -197,37 +197,9 @@ pub struct MachineSnapshot {
     pub state: MachineState,
 }
 
-/// Free machines per size in the factory's pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[allow(missing_docs)]
-pub struct PoolSnapshot {
-    pub small: u32,
-    pub medium: u32,
-    pub large: u32,
-    pub xlarge: u32,
-}
-
-impl PoolSnapshot {
-    /// Free machines of `size`.
-    pub fn get(&self, size: Size) -> u32 {
-        match size {
-            Size::Small => self.small,
-            Size::Medium => self.medium,
-            Size::Large => self.large,
-            Size::Xlarge => self.xlarge,
-        }
-    }
-
-    /// Mutable access to the free count of `size`.
-    pub fn get_mut(&mut self, size: Size) -> &mut u32 {
-        match size {
-            Size::Small => &mut self.small,
-            Size::Medium => &mut self.medium,
-            Size::Large => &mut self.large,
-            Size::Xlarge => &mut self.xlarge,
-        }
-    }
-}
+/// Machines per size: the pool's free counts in [`Snapshot::pool`] (same shape as the
+/// `[pool]` table).
+pub type PoolSnapshot = crate::config::PoolConfig;
 
 /// What happened to a machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
