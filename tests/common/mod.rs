@@ -288,3 +288,41 @@ fn dechunk(mut body: &str) -> String {
 pub fn total_used(s: &Snapshot) -> f64 {
     s.machines.iter().map(|m| m.used).sum()
 }
+
+// === lifecycle helpers ===
+
+impl Client {
+    /// Sends `INFO` and returns the value of `key=` in the reply (e.g. `machine`).
+    pub async fn info_field(&mut self, key: &str) -> String {
+        self.send("INFO").await;
+        let line = self.line().await;
+        let prefix = format!("{key}=");
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("INFO reply without {key}=: {line:?}"))
+            .to_string()
+    }
+}
+
+/// The error code of an `ERR <code> <message>` line (panics on any other line).
+pub fn err_code(line: &str) -> &str {
+    let rest = line
+        .strip_prefix("ERR ")
+        .unwrap_or_else(|| panic!("expected an ERR line, got {line:?}"));
+    rest.split(' ').next().unwrap_or("")
+}
+
+/// Whether a fresh connection to `addr` is refused, or closed by the peer without a byte,
+/// within a short wait (what a closed listener looks like).
+pub async fn connection_refused(addr: SocketAddr) -> bool {
+    let mut stream = match timeout(TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) => return true,
+        Err(_) => return false,
+    };
+    let mut buf = [0u8; 64];
+    matches!(
+        timeout(Duration::from_millis(200), stream.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}

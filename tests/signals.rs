@@ -1,0 +1,275 @@
+//! Signals on the built binary (SPEC §2, §5): SIGHUP reload (good and broken file),
+//! SIGTERM graceful shutdown, a second SIGINT exits at once. Every child is killed on drop
+//! and every wait is bounded.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{err_code, get_stats, test_config, Client};
+use elastic_lb::config::{AdminAddress, Config};
+use elastic_lb::strategy::StrategyKind;
+use tokio::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_elastic-lb");
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A running daemon; killed (if still running) when dropped.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    config_path: PathBuf,
+    /// stderr lines so far (read by a thread).
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr")
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("signals-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+impl Daemon {
+    /// Writes `cfg` (with free ports) to a file and starts the daemon on it; waits for its
+    /// "ready" log line. Retries with other ports if it fails to start (port taken).
+    async fn start(name: &str, cfg: Config) -> Daemon {
+        let dir = scratch_dir(name);
+        let config_path = dir.join("elastic-lb.toml");
+        let mut last_stderr = Vec::new();
+        for _attempt in 0..3 {
+            let mut cfg = cfg.clone();
+            let (addr, admin) = (free_port(), free_port());
+            cfg.listener.address = addr;
+            cfg.admin.address = AdminAddress::Addr(admin);
+            std::fs::write(&config_path, cfg.to_toml()).expect("write config");
+            let mut child = Command::new(BIN)
+                .arg("--config")
+                .arg(&config_path)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .env("RUST_BACKTRACE", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn elastic-lb");
+            let stderr = Arc::new(Mutex::new(Vec::new()));
+            let pipe = child.stderr.take().expect("stderr piped");
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            let mut daemon = Daemon {
+                child,
+                addr,
+                admin,
+                config_path: config_path.clone(),
+                stderr,
+            };
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if daemon.has_line("elastic-lb ready") {
+                    return daemon;
+                }
+                if daemon.child.try_wait().expect("try_wait").is_some() {
+                    // Most likely a port taken in between: try other ports.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    last_stderr = daemon.lines();
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "daemon not ready within {WAIT:?}; stderr:\n{}",
+                    daemon.lines().join("\n")
+                );
+                tokio::time::sleep(common::POLL).await;
+            }
+        }
+        panic!(
+            "daemon failed to start 3 times; last stderr:\n{}",
+            last_stderr.join("\n")
+        );
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn has_line(&self, needle: &str) -> bool {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    /// Polls until a stderr line contains `needle`.
+    async fn wait_line(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.has_line(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no stderr line with {needle:?} within {WAIT:?}; stderr:\n{}",
+                self.lines().join("\n")
+            );
+            tokio::time::sleep(common::POLL).await;
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} failed");
+    }
+
+    /// Waits (bounded) for the daemon to exit.
+    async fn exit_status(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {WAIT:?}; stderr:\n{}",
+                self.lines().join("\n")
+            );
+            tokio::time::sleep(common::POLL).await;
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+async fn ping(c: &mut Client) {
+    c.send("PING").await;
+    assert_eq!(c.line().await, "PONG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_keeps_old_config_on_error_and_sigterm_shuts_down() {
+    let mut cfg = test_config();
+    cfg.dispatcher.strategy = StrategyKind::LeastConnections;
+    cfg.shutdown.grace = Duration::from_secs(5);
+    let mut d = Daemon::start("hup-term", cfg.clone()).await;
+    let mut c = Client::connect(d.addr).await;
+    ping(&mut c).await;
+    assert_eq!(get_stats(d.admin).await.strategy, "least-connections");
+
+    // (a) Another strategy in the file, then SIGHUP.
+    let mut next = cfg.clone();
+    next.dispatcher.strategy = StrategyKind::RoundRobin;
+    next.listener.address = d.addr;
+    next.admin.address = AdminAddress::Addr(d.admin);
+    std::fs::write(&d.config_path, next.to_toml()).expect("rewrite config");
+    d.signal("-HUP");
+    let deadline = Instant::now() + WAIT;
+    while get_stats(d.admin).await.strategy != "round-robin" {
+        assert!(Instant::now() < deadline, "SIGHUP did not switch strategy");
+        tokio::time::sleep(common::POLL).await;
+    }
+    ping(&mut c).await;
+
+    // (b) A broken file: the old configuration stays, one error line is logged.
+    let before = d.lines().len();
+    std::fs::write(&d.config_path, "[dispatcher]\nstrategy = \"fastest\"\n")
+        .expect("write broken config");
+    d.signal("-HUP");
+    d.wait_line("reload failed").await;
+    // Give a (wrong) second line a moment to show up.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let new_lines: Vec<String> = d.lines().split_off(before);
+    assert_eq!(
+        new_lines.len(),
+        1,
+        "exactly one log line for the failed reload: {new_lines:#?}"
+    );
+    assert!(new_lines[0].contains("ERROR"), "{new_lines:#?}");
+    assert!(new_lines[0].contains("reload failed"), "{new_lines:#?}");
+    assert!(
+        d.running(),
+        "the daemon keeps running after a failed reload"
+    );
+    assert_eq!(get_stats(d.admin).await.strategy, "round-robin");
+    ping(&mut c).await;
+
+    // (c) SIGTERM: the idle client is told, and the daemon exits 0 within the grace.
+    let term = Instant::now();
+    d.signal("-TERM");
+    let reply = c.line().await;
+    assert_eq!(err_code(&reply), "shutting-down", "{reply:?}");
+    c.expect_closed().await;
+    drop(c);
+    let status = d.exit_status().await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", d.lines().join("\n"));
+    assert!(
+        term.elapsed() < Duration::from_secs(5),
+        "exit took {:?}, more than the grace",
+        term.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sigint_during_grace_exits_at_once() {
+    let mut cfg = test_config();
+    cfg.shutdown.grace = Duration::from_secs(30);
+    cfg.load.requests.service_ms_per_unit = 1000.0; // LARGE on a medium: 10 s
+    let mut d = Daemon::start("int-int", cfg).await;
+    let mut busy = Client::connect(d.addr).await;
+    let mut idle = Client::connect(d.addr).await;
+    ping(&mut idle).await;
+    busy.send("LARGE long").await;
+    let deadline = Instant::now() + WAIT;
+    while get_stats(d.admin).await.machines[0].queued != 1 {
+        assert!(Instant::now() < deadline, "the LARGE request never queued");
+        tokio::time::sleep(common::POLL).await;
+    }
+
+    d.signal("-INT");
+    // The idle client is told: the graceful shutdown has begun and waits for `busy`.
+    let reply = idle.line().await;
+    assert_eq!(err_code(&reply), "shutting-down", "{reply:?}");
+    assert!(d.running(), "still in grace (30 s)");
+
+    let second = Instant::now();
+    d.signal("-INT");
+    let status = d.exit_status().await;
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "second signal took {:?}",
+        second.elapsed()
+    );
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "stderr:\n{}",
+        d.lines().join("\n")
+    );
+}
