@@ -30,7 +30,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
@@ -62,6 +62,30 @@ pub struct ConnectionContext {
     pub shutdown: CancellationToken,
 }
 
+/// Replies owed and not yet written, shared by the reader (adds) and the writer (removes).
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    /// Notified when the count drops to zero (a shutting-down reader waits for it).
+    drained: Notify,
+}
+
+impl InFlight {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drained.notify_one();
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+}
+
 /// One owed reply, in request order.
 #[derive(Debug)]
 enum Pending {
@@ -85,11 +109,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<ConnectionConte
             return;
         }
         Err(AdmitError::ShuttingDown) => {
-            refuse(
-                socket,
-                ErrorCode::ShuttingDown.reply("server is shutting down"),
-            )
-            .await;
+            refuse(socket, shutting_down()).await;
             return;
         }
     };
@@ -100,7 +120,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<ConnectionConte
         let (read_half, write_half) = socket.into_split();
         let depth = ctx.config.borrow().machines.queue_depth;
         let (pending_tx, pending_rx) = mpsc::channel(depth.saturating_add(1 + PIPELINE_SLACK));
-        let in_flight = AtomicUsize::new(0);
+        let in_flight = InFlight::default();
         let idle = ctx.config.borrow().listener.idle_timeout;
         let reader = Reader {
             ctx: &ctx,
@@ -158,7 +178,7 @@ struct Reader<'a> {
     /// To the writer; closed by the writer only when the socket failed.
     pending_tx: mpsc::Sender<Pending>,
     /// Replies owed and not yet written (shared with the writer).
-    in_flight: &'a AtomicUsize,
+    in_flight: &'a InFlight,
 }
 
 /// What one frame calls for.
@@ -187,6 +207,11 @@ impl Reader<'_> {
     }
 
     async fn read_loop(&self, read_half: &mut OwnedReadHalf) -> ReadEnd {
+        // Woken by a reload so that a new idle_timeout re-arms even a silent connection.
+        let mut config_rx = self.ctx.config.clone();
+        let mut watching_config = true;
+        // Shutdown has begun but replies are still owed (see SPEC §5 "Shutdown").
+        let mut stopping = false;
         let mut buf = BytesMut::new();
         let mut scanned = 0;
         let mut last_read = Instant::now();
@@ -199,6 +224,14 @@ impl Reader<'_> {
             // Everything already buffered is "read": handle it before looking at timers or
             // shutdown, so that requests read before shutdown began are answered.
             while let Some(frame) = protocol::next_frame(&mut buf, &mut scanned, max_line) {
+                if stopping {
+                    // Shutdown began while work was in flight: a new line is refused
+                    // (counted) and the connection closes once the earlier replies are out.
+                    if let Some(reply) = self.refuse_late(frame) {
+                        return self.close_with(Some(reply)).await;
+                    }
+                    continue;
+                }
                 match self.handle(frame, max_line) {
                     Step::Nothing => {}
                     Step::Reply(item) => {
@@ -214,11 +247,22 @@ impl Reader<'_> {
             }
             tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.cancelled() => {
-                    let reply = ErrorCode::ShuttingDown.reply("server is shutting down");
-                    return self.close_with(Some(reply)).await;
+                _ = self.ctx.shutdown.cancelled(), if !stopping => {
+                    if self.in_flight.is_zero() {
+                        return self.close_with(Some(shutting_down())).await;
+                    }
+                    stopping = true;
+                }
+                _ = self.in_flight.drained.notified(), if stopping => {
+                    if self.in_flight.is_zero() {
+                        return self.close_with(Some(shutting_down())).await;
+                    }
                 }
                 _ = self.pending_tx.closed() => return ReadEnd::ClientGone,
+                changed = config_rx.changed(), if watching_config => {
+                    // Loop round to re-read the limits; a closed channel means no more reloads.
+                    watching_config = changed.is_ok();
+                }
                 read = read_half.read_buf(&mut buf) => match read {
                     Ok(0) => return ReadEnd::ClientGone,
                     Ok(_) => last_read = Instant::now(),
@@ -228,7 +272,7 @@ impl Reader<'_> {
                     }
                 },
                 _ = tokio::time::sleep_until(last_read + idle), if !idle.is_zero() => {
-                    if self.in_flight.load(Ordering::Acquire) == 0 {
+                    if self.in_flight.is_zero() {
                         let msg = format!("idle for {}", crate::config::duration_str::format(idle));
                         return self.close_with(Some(ErrorCode::Timeout.reply(&msg))).await;
                     }
@@ -252,8 +296,32 @@ impl Reader<'_> {
 
     /// Hands a reply slot to the writer; false when the writer is gone.
     async fn push(&self, item: Pending) -> bool {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.add();
         self.pending_tx.send(item).await.is_ok()
+    }
+
+    /// After shutdown began: the reply for a late frame (`None` for an empty line). A work
+    /// line counts as a failed request of its weight, an unreadable one of weight 0;
+    /// commands are not requests and are not counted.
+    fn refuse_late(&self, frame: Frame) -> Option<Bytes> {
+        let weight = match &frame {
+            Frame::TooLong => Some(Units::ZERO),
+            Frame::Line(line) if line.is_empty() => return None,
+            Frame::Line(line) => {
+                let requests = self.ctx.config.borrow().load.requests.clone();
+                match protocol::parse(line, requests.default_class) {
+                    Some(Request::Work { class, .. }) => {
+                        Some(Units::from_whole(requests.weight(class)))
+                    }
+                    Some(_) => None,
+                    None => Some(Units::ZERO), // not UTF-8
+                }
+            }
+        };
+        if let Some(weight) = weight {
+            self.ctx.stats.totals.request_failed(weight);
+        }
+        Some(shutting_down())
     }
 
     /// Turns one frame into what the connection owes for it.
@@ -319,7 +387,7 @@ impl Reader<'_> {
             }
             Err(SubmitError::MachineGone(_)) => {
                 self.ctx.stats.totals.request_failed(weight);
-                Pending::Ready(ErrorCode::ShuttingDown.reply("server is shutting down"))
+                Pending::Ready(shutting_down())
             }
         }
     }
@@ -343,7 +411,7 @@ impl Reader<'_> {
 async fn write_loop(
     mut write_half: OwnedWriteHalf,
     mut pending_rx: mpsc::Receiver<Pending>,
-    in_flight: &AtomicUsize,
+    in_flight: &InFlight,
     idle: Duration,
 ) {
     let mut out = BytesMut::new();
@@ -370,14 +438,16 @@ async fn write_loop(
                     if !flush(&mut write_half, &mut out, idle).await {
                         return;
                     }
-                    reply_rx.await.unwrap_or_else(|_| lost_reply())
+                    // A machine always answers (machine::finish); a dropped oneshot would
+                    // be a bug, and still gets exactly one reply.
+                    reply_rx.await.unwrap_or_else(|_| shutting_down())
                 }
-                Err(oneshot::error::TryRecvError::Closed) => lost_reply(),
+                Err(oneshot::error::TryRecvError::Closed) => shutting_down(),
             },
             Pending::Close => break,
         };
         out.extend_from_slice(&line);
-        in_flight.fetch_sub(1, Ordering::AcqRel);
+        in_flight.done();
         if out.len() >= WRITE_BATCH && !flush(&mut write_half, &mut out, idle).await {
             return;
         }
@@ -387,9 +457,8 @@ async fn write_loop(
     }
 }
 
-/// A machine dropped a job without answering. Machines always answer (see
-/// `machine::finish`), so this only guards the one-reply-per-request rule against bugs.
-fn lost_reply() -> Bytes {
+/// `ERR shutting-down …`
+fn shutting_down() -> Bytes {
     ErrorCode::ShuttingDown.reply("server is shutting down")
 }
 

@@ -397,7 +397,6 @@ async fn reload_applies_a_new_idle_timeout() {
 /// silent across a reload keeps the old idle timer (60 s here) until its next read, because
 /// the reader arms `sleep_until(last_read + idle)` with the value read before it waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "undecided: should a reloaded idle_timeout re-arm connections silent since before it?"]
 async fn reloaded_idle_timeout_applies_to_a_connection_silent_since_before_the_reload() {
     let lb = start_lb(test_config()).await; // idle_timeout 60 s
     let mut old = lb.admitted().await;
@@ -453,6 +452,42 @@ async fn shutdown_answers_in_flight_work_then_closes_and_stops_accepting() {
         .expect("shutdown task");
     let t = stats.totals.snapshot();
     assert_eq!((t.requests_ok, t.requests_failed), (1, 0), "{t:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_read_after_shutdown_began_is_refused_and_counted() {
+    let mut cfg = test_config();
+    cfg.load.requests.service_ms_per_unit = 30.0; // LARGE on a medium: 300 ms
+    let lb = start_lb(cfg).await;
+    let mut idle = lb.admitted().await;
+    let mut busy = lb.admitted().await;
+    busy.send("LARGE slow").await;
+    common::wait_until(TIMEOUT, "the LARGE request is in service", || {
+        lb.snapshot().machines[0].queued == 1
+    })
+    .await;
+
+    let Lb { server, .. } = lb;
+    let stats = server.stats().clone();
+    let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(5)));
+    // The idle connection's refusal proves shutdown has begun.
+    let reply = idle.line().await;
+    assert!(reply.starts_with("ERR shutting-down "), "{reply:?}");
+
+    busy.send("MEDIUM late").await;
+    assert_eq!(busy.line().await, "OK m1 large slow");
+    let reply = busy.line().await;
+    assert!(reply.starts_with("ERR shutting-down "), "late line: {reply:?}");
+    busy.expect_closed().await;
+
+    drop((idle, busy));
+    common::within("shutdown completes", shutdown)
+        .await
+        .expect("shutdown task");
+    let t = stats.totals.snapshot();
+    // Both requests the client sent are accounted for: one ok, the late one failed.
+    assert_eq!((t.requests_ok, t.requests_failed), (1, 1), "{t:#?}");
+    assert_eq!((t.weighted_ok, t.weighted_failed), (10.0, 5.0), "{t:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
