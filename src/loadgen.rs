@@ -92,6 +92,9 @@ pub struct LoadArgs {
     /// With --plot: keep sampling this long after the load stops (to see scale-down).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, requires = "plot")]
     pub cooldown: Duration,
+    /// Start the connections one by one, evenly spread over this long (0s: all at once).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub ramp: Duration,
     /// Connect, send one request, close; repeat (reports connections/s).
     #[arg(long, conflicts_with_all = ["rate", "idle"])]
     pub connect_per_request: bool,
@@ -252,6 +255,8 @@ pub struct LoadPlan {
     pub mode: Mode,
     /// Request classes by weight.
     pub mix: Mix,
+    /// Worker `i` of `n` starts `i × ramp / n` after the start (not in idle mode).
+    pub ramp: Duration,
 }
 
 impl LoadPlan {
@@ -263,6 +268,7 @@ impl LoadPlan {
             duration,
             mode: Mode::ClosedLoop,
             mix: Mix::only(RequestClass::Small),
+            ramp: Duration::ZERO,
         }
     }
 }
@@ -388,6 +394,7 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
         duration: args.duration,
         mode,
         mix: args.mix.clone(),
+        ramp: args.ramp,
     };
     let admin = args
         .admin
@@ -444,6 +451,8 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
         print!("{}", render_summary(&summary));
     }
     if let Some(note) = plot_note {
+        // The summary first, even when stdout and stderr go to the same place.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
         eprintln!("{note}");
     }
     Ok(())
@@ -742,6 +751,11 @@ async fn read_reply<R: AsyncBufReadExt + Unpin>(
 impl Worker {
     async fn run(self) -> Tally {
         let mut tally = Tally::new();
+        if !self.plan.ramp.is_zero() {
+            let share = self.id as f64 / self.plan.connections as f64;
+            let delay = self.plan.ramp.mul_f64(share);
+            sleep_until((self.start + delay).min(self.deadline)).await;
+        }
         match self.plan.mode {
             Mode::ClosedLoop => self.closed_loop(&mut tally).await,
             Mode::OpenLoop { rate } => self.open_loop(rate, &mut tally).await,
@@ -821,7 +835,9 @@ impl Worker {
         // Each connection sends every `connections / rate` s, staggered by `1 / rate`.
         let period = Duration::from_secs_f64((connections / rate).max(1e-6));
         let offset = Duration::from_secs_f64(self.id as f64 / rate).min(period);
-        let mut ticker = tokio::time::interval_at(self.start + offset, period);
+        // After a ramp delay the schedule starts now, not at the (past) run start.
+        let first = self.start.max(Instant::now()) + offset;
+        let mut ticker = tokio::time::interval_at(first, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut line = Vec::with_capacity(128);
         // Scheduled send times of the requests awaiting replies, oldest first.
