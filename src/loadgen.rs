@@ -90,7 +90,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
     /// With --plot: keep sampling this long after the load stops (to see scale-down).
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, requires = "plot")]
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub cooldown: Duration,
     /// Start the connections one by one, evenly spread over this long (0s: all at once).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
@@ -382,6 +382,11 @@ struct Live {
 /// [`LoadError`] when the target (or, with `--plot`, the admin API) cannot be reached, or
 /// the plot cannot be written.
 pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
+    if !args.cooldown.is_zero() && args.plot.is_none() {
+        return Err(LoadError::Invalid(
+            "--cooldown only applies with --plot FILE.svg".to_string(),
+        ));
+    }
     let mode = match (args.rate, args.connect_per_request, args.idle) {
         (Some(rate), _, _) => Mode::OpenLoop { rate },
         (None, true, _) => Mode::ConnectPerRequest,
