@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# elastic-lb against the bare baseline server (examples/bare_server.rs), in one run, A B A B.
+#
+#   (a) closed loop, 50 connections: requests/s and p99     (elastic-lb load --json)
+#   (b) connect, one request, close: connections/s and p99  (load --connect-per-request)
+#   (c) RSS per idle connection at 5,000 open connections   (load --idle, /proc/PID/status)
+#   plus the scale-up reaction time (examples/scale_reaction.rs, in-process).
+#
+# Every number is compared as a ratio measured in the same run: the machine is shared and
+# noisy. Only loopback addresses are used. Usage: scripts/bench.sh   (env: ROUNDS=2 RUN=5s
+# IDLE=5000 PORT=27070). Takes about a minute and a half after the build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-2}
+RUN=${RUN:-5s}
+IDLE=${IDLE:-5000}
+PORT=${PORT:-27070}
+LB_ADDR=127.0.0.1:$PORT
+BARE_ADDR=127.0.0.1:$((PORT + 10))
+
+cargo build --release --examples --bins >&2
+BIN=${CARGO_TARGET_DIR:-target}/release
+
+# 5,000 connections take 5,000 descriptors on each side.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE + 200)) ]; then
+    echo "error: ulimit -n is $(ulimit -n); need more than $((IDLE + 200))" >&2
+    exit 1
+fi
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+cat >"$tmp/lb.toml" <<TOML
+[listener]
+address = "$LB_ADDR"
+max_connections = 20000
+idle_timeout = "0s"
+[admin]
+address = "off"
+[load]
+connection_min = 0.0
+connection_max = 0.0
+[load.requests]
+service_ms_per_unit = 0
+[pool]
+small = 0
+medium = 0
+large = 0
+xlarge = 16
+[autoscaler]
+initial = ["xlarge"]
+max_machines = 16
+TOML
+
+wait_port() { # ADDR
+    local host=${1%:*} port=${1##*:}
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "error: nothing listens on $1" >&2
+    exit 1
+}
+
+# start NAME -> sets SERVER_PID and SERVER_ADDR
+start() {
+    case $1 in
+    lb)
+        RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lb.toml" 2>>"$tmp/lb.log" &
+        SERVER_ADDR=$LB_ADDR ;;
+    bare)
+        "$BIN/examples/bare_server" "$BARE_ADDR" 2>>"$tmp/bare.log" &
+        SERVER_ADDR=$BARE_ADDR ;;
+    esac
+    SERVER_PID=$!
+    pids+=("$SERVER_PID")
+    wait_port "$SERVER_ADDR"
+}
+
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" >&2
+
+# (a) and (b): both servers up; alternate the client between them.
+start lb; LB_PID=$SERVER_PID
+start bare; BARE_PID=$SERVER_PID
+for round in $(seq "$ROUNDS"); do
+    for srv in lb bare; do
+        addr=$LB_ADDR; [ "$srv" = bare ] && addr=$BARE_ADDR
+        echo "round $round: $srv closed loop" >&2
+        "$BIN/elastic-lb" load --target "$addr" --connections 50 --duration "$RUN" \
+            --mix small=100 --json >"$tmp/a-$srv-$round.json"
+    done
+    for srv in lb bare; do
+        addr=$LB_ADDR; [ "$srv" = bare ] && addr=$BARE_ADDR
+        echo "round $round: $srv connect-per-request" >&2
+        "$BIN/elastic-lb" load --target "$addr" --connections 16 --duration "$RUN" \
+            --mix small=100 --connect-per-request --json >"$tmp/b-$srv-$round.json"
+    done
+done
+stop "$LB_PID"; stop "$BARE_PID"
+
+# (c): a fresh process each time, so earlier load does not inflate the "before".
+for round in $(seq "$ROUNDS"); do
+    for srv in lb bare; do
+        echo "round $round: $srv $IDLE idle connections" >&2
+        start "$srv"
+        sleep 0.3
+        before=$(rss_kib "$SERVER_PID")
+        "$BIN/elastic-lb" load --target "$SERVER_ADDR" --connections "$IDLE" --idle \
+            --duration 8s --json >"$tmp/c-$srv-$round.json" 2>"$tmp/c-$srv-$round.err" &
+        client=$!
+        for _ in $(seq 300); do
+            grep -q "connections open" "$tmp/c-$srv-$round.err" && break
+            sleep 0.05
+        done
+        sleep 0.5
+        after=$(rss_kib "$SERVER_PID")
+        open=$(sed -n 's/^idle: \([0-9]*\) connections open$/\1/p' "$tmp/c-$srv-$round.err")
+        echo "{\"before_kib\": $before, \"after_kib\": $after, \"open\": ${open:-0}}" \
+            >"$tmp/c-$srv-$round.rss"
+        wait "$client" || true
+        stop "$SERVER_PID"
+    done
+done
+
+echo "scale-up reaction" >&2
+"$BIN/examples/scale_reaction" 30 --json >"$tmp/reaction.json"
+
+python3 - "$tmp" "$ROUNDS" "$IDLE" <<'PY'
+import json, sys
+tmp, rounds, idle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+load = lambda p: json.load(open(f"{tmp}/{p}"))
+mean = lambda xs: sum(xs) / len(xs)
+def series(test, srv, key):
+    out = []
+    for r in range(1, rounds + 1):
+        d = load(f"{test}-{srv}-{r}.json")
+        assert d["requests_failed"] == 0, f"{test}-{srv}-{r}: {d['errors']}"
+        out.append(d[key] if key != "p99" else d["latency_ms"]["p99"])
+    return out
+def rss(srv):
+    out = []
+    for r in range(1, rounds + 1):
+        d = load(f"c-{srv}-{r}.rss")
+        assert d["open"] == idle, f"c-{srv}-{r}: only {d['open']} of {idle} connections open"
+        out.append((d["after_kib"] - d["before_kib"]) / d["open"])
+    return out
+rows = []
+def row(name, lb, bare, fmt, target=None, ratio=True):
+    a, b = mean(lb), mean(bare)
+    r = a / b if ratio and b else None
+    ok = ""
+    if target:
+        ok = "PASS" if target(a, r) else "FAIL"
+    rows.append((name, fmt.format(a), fmt.format(b), f"{r:.2f}" if r is not None else "",
+                 ok, " / ".join(fmt.format(x) for x in lb), " / ".join(fmt.format(x) for x in bare)))
+row("(a) 50 conns closed loop, req/s", series("a", "lb", "requests_per_s"),
+    series("a", "bare", "requests_per_s"), "{:.0f}", lambda a, r: r >= 0.80)
+row("(a) p99 latency, ms", series("a", "lb", "p99"), series("a", "bare", "p99"), "{:.2f}")
+row("(b) connect+request+close, conn/s", series("b", "lb", "connections_per_s"),
+    series("b", "bare", "connections_per_s"), "{:.0f}", lambda a, r: r >= 0.80)
+row("(b) p99 cycle latency, ms", series("b", "lb", "p99"), series("b", "bare", "p99"), "{:.2f}")
+row(f"(c) RSS per idle conn ({idle}), KiB", rss("lb"), rss("bare"), "{:.1f}",
+    lambda a, r: a <= 16.0)
+hdr = ("benchmark", "elastic-lb", "baseline", "ratio", "target", "elastic-lb rounds", "baseline rounds")
+w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
+line = lambda cells: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(cells)) + " |"
+print(line(hdr))
+print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+for r in rows:
+    print(line(r))
+re = load("reaction.json")
+verdict = "PASS" if re["max_us"] <= 10_000 else "FAIL"
+print(f"\nscale-up reaction (connect of the pushing connection -> new machine listed), "
+      f"{re['trials']} trials: p50 {re['p50_us']/1000:.2f} ms, p90 {re['p90_us']/1000:.2f} ms, "
+      f"max {re['max_us']/1000:.2f} ms (target <= 10 ms: {verdict})")
+PY
