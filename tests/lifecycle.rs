@@ -477,7 +477,10 @@ async fn a_line_read_after_shutdown_began_is_refused_and_counted() {
     busy.send("MEDIUM late").await;
     assert_eq!(busy.line().await, "OK m1 large slow");
     let reply = busy.line().await;
-    assert!(reply.starts_with("ERR shutting-down "), "late line: {reply:?}");
+    assert!(
+        reply.starts_with("ERR shutting-down "),
+        "late line: {reply:?}"
+    );
     busy.expect_closed().await;
 
     drop((idle, busy));
