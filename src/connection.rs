@@ -33,10 +33,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use crate::config::Config;
-use crate::dispatcher::{AdmitError, DispatcherHandle, Placement};
+use crate::config::BackendMode;
+use crate::dispatcher::{AdmitError, Command, DispatcherHandle, Placement};
+use crate::proxy;
 use crate::machine::{Job, SubmitError};
 use crate::protocol::{self, ErrorCode, Frame, Request};
 use crate::stats::{StatsHandle, Units};
@@ -99,6 +101,9 @@ enum Pending {
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<ConnectionContext>) {
+    if ctx.config.borrow().backend.mode == BackendMode::Proxy {
+        return serve_proxied(socket, peer, &ctx).await;
+    }
     let placement = match ctx.dispatcher.admit(peer).await {
         Ok(placement) => placement,
         Err(AdmitError::Exhausted { reservation }) => {
@@ -141,6 +146,33 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<ConnectionConte
     }
     .instrument(span)
     .await
+}
+
+/// Proxy mode (SPEC §8): place the connection, connect it to its machine's upstream and
+/// copy bytes both ways. No bytes are ever added: a connection that cannot be placed is
+/// closed (and counted as rejected by the dispatcher).
+async fn serve_proxied(mut socket: TcpStream, peer: SocketAddr, ctx: &ConnectionContext) {
+    // A failed connect marks that upstream down; try up to three machines in all.
+    for _ in 0..3 {
+        let Ok(placement) = ctx.dispatcher.admit(peer).await else {
+            return;
+        };
+        let machine = placement.machine();
+        let Some(upstream) = machine.info.upstream.clone() else {
+            return;
+        };
+        let span = tracing::debug_span!("proxy", %peer, machine = %machine.info.name, upstream = %upstream.address);
+        match proxy::forward(socket, &upstream, &ctx.shutdown).instrument(span).await {
+            Ok(()) => return,
+            Err((returned, e)) => {
+                warn!(%peer, upstream = %upstream.address, error = %e, "upstream connect failed; trying another machine");
+                socket = returned;
+                drop(placement);
+                // Let the dispatcher retire the machine before we ask for another.
+                let _ = ctx.dispatcher.send(Command::Tick).await;
+            }
+        }
+    }
 }
 
 /// Sends one error line to a connection that is not admitted, then closes it gracefully.

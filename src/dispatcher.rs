@@ -417,6 +417,7 @@ impl Dispatcher {
     /// The periodic check: scale up, scale down, finish drains, prune closed placements.
     fn tick(&mut self, now: Instant) {
         self.placements.retain(|p| p.strong_count() > 0);
+        self.replace_down_upstreams();
         self.scale_up();
         let avg = self.average_load();
         if self.scale_down.observe(now, avg, &self.config.autoscaler) {
@@ -434,8 +435,13 @@ impl Dispatcher {
     fn drain(&mut self, index: usize) {
         let leaving = self.machines[index].clone();
         leaving.info.set_state(MachineState::Draining);
-        let live: Vec<Arc<PlacementShared>> =
-            self.placements.iter().filter_map(Weak::upgrade).collect();
+        // A proxied connection is a TCP stream to this machine's upstream: it cannot move.
+        // It keeps its reservation here until it closes; the machine retires after that.
+        let live: Vec<Arc<PlacementShared>> = if leaving.info.upstream.is_some() {
+            Vec::new()
+        } else {
+            self.placements.iter().filter_map(Weak::upgrade).collect()
+        };
         let mut moved = 0;
         for shared in live {
             // Holding the placement's lock while moving makes the move and a concurrent
@@ -464,6 +470,24 @@ impl Dispatcher {
             queued = leaving.info.queued.load(Ordering::Relaxed),
             "scale down: machine draining"
         );
+    }
+
+    /// Proxy mode: an active machine whose upstream failed its probe (or a connect) takes no
+    /// new connections — it drains — and the autoscaler acquires a replacement.
+    fn replace_down_upstreams(&mut self) {
+        let down: Vec<usize> = (0..self.machines.len())
+            .filter(|&i| {
+                let info = &self.machines[i].info;
+                info.is_active() && info.upstream.as_ref().is_some_and(|u| !u.is_healthy())
+            })
+            .collect();
+        for index in down {
+            warn!(machine = %self.machines[index].info.name, "upstream down: machine draining");
+            self.drain(index);
+            if self.acquire_one().is_none() {
+                warn!("no healthy upstream left in the pool to replace it");
+            }
+        }
     }
 
     /// Where a connection of a draining machine goes (index into the table): the
@@ -502,7 +526,7 @@ impl Dispatcher {
                 self.record(ScaleEventKind::Down, i);
                 let machine = self.machines.remove(i);
                 machine.info.set_state(MachineState::Retired);
-                self.factory.release(machine.info.size);
+                self.factory.release(&machine.info);
                 self.totals.scale_downs.fetch_add(1, Ordering::Relaxed);
                 info!(
                     machine = %machine.info.name,

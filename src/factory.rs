@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::config::Config;
-use crate::machine::{self, MachineContext, MachineHandle, MachineId, Size};
+use crate::machine::{self, MachineContext, MachineHandle, MachineId, MachineInfo, Size};
 use crate::stats::{PoolSnapshot, Units};
 
 /// Why no machine could be had.
@@ -29,7 +29,7 @@ pub trait MachineFactory: Send + fmt::Debug {
     fn acquire(&mut self, size: Size, id: MachineId) -> Result<MachineHandle, FactoryError>;
 
     /// Gives a retired machine's slot back to the pool.
-    fn release(&mut self, size: Size);
+    fn release(&mut self, machine: &MachineInfo);
 
     /// Free machines per size.
     fn free(&self) -> PoolSnapshot;
@@ -80,8 +80,8 @@ impl MachineFactory for LocalFactory {
         ))
     }
 
-    fn release(&mut self, size: Size) {
-        let n = self.in_use.get_mut(size);
+    fn release(&mut self, machine: &MachineInfo) {
+        let n = self.in_use.get_mut(machine.size);
         *n = n.saturating_sub(1);
     }
 
@@ -132,7 +132,7 @@ mod tests {
             f.acquire(Size::Medium, MachineId(2)).unwrap_err(),
             FactoryError::ResourceExhausted(Size::Medium)
         );
-        f.release(Size::Medium);
+        f.release(&MachineInfo::new(MachineId(9), Size::Medium, Units::ZERO, 1));
         assert_eq!(f.free().medium, 1);
         assert!(f.acquire(Size::Medium, MachineId(3)).is_ok());
     }
@@ -146,9 +146,9 @@ mod tests {
         smaller.pool.medium = 1;
         f.reconfigure(&smaller);
         assert_eq!(f.free().medium, 0);
-        f.release(Size::Medium);
+        f.release(&MachineInfo::new(MachineId(9), Size::Medium, Units::ZERO, 1));
         assert_eq!(f.free().medium, 0);
-        f.release(Size::Medium);
+        f.release(&MachineInfo::new(MachineId(9), Size::Medium, Units::ZERO, 1));
         assert_eq!(f.free().medium, 1);
     }
 }

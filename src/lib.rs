@@ -11,6 +11,7 @@
 //! - [`machine`] — a backend machine: bounded FIFO queue served by a task (SPEC §1)
 //! - [`factory`] — the finite machine pool
 //! - [`autoscaler`] — scale-up / scale-down policy and the periodic tick
+//! - [`proxy`] — proxy mode: upstream pool, health checks, byte forwarding (SPEC §8)
 //! - [`admin`] — the HTTP admin endpoint (SPEC §6) and the `stats` command
 //! - [`loadgen`] — the `load` command (SPEC §7)
 //! - [`stats`] — lock-free counters and the `Snapshot` the admin API serves
@@ -43,6 +44,7 @@ pub mod listener;
 pub mod loadgen;
 pub mod machine;
 pub mod protocol;
+pub mod proxy;
 pub mod stats;
 pub mod strategy;
 
@@ -58,7 +60,8 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::dispatcher::{Command, DispatcherHandle};
-use crate::factory::LocalFactory;
+use crate::config::BackendMode;
+use crate::factory::{LocalFactory, MachineFactory};
 use crate::machine::MachineContext;
 use crate::stats::{StatsHandle, Totals};
 use crate::strategy::StrategyKind;
@@ -109,7 +112,20 @@ impl Server {
             totals: totals.clone(),
             hard_stop: hard_stop.clone(),
         };
-        let factory = Box::new(LocalFactory::new(&config, machine_ctx));
+        let factory: Box<dyn MachineFactory> = match config.backend.mode {
+            BackendMode::Simulated => Box::new(LocalFactory::new(&config, machine_ctx)),
+            BackendMode::Proxy => {
+                let upstreams = proxy::ProxyFactory::upstreams_of(&config);
+                // Probe once before the initial machines are acquired, then keep probing.
+                proxy::probe_all(&upstreams).await;
+                proxy::spawn_health_checker(
+                    upstreams.clone(),
+                    config.backend.health_check_interval,
+                    shutdown.clone(),
+                );
+                Box::new(proxy::ProxyFactory::new(upstreams, &config, machine_ctx))
+            }
+        };
         let (dispatcher, topology_rx) = dispatcher::spawn(config.clone(), factory, totals.clone());
         let stats = StatsHandle {
             totals,

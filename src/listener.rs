@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::config::BackendMode;
 use crate::connection::{self, ConnectionContext};
 use crate::protocol::ErrorCode;
 
@@ -78,6 +79,11 @@ impl Listener {
                 None => {
                     let totals = &self.ctx.stats.totals;
                     totals.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                    if self.ctx.config.borrow().backend.mode == BackendMode::Proxy {
+                        // Proxy mode adds no bytes: the refusal is a plain close.
+                        drop(socket);
+                        continue;
+                    }
                     let msg = format!("too many connections (max_connections = {limit})");
                     self.tracker.spawn(connection::refuse(
                         socket,

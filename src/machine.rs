@@ -139,6 +139,8 @@ pub struct MachineInfo {
     pub queued: AtomicU64,
     /// Queue bound (waiting requests, not counting the one in service).
     pub queue_depth: usize,
+    /// Proxy mode: the upstream server this machine fronts (`None` when simulated).
+    pub upstream: Option<Arc<crate::proxy::Upstream>>,
     state: AtomicU8,
 }
 
@@ -155,8 +157,15 @@ impl MachineInfo {
             connections: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             queue_depth,
+            upstream: None,
             state: AtomicU8::new(MachineState::Active as u8),
         }
+    }
+
+    /// The same machine fronting `upstream` (proxy mode).
+    pub fn with_upstream(mut self, upstream: Arc<crate::proxy::Upstream>) -> Self {
+        self.upstream = Some(upstream);
+        self
     }
 
     /// Used capacity: reservations plus pending request weights (SPEC §1).
@@ -312,10 +321,19 @@ pub fn spawn(
     queue_depth: usize,
     ctx: MachineContext,
 ) -> MachineHandle {
+    spawn_info(MachineInfo::new(id, size, capacity, queue_depth), ctx)
+}
+
+/// Spawns the task of an already-built [`MachineInfo`] and returns its handle.
+///
+/// # Panics
+///
+/// If `info.queue_depth` is `usize::MAX` (configuration validation keeps it sane).
+pub fn spawn_info(info: MachineInfo, ctx: MachineContext) -> MachineHandle {
     // `try_submit` bounds waiting + in service at `queue_depth + 1` (SPEC §1); the channel
     // is sized so that it is never the tighter bound.
-    let (jobs_tx, jobs_rx) = mpsc::channel(queue_depth + 1);
-    let info = Arc::new(MachineInfo::new(id, size, capacity, queue_depth));
+    let (jobs_tx, jobs_rx) = mpsc::channel(info.queue_depth + 1);
+    let info = Arc::new(info);
     tokio::spawn(serve(info.clone(), jobs_rx, ctx));
     MachineHandle { info, jobs_tx }
 }

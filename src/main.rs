@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use elastic_lb::config::{self, AdminAddress, BackendMode, Config};
+use elastic_lb::config::{self, AdminAddress, Config};
 use elastic_lb::strategy::StrategyKind;
 use elastic_lb::Server;
 use tokio::net::TcpListener;
@@ -191,11 +191,6 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(strategy) = args.strategy {
         config.dispatcher.strategy = strategy;
     }
-    if config.backend.mode == BackendMode::Proxy {
-        // TODO(proxy mode, SPEC §8): refuse rather than silently run simulated machines.
-        eprintln!("error: backend.mode = \"proxy\": proxy mode is not implemented yet (use \"simulated\")");
-        return ExitCode::FAILURE;
-    }
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -266,8 +261,8 @@ async fn reload(server: &Server, path: Option<&Path>) {
         return;
     };
     match Config::load(path) {
-        Ok(config) if config.backend.mode == BackendMode::Proxy => {
-            error!("reload failed, keeping the old configuration: backend.mode = \"proxy\" is not implemented yet");
+        Ok(config) if config.backend != server.config().backend => {
+            error!("reload failed, keeping the old configuration: [backend] changes need a restart");
         }
         Ok(mut config) => {
             // Listen addresses change only on restart; command-line overrides stay, except
