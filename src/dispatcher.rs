@@ -249,7 +249,7 @@ impl Dispatcher {
             events_dirty: false,
             booted: false,
             topology_tx,
-            exhausted_log: RefusalLog::new("exhausted"),
+            exhausted_log: RefusalLog::default(),
             views: Vec::new(),
             view_index: Vec::new(),
         };
@@ -320,7 +320,13 @@ impl Dispatcher {
                     self.totals.connection_rejected(reservation);
                     self.publish();
                     debug!(%peer, %reservation, "connection refused: pool exhausted");
-                    self.exhausted_log.refused(Instant::now());
+                    if let Some(refused) = self.exhausted_log.refused(Instant::now()) {
+                        warn!(
+                            refused,
+                            machines = self.machines.len(),
+                            "connections refused (exhausted: no machine fits, pool empty) since the last report"
+                        );
+                    }
                     return Err(AdmitError::Exhausted { reservation });
                 }
             },
