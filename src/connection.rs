@@ -35,12 +35,12 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
-use crate::config::Config;
 use crate::config::BackendMode;
+use crate::config::Config;
 use crate::dispatcher::{AdmitError, Command, DispatcherHandle, Placement};
-use crate::proxy;
 use crate::machine::{Job, SubmitError};
 use crate::protocol::{self, ErrorCode, Frame, Request};
+use crate::proxy;
 use crate::stats::{StatsHandle, Units};
 
 /// Replies a connection may owe beyond a full machine queue before it stops reading.
@@ -162,7 +162,10 @@ async fn serve_proxied(mut socket: TcpStream, peer: SocketAddr, ctx: &Connection
             return;
         };
         let span = tracing::debug_span!("proxy", %peer, machine = %machine.info.name, upstream = %upstream.address);
-        match proxy::forward(socket, &upstream, &ctx.shutdown).instrument(span).await {
+        match proxy::forward(socket, &upstream, &ctx.shutdown)
+            .instrument(span)
+            .await
+        {
             Ok(()) => return,
             Err((returned, e)) => {
                 warn!(%peer, upstream = %upstream.address, error = %e, "upstream connect failed; trying another machine");

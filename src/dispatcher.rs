@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::autoscaler::{self, ScaleDownTimer};
 use crate::config::Config;
 use crate::factory::MachineFactory;
+use crate::listener::RefusalLog;
 use crate::machine::{MachineHandle, MachineId, MachineState};
 use crate::stats::{self, ScaleEvent, ScaleEventKind, Topology, Totals, Units};
 use crate::strategy::{self, MachineView, PickRequest, Strategy, StrategyKind};
@@ -47,8 +48,9 @@ pub enum Command {
     },
     /// Periodic autoscaler check (scale up, scale down, finish drains).
     Tick,
-    /// Switch the strategy at run time.
-    SetStrategy(StrategyKind),
+    /// Switch the strategy at run time; the optional sender is signalled once the new
+    /// strategy is in force (the admin API answers only then).
+    SetStrategy(StrategyKind, Option<oneshot::Sender<()>>),
     /// Apply a reloaded configuration (strategy, thresholds, pool sizes, ...).
     Reconfigure(Arc<Config>),
 }
@@ -204,6 +206,8 @@ pub struct Dispatcher {
     /// False while the initial machines start: those are not counted as scale-ups.
     booted: bool,
     topology_tx: watch::Sender<Arc<Topology>>,
+    /// Rate-limited `warn!` for `exhausted` refusals.
+    exhausted_log: RefusalLog,
     /// Reused per admission to avoid allocating.
     views: Vec<MachineView>,
     view_index: Vec<usize>,
@@ -245,6 +249,7 @@ impl Dispatcher {
             events_dirty: false,
             booted: false,
             topology_tx,
+            exhausted_log: RefusalLog::default(),
             views: Vec::new(),
             view_index: Vec::new(),
         };
@@ -277,7 +282,13 @@ impl Dispatcher {
                     }
                 }
                 Command::Tick => self.tick(Instant::now()),
-                Command::SetStrategy(kind) => self.set_strategy(kind),
+                Command::SetStrategy(kind, done_tx) => {
+                    self.set_strategy(kind);
+                    if let Some(done_tx) = done_tx {
+                        // The requester may have given up waiting; nothing to undo then.
+                        let _ = done_tx.send(());
+                    }
+                }
                 Command::Reconfigure(config) => self.reconfigure(config),
             }
         }
@@ -309,6 +320,13 @@ impl Dispatcher {
                     self.totals.connection_rejected(reservation);
                     self.publish();
                     debug!(%peer, %reservation, "connection refused: pool exhausted");
+                    if let Some(refused) = self.exhausted_log.refused(Instant::now()) {
+                        warn!(
+                            refused,
+                            machines = self.machines.len(),
+                            "connections refused (exhausted: no machine fits, pool empty) since the last report"
+                        );
+                    }
                     return Err(AdmitError::Exhausted { reservation });
                 }
             },

@@ -132,7 +132,12 @@ mod tests {
             f.acquire(Size::Medium, MachineId(2)).unwrap_err(),
             FactoryError::ResourceExhausted(Size::Medium)
         );
-        f.release(&MachineInfo::new(MachineId(9), Size::Medium, Units::ZERO, 1));
+        f.release(&MachineInfo::new(
+            MachineId(9),
+            Size::Medium,
+            Units::ZERO,
+            1,
+        ));
         assert_eq!(f.free().medium, 1);
         assert!(f.acquire(Size::Medium, MachineId(3)).is_ok());
     }
@@ -146,9 +151,19 @@ mod tests {
         smaller.pool.medium = 1;
         f.reconfigure(&smaller);
         assert_eq!(f.free().medium, 0);
-        f.release(&MachineInfo::new(MachineId(9), Size::Medium, Units::ZERO, 1));
+        f.release(&MachineInfo::new(
+            MachineId(9),
+            Size::Medium,
+            Units::ZERO,
+            1,
+        ));
         assert_eq!(f.free().medium, 0);
-        f.release(&MachineInfo::new(MachineId(9), Size::Medium, Units::ZERO, 1));
+        f.release(&MachineInfo::new(
+            MachineId(9),
+            Size::Medium,
+            Units::ZERO,
+            1,
+        ));
         assert_eq!(f.free().medium, 1);
     }
 }

@@ -58,9 +58,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::config::BackendMode;
 use crate::config::Config;
 use crate::dispatcher::{Command, DispatcherHandle};
-use crate::config::BackendMode;
 use crate::factory::{LocalFactory, MachineFactory};
 use crate::machine::MachineContext;
 use crate::stats::{StatsHandle, Totals};
@@ -132,6 +132,7 @@ impl Server {
             topology: topology_rx,
         };
         autoscaler::spawn(dispatcher.sender(), config_rx.clone(), shutdown.clone());
+        admin::summary::spawn(stats.clone(), shutdown.clone());
 
         let tracker = TaskTracker::new();
         let ctx = Arc::new(connection::ConnectionContext {
@@ -152,6 +153,8 @@ impl Server {
         if let Some(admin_listener) = admin_listener {
             let state = admin::AdminState {
                 stats: stats.clone(),
+                dispatcher: dispatcher.clone(),
+                config: config_tx.subscribe(),
             };
             tokio::spawn(admin::serve(admin_listener, state, shutdown.clone()));
         }
@@ -196,9 +199,17 @@ impl Server {
         let _ = self.dispatcher.send(Command::Reconfigure(config)).await;
     }
 
-    /// Switches the strategy at run time.
+    /// Switches the strategy at run time; returns once the dispatcher uses it.
     pub async fn set_strategy(&self, kind: StrategyKind) {
-        let _ = self.dispatcher.send(Command::SetStrategy(kind)).await;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        if self
+            .dispatcher
+            .send(Command::SetStrategy(kind, Some(done_tx)))
+            .await
+            .is_ok()
+        {
+            let _ = done_rx.await;
+        }
     }
 
     /// Graceful shutdown (SPEC §5): stop accepting, let connections finish what they have

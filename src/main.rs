@@ -262,7 +262,9 @@ async fn reload(server: &Server, path: Option<&Path>) {
     };
     match Config::load(path) {
         Ok(config) if config.backend != server.config().backend => {
-            error!("reload failed, keeping the old configuration: [backend] changes need a restart");
+            error!(
+                "reload failed, keeping the old configuration: [backend] changes need a restart"
+            );
         }
         Ok(mut config) => {
             // Listen addresses change only on restart; command-line overrides stay, except

@@ -164,11 +164,7 @@ impl MachineFactory for ProxyFactory {
 
     fn release(&mut self, machine: &MachineInfo) {
         if let Some(upstream) = &machine.upstream {
-            if let Some(i) = self
-                .upstreams
-                .iter()
-                .position(|u| Arc::ptr_eq(u, upstream))
-            {
+            if let Some(i) = self.upstreams.iter().position(|u| Arc::ptr_eq(u, upstream)) {
                 self.in_use[i] = false;
             }
         }

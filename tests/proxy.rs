@@ -93,7 +93,10 @@ async fn bytes_pass_through_unchanged_both_ways() {
     let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     assert_eq!(round_trip(&mut c, &data).await, data);
     assert_eq!(round_trip(&mut c, b"PING\n").await, b"PING\n");
-    assert!(echo.accepted() >= 2, "a health probe plus the proxied connection");
+    assert!(
+        echo.accepted() >= 2,
+        "a health probe plus the proxied connection"
+    );
     let s = lb.snapshot();
     assert_eq!(s.machines.len(), 1);
     assert_eq!(s.machines[0].connections, 1);
@@ -106,7 +109,11 @@ async fn bytes_pass_through_unchanged_both_ways() {
 
 #[tokio::test]
 async fn scaling_up_activates_the_next_upstream() {
-    let (a, b, c) = (Echo::start().await, Echo::start().await, Echo::start().await);
+    let (a, b, c) = (
+        Echo::start().await,
+        Echo::start().await,
+        Echo::start().await,
+    );
     let mut cfg = proxy_config(30.0, &[&a, &b, &c]);
     // Only the start-up probe: the accept counts below are exact.
     cfg.backend.health_check_interval = Duration::from_secs(60);
@@ -157,7 +164,10 @@ async fn a_failing_upstream_is_marked_down_and_replaced() {
     let mut second = TcpStream::connect(lb.addr).await.expect("connect");
     assert_eq!(round_trip(&mut second, b"still here").await, b"still here");
     let snap = lb.snapshot();
-    assert_eq!(snap.pool.medium, 0, "the dead upstream is not offered: {snap:#?}");
+    assert_eq!(
+        snap.pool.medium, 0,
+        "the dead upstream is not offered: {snap:#?}"
+    );
     assert_eq!(snap.totals.scale_downs, 1);
 }
 

@@ -1,0 +1,217 @@
+//! The HTTP admin endpoint (SPEC §6), served by axum on its own listener, and the other
+//! observability outputs: the `elastic-lb stats` command and the periodic summary log line.
+//!
+//! | route | handler |
+//! | --- | --- |
+//! | `GET /api/stats` | JSON [`Snapshot`] plus the extra keys of [`StatsBody`] |
+//! | `GET /metrics` | Prometheus text exposition 0.0.4 ([`metrics`]) |
+//! | `PUT /api/strategy` | switch the strategy; answers once the dispatcher uses it |
+//! | `GET /api/strategy` | the strategy in force |
+//! | `GET /` | the live dashboard (`dashboard.html`, embedded in the binary) |
+//!
+//! Every read handler works on a [`StatsHandle`] snapshot (atomics plus a `watch` borrow):
+//! the admin side never locks anything the request path uses, so a slow or busy admin
+//! client cannot slow the balancer down. Only `PUT /api/strategy` talks to the dispatcher,
+//! through the same bounded command channel as everyone else.
+
+pub mod client;
+pub mod metrics;
+pub mod summary;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::dispatcher::{Command, DispatcherHandle};
+use crate::stats::{PoolSnapshot, Snapshot, StatsHandle};
+use crate::strategy::StrategyKind;
+
+pub use client::stats_command;
+
+/// The dashboard page, compiled into the binary (no files to deploy, no CDN).
+pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+/// How long `PUT /api/strategy` waits for the dispatcher before answering 503.
+const STRATEGY_SWITCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Read side of all counters and the machine list.
+    pub stats: StatsHandle,
+    /// Where `PUT /api/strategy` sends [`Command::SetStrategy`].
+    pub dispatcher: DispatcherHandle,
+    /// The configuration in force (thresholds and pool sizes for the dashboard).
+    pub config: watch::Receiver<Arc<Config>>,
+}
+
+/// The autoscaler settings the dashboard draws (extra key `autoscaler` of `/api/stats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscalerLimits {
+    /// `autoscaler.scale_up_threshold`, percent.
+    pub scale_up_threshold: f64,
+    /// `autoscaler.scale_down_threshold`, percent.
+    pub scale_down_threshold: f64,
+    /// `autoscaler.min_machines`.
+    pub min_machines: usize,
+    /// `autoscaler.max_machines`.
+    pub max_machines: usize,
+}
+
+/// The body of `GET /api/stats`: the SPEC §6 keys (flattened [`Snapshot`], which also carries
+/// `events`) plus two extra keys. Extra keys only ever get added, never renamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsBody {
+    /// The SPEC §6 keys and `events`.
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
+    /// Thresholds and machine limits in force.
+    pub autoscaler: AutoscalerLimits,
+    /// Configured pool size per size (`pool` holds what is free of it).
+    pub pool_size: PoolSnapshot,
+}
+
+impl StatsBody {
+    fn new(state: &AdminState) -> StatsBody {
+        let config = state.config.borrow().clone();
+        let a = &config.autoscaler;
+        let p = &config.pool;
+        StatsBody {
+            snapshot: state.stats.snapshot(),
+            autoscaler: AutoscalerLimits {
+                scale_up_threshold: a.scale_up_threshold,
+                scale_down_threshold: a.scale_down_threshold,
+                min_machines: a.min_machines,
+                max_machines: a.max_machines,
+            },
+            pool_size: PoolSnapshot {
+                small: p.small,
+                medium: p.medium,
+                large: p.large,
+                xlarge: p.xlarge,
+            },
+        }
+    }
+}
+
+/// The admin routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/api/stats", get(api_stats))
+        .route("/api/strategy", get(get_strategy).put(put_strategy))
+        .route("/metrics", get(prometheus))
+        .with_state(Arc::new(state))
+}
+
+/// Serves the admin API on `listener` until `shutdown` fires.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "admin interface on http://{addr}/");
+    }
+    let app = router(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        warn!(error = %e, "admin server failed");
+    }
+}
+
+async fn dashboard() -> Response {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(DASHBOARD_HTML)).into_response()
+}
+
+async fn api_stats(State(state): State<Arc<AdminState>>) -> Json<StatsBody> {
+    Json(StatsBody::new(&state))
+}
+
+async fn prometheus(State(state): State<Arc<AdminState>>) -> Response {
+    let body = metrics::render(&StatsBody::new(&state));
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// Body of `PUT /api/strategy` and of both strategy answers.
+#[derive(Debug, Serialize, Deserialize)]
+struct StrategyBody {
+    strategy: String,
+}
+
+async fn get_strategy(State(state): State<Arc<AdminState>>) -> Json<StrategyBody> {
+    Json(StrategyBody {
+        strategy: state.stats.topology().strategy.to_string(),
+    })
+}
+
+/// `PUT /api/strategy`: 200 `{"strategy": …}` once the dispatcher uses the new strategy;
+/// 400 `{"error": …}` for a malformed body or an unknown name.
+///
+/// The body is taken as raw bytes and parsed here, so that every client error gets the JSON
+/// error shape instead of axum's plain-text rejections (and so that `curl -d` works without
+/// a `Content-Type` header).
+async fn put_strategy(
+    State(state): State<Arc<AdminState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return error(e.status(), format!("cannot read the request body: {e}")),
+    };
+    let request: StrategyBody = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(r#"malformed body ({e}); expected {{"strategy": "<name>"}}"#),
+            )
+        }
+    };
+    let kind: StrategyKind = match request.strategy.parse() {
+        Ok(kind) => kind,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let (done_tx, done_rx) = oneshot::channel();
+    let switched = async {
+        state
+            .dispatcher
+            .send(Command::SetStrategy(kind, Some(done_tx)))
+            .await
+            .ok()?;
+        done_rx.await.ok()
+    };
+    match tokio::time::timeout(STRATEGY_SWITCH_TIMEOUT, switched).await {
+        Ok(Some(())) => {
+            info!(strategy = %kind, "strategy set through the admin API");
+            Json(StrategyBody {
+                strategy: kind.to_string(),
+            })
+            .into_response()
+        }
+        Ok(None) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down".to_string(),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the dispatcher did not answer in time".to_string(),
+        ),
+    }
+}
+
+/// `{"error": message}` with `status`.
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
