@@ -732,12 +732,7 @@ impl Config {
         let proxy = self.backend.mode == BackendMode::Proxy;
         for size in Size::ALL {
             let wanted = a.initial.iter().filter(|s| **s == size).count();
-            let available = if proxy {
-                let n = self.backend.upstreams.iter();
-                n.filter(|u| u.size == size).count()
-            } else {
-                usize::try_from(self.pool.get(size)).unwrap_or(usize::MAX)
-            };
+            let available = usize::try_from(self.pool_sizes().get(size)).unwrap_or(usize::MAX);
             if wanted > available {
                 let supply = if proxy {
                     format!("[[backend.upstreams]] has {available} of size {size}")
@@ -757,6 +752,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Machines of each size the factory can hand out at most: `[pool]`, or in proxy mode
+    /// the `[[backend.upstreams]]` of each size (SPEC §8: the upstreams are the pool).
+    pub fn pool_sizes(&self) -> PoolConfig {
+        match self.backend.mode {
+            BackendMode::Simulated => self.pool,
+            BackendMode::Proxy => {
+                let mut sizes = PoolConfig::EMPTY;
+                for u in &self.backend.upstreams {
+                    *sizes.get_mut(u.size) += 1;
+                }
+                sizes
+            }
+        }
     }
 
     /// The effective configuration as TOML (what `elastic-lb check` prints); it parses

@@ -88,7 +88,6 @@ impl StatsBody {
     fn new(state: &AdminState) -> StatsBody {
         let config = state.config.borrow().clone();
         let a = &config.autoscaler;
-        let p = &config.pool;
         StatsBody {
             snapshot: state.stats.snapshot(),
             autoscaler: AutoscalerLimits {
@@ -97,12 +96,7 @@ impl StatsBody {
                 min_machines: a.min_machines,
                 max_machines: a.max_machines,
             },
-            pool_size: PoolSnapshot {
-                small: p.small,
-                medium: p.medium,
-                large: p.large,
-                xlarge: p.xlarge,
-            },
+            pool_size: config.pool_sizes(),
         }
     }
 }
