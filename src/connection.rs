@@ -9,7 +9,7 @@
 //!
 //! The reader frames lines, answers commands locally and submits work straight to the
 //! connection's machine (never through the dispatcher). For every reply it owes, in
-//! request order, it pushes a [`Pending`] slot: either a reply that is already known
+//! request order, it pushes a `Pending` slot: either a reply that is already known
 //! (`PONG`, `ERR busy`, …) or the receiving half of the machine's oneshot. The writer takes
 //! the slots in order and awaits each one, so replies keep request order even when some
 //! fail early or — after a drain moved the connection — come from two machines.
@@ -48,7 +48,7 @@ const PIPELINE_SLACK: usize = 1024;
 /// Flush the write buffer once it holds this much, even if more replies are ready.
 const WRITE_BATCH: usize = 64 * 1024;
 /// How long a closing connection keeps reading (and discarding) so that its last reply is
-/// not destroyed by a reset (see [`linger`]).
+/// not destroyed by a reset (see `linger`).
 const LINGER: Duration = Duration::from_secs(2);
 
 /// What every connection task needs. Built once and shared.
