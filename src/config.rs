@@ -14,6 +14,19 @@ use crate::machine::Size;
 use crate::protocol::RequestClass;
 use crate::strategy::StrategyKind;
 
+/// Longest duration any key accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Largest `listener.max_connections`.
+pub const MAX_CONNECTIONS: u64 = 1_000_000;
+/// Largest `listener.max_line_bytes` (64 MiB).
+pub const MAX_LINE_BYTES: u64 = 64 << 20;
+/// Largest `machines.queue_depth`.
+pub const MAX_QUEUE_DEPTH: u64 = 1 << 20;
+/// Largest capacity or request weight, load units.
+pub const MAX_UNITS: u64 = 1_000_000_000;
+/// Largest `load.requests.service_ms_per_unit` (one minute per unit).
+pub const MAX_SERVICE_MS_PER_UNIT: f64 = 60_000.0;
+
 /// The path used when `--config` is not given and the file exists.
 pub const DEFAULT_PATH: &str = "config/elastic-lb.toml";
 
@@ -646,6 +659,8 @@ impl Config {
             ));
         }
 
+        self.validate_bounds()?;
+
         let b = &self.backend;
         if b.health_check_interval.is_zero() {
             return Err(ValidationError::new(
@@ -662,6 +677,95 @@ impl Config {
             ));
         }
         self.validate_autoscaler()
+    }
+
+    /// Upper bounds: every value `check` accepts must be one the daemon can run with (no
+    /// timer overflow, no allocation of an absurd queue, no connection that can never fit).
+    fn validate_bounds(&self) -> Result<(), ValidationError> {
+        let durations = [
+            ("listener.idle_timeout", self.listener.idle_timeout),
+            (
+                "autoscaler.scale_down_after",
+                self.autoscaler.scale_down_after,
+            ),
+            ("autoscaler.interval", self.autoscaler.interval),
+            ("shutdown.grace", self.shutdown.grace),
+            (
+                "backend.health_check_interval",
+                self.backend.health_check_interval,
+            ),
+        ];
+        for (key, d) in durations {
+            if d > MAX_DURATION {
+                return Err(ValidationError::new(
+                    key,
+                    quoted(duration_str::format(d)),
+                    "must be at most 365 days",
+                ));
+            }
+        }
+        let counts = [
+            (
+                "listener.max_connections",
+                self.listener.max_connections as u64,
+                MAX_CONNECTIONS,
+            ),
+            (
+                "listener.max_line_bytes",
+                self.listener.max_line_bytes as u64,
+                MAX_LINE_BYTES,
+            ),
+            (
+                "machines.queue_depth",
+                self.machines.queue_depth as u64,
+                MAX_QUEUE_DEPTH,
+            ),
+            ("load.requests.small", self.load.requests.small, MAX_UNITS),
+            ("load.requests.medium", self.load.requests.medium, MAX_UNITS),
+            ("load.requests.large", self.load.requests.large, MAX_UNITS),
+        ];
+        for (key, v, max) in counts {
+            if v > max {
+                return Err(ValidationError::new(
+                    key,
+                    v.to_string(),
+                    format!("must be at most {max}"),
+                ));
+            }
+        }
+        for size in Size::ALL {
+            let capacity = self.machines.capacity(size);
+            if capacity > MAX_UNITS {
+                return Err(ValidationError::new(
+                    &format!("machines.{size}"),
+                    capacity.to_string(),
+                    format!("must be at most {MAX_UNITS}"),
+                ));
+            }
+        }
+        let ms = self.load.requests.service_ms_per_unit;
+        if ms > MAX_SERVICE_MS_PER_UNIT {
+            return Err(ValidationError::new(
+                "load.requests.service_ms_per_unit",
+                float(ms),
+                format!("must be at most {MAX_SERVICE_MS_PER_UNIT}"),
+            ));
+        }
+        // A reservation larger than every capacity could never be placed: every such
+        // connection would drain the pool and still be refused.
+        let largest = Size::ALL
+            .into_iter()
+            .map(|s| self.machines.capacity(s))
+            .max()
+            .unwrap_or(0);
+        if self.load.connection_max > largest as f64 {
+            return Err(ValidationError::new(
+                "load.connection_max",
+                float(self.load.connection_max),
+                format!("must be <= the largest machine capacity ({largest})"),
+            ));
+        }
+        Ok(())
     }
 
     /// The `[autoscaler]` rules, including `initial` against the pool.
@@ -1423,6 +1527,38 @@ mod tests {
         );
         // "0s" means "never" for the idle timeout.
         assert!(Config::from_toml("[listener]\nidle_timeout = \"0s\"\n", "x").is_ok());
+    }
+
+    #[test]
+    fn rejects_values_the_daemon_cannot_run_with() {
+        for (toml, key) in [
+            (
+                "[listener]\nidle_timeout = \"300000000000y\"\n",
+                "listener.idle_timeout",
+            ),
+            ("[shutdown]\ngrace = \"400days\"\n", "shutdown.grace"),
+            (
+                "[machines]\nqueue_depth = 4000000000000000000\n",
+                "machines.queue_depth",
+            ),
+            (
+                "[load.requests]\nservice_ms_per_unit = 1e300\n",
+                "load.requests.service_ms_per_unit",
+            ),
+            (
+                "[load.requests]\nlarge = 99999999999\n",
+                "load.requests.large",
+            ),
+            (
+                "[listener]\nmax_line_bytes = 99999999999\n",
+                "listener.max_line_bytes",
+            ),
+            ("[load]\nconnection_max = 500.0\n", "load.connection_max"),
+        ] {
+            let err = Config::from_toml(toml, "x.toml").unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 
     #[test]

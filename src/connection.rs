@@ -258,12 +258,21 @@ impl Reader<'_> {
             };
             // Everything already buffered is "read": handle it before looking at timers or
             // shutdown, so that requests read before shutdown began are answered.
+            let mut refused_late = false;
             while let Some(frame) = protocol::next_frame(&mut buf, &mut scanned, max_line) {
                 if stopping {
-                    // Shutdown began while work was in flight: a new line is refused
-                    // (counted) and the connection closes once the earlier replies are out.
+                    // Shutdown began while work was in flight: every line read now is
+                    // refused (and counted), and the connection closes once the replies
+                    // before them are out.
+                    let too_long = frame == Frame::TooLong;
                     if let Some(reply) = self.refuse_late(frame) {
-                        return self.close_with(Some(reply)).await;
+                        if !self.push(Pending::Ready(reply)).await {
+                            return ReadEnd::ClientGone;
+                        }
+                        refused_late = true;
+                    }
+                    if too_long {
+                        break; // the rest of the buffer is not framed
                     }
                     continue;
                 }
@@ -276,6 +285,9 @@ impl Reader<'_> {
                     }
                     Step::Last(reply) => return self.close_with(Some(reply)).await,
                 }
+            }
+            if refused_late {
+                return self.close_with(None).await;
             }
             if buf.capacity() - buf.len() < 512 {
                 buf.reserve(4096);
@@ -306,7 +318,7 @@ impl Reader<'_> {
                         return ReadEnd::ClientGone;
                     }
                 },
-                _ = tokio::time::sleep_until(last_read + idle), if !idle.is_zero() => {
+                _ = tokio::time::sleep_until(last_read.checked_add(idle).unwrap_or_else(far_future)), if !idle.is_zero() => {
                     if self.in_flight.is_zero() {
                         let msg = format!("idle for {}", crate::config::duration_str::format(idle));
                         return self.close_with(Some(ErrorCode::Timeout.reply(&msg))).await;
@@ -490,6 +502,11 @@ async fn write_loop(
     if flush(&mut write_half, &mut out, idle).await {
         let _ = write_half.shutdown().await;
     }
+}
+
+/// A deadline that never comes in practice (a year from now).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
 /// `ERR shutting-down …`

@@ -314,7 +314,7 @@ impl Dispatcher {
         let index = match picked {
             Some(index) => index,
             // Fits nowhere: the autoscaler is asked for a machine on the spot (SPEC §1).
-            None => match self.acquire_one() {
+            None => match self.acquire_fitting(reservation) {
                 Some(index) if fits(&self.machines[index], reservation) => index,
                 _ => {
                     self.totals.connection_rejected(reservation);
@@ -398,12 +398,21 @@ impl Dispatcher {
     /// [`autoscaler::size_preference`]; `None` when `max_machines` or the pool stops it.
     /// Returns its index in the table.
     fn acquire_one(&mut self) -> Option<usize> {
+        self.acquire_fitting(Units::ZERO)
+    }
+
+    /// [`Self::acquire_one`] for a connection that fits nowhere: only sizes whose capacity
+    /// can hold `reservation` are tried, so no machine is taken from the pool in vain.
+    fn acquire_fitting(&mut self, reservation: Units) -> Option<usize> {
         if self.machines.len() >= self.config.autoscaler.max_machines {
             return None;
         }
-        autoscaler::size_preference(self.config.autoscaler.scale_up_size)
+        let machines = &self.config.machines;
+        let sizes: Vec<_> = autoscaler::size_preference(self.config.autoscaler.scale_up_size)
             .into_iter()
-            .find_map(|size| self.acquire_sized(size))
+            .filter(|&size| Units::from_whole(machines.capacity(size)) >= reservation)
+            .collect();
+        sizes.into_iter().find_map(|size| self.acquire_sized(size))
     }
 
     fn acquire_sized(&mut self, size: crate::machine::Size) -> Option<usize> {
@@ -720,6 +729,20 @@ mod tests {
         assert_eq!((t.connections_admitted, t.connections_rejected), (1, 1));
         assert_eq!(t.weighted_failed, 60.0);
         drop(first);
+    }
+
+    #[tokio::test]
+    async fn on_the_spot_acquisition_skips_sizes_too_small_for_the_reservation() {
+        let mut config = Config::default();
+        config.autoscaler.initial = vec![Size::Small];
+        config.autoscaler.scale_up_size = Size::Small; // capacity 50
+        let (mut d, totals) = dispatcher(config, 60.0);
+        let p = d.admit(peer(1)).unwrap();
+        // Small (50) cannot hold 60: the next larger size, medium, is taken instead.
+        assert_eq!(p.machine().info.size, Size::Medium);
+        assert_eq!(d.machines.len(), 2);
+        assert_eq!(d.factory.free().small, 7, "no small machine taken in vain");
+        assert_eq!(totals.snapshot().connections_rejected, 0);
     }
 
     #[tokio::test(start_paused = true)]

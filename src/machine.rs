@@ -357,7 +357,11 @@ async fn serve(info: Arc<MachineInfo>, mut jobs_rx: mpsc::Receiver<Job>, ctx: Ma
         let ms_per_unit = ctx.config.borrow().load.requests.service_ms_per_unit;
         let service = service_time(job.weight, info.capacity, ms_per_unit);
         if !service.is_zero() {
-            free_at = free_at.max(Instant::now()) + service;
+            let start = free_at.max(Instant::now());
+            // Saturate far in the future instead of overflowing `Instant`.
+            free_at = start
+                .checked_add(service)
+                .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
             tokio::select! {
                 biased;
                 _ = ctx.hard_stop.cancelled() => {
@@ -414,7 +418,8 @@ pub fn service_time(weight: Units, capacity: Units, ms_per_unit: f64) -> Duratio
         return Duration::ZERO;
     }
     let ms = weight.as_f64() * ms_per_unit * 100.0 / capacity.as_f64();
-    Duration::from_secs_f64(ms / 1000.0)
+    // Validation bounds the inputs; saturate anyway rather than panic in a machine task.
+    Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]

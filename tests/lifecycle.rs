@@ -474,13 +474,13 @@ async fn a_line_read_after_shutdown_began_is_refused_and_counted() {
     let reply = idle.line().await;
     assert!(reply.starts_with("ERR shutting-down "), "{reply:?}");
 
-    busy.send("MEDIUM late").await;
+    // Three late lines in one write: each is refused in its place, and counted.
+    busy.send_raw(b"MEDIUM late\nSMALL later\nPING\n").await;
     assert_eq!(busy.line().await, "OK m1 large slow");
-    let reply = busy.line().await;
-    assert!(
-        reply.starts_with("ERR shutting-down "),
-        "late line: {reply:?}"
-    );
+    for late in ["MEDIUM late", "SMALL later", "PING"] {
+        let reply = busy.line().await;
+        assert!(reply.starts_with("ERR shutting-down "), "{late}: {reply:?}");
+    }
     busy.expect_closed().await;
 
     drop((idle, busy));
@@ -488,9 +488,10 @@ async fn a_line_read_after_shutdown_began_is_refused_and_counted() {
         .await
         .expect("shutdown task");
     let t = stats.totals.snapshot();
-    // Both requests the client sent are accounted for: one ok, the late one failed.
-    assert_eq!((t.requests_ok, t.requests_failed), (1, 1), "{t:#?}");
-    assert_eq!((t.weighted_ok, t.weighted_failed), (10.0, 5.0), "{t:#?}");
+    // Every request the client sent is accounted for: one ok, the two late ones failed
+    // (PING is a command, not a request).
+    assert_eq!((t.requests_ok, t.requests_failed), (1, 2), "{t:#?}");
+    assert_eq!((t.weighted_ok, t.weighted_failed), (10.0, 6.0), "{t:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
