@@ -62,6 +62,8 @@ pub struct ConnectionContext {
     pub dispatcher: DispatcherHandle,
     /// Fires when graceful shutdown begins.
     pub shutdown: CancellationToken,
+    /// Fires when the shutdown grace runs out (proxied streams are cut then).
+    pub hard_stop: CancellationToken,
 }
 
 /// Replies owed and not yet written, shared by the reader (adds) and the writer (removes).
@@ -153,6 +155,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<ConnectionConte
 /// closed (and counted as rejected by the dispatcher).
 async fn serve_proxied(mut socket: TcpStream, peer: SocketAddr, ctx: &ConnectionContext) {
     // A failed connect marks that upstream down; try up to three machines in all.
+    let mut last_reservation = Units::ZERO;
     for _ in 0..3 {
         let Ok(placement) = ctx.dispatcher.admit(peer).await else {
             return;
@@ -162,12 +165,16 @@ async fn serve_proxied(mut socket: TcpStream, peer: SocketAddr, ctx: &Connection
             return;
         };
         let span = tracing::debug_span!("proxy", %peer, machine = %machine.info.name, upstream = %upstream.address);
-        match proxy::forward(socket, &upstream, &ctx.shutdown)
+        match proxy::forward(socket, &upstream, &ctx.hard_stop)
             .instrument(span)
             .await
         {
             Ok(()) => return,
             Err((returned, e)) => {
+                // Never connected: not an admitted connection after all.
+                let totals = &ctx.stats.totals;
+                totals.connections_admitted.fetch_sub(1, Ordering::Relaxed);
+                last_reservation = placement.reservation();
                 warn!(%peer, upstream = %upstream.address, error = %e, "upstream connect failed; trying another machine");
                 socket = returned;
                 drop(placement);
@@ -176,6 +183,8 @@ async fn serve_proxied(mut socket: TcpStream, peer: SocketAddr, ctx: &Connection
             }
         }
     }
+    // Every try failed: the client is refused (closed, no bytes added).
+    ctx.stats.totals.connection_rejected(last_reservation);
 }
 
 /// Sends one error line to a connection that is not admitted, then closes it gracefully.

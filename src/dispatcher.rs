@@ -444,6 +444,11 @@ impl Dispatcher {
     /// The periodic check: scale up, scale down, finish drains, prune closed placements.
     fn tick(&mut self, now: Instant) {
         self.placements.retain(|p| p.strong_count() > 0);
+        // Retire before starting new drains: a machine whose drain starts in this tick is
+        // retired in a later one at the earliest. A connection that picked up its machine's
+        // handle just before the migration has submitted by then, so nothing lands on a
+        // machine that is already back in the pool.
+        self.finish_drains();
         self.replace_down_upstreams();
         self.scale_up();
         let avg = self.average_load();
@@ -453,7 +458,6 @@ impl Dispatcher {
                 self.drain(index);
             }
         }
-        self.finish_drains();
         self.publish();
     }
 
@@ -552,6 +556,8 @@ impl Dispatcher {
             if done {
                 self.record(ScaleEventKind::Down, i);
                 let machine = self.machines.remove(i);
+                // Unlist it before marking it retired, so readers never see "retired".
+                self.publish();
                 machine.info.set_state(MachineState::Retired);
                 self.factory.release(&machine.info);
                 self.totals.scale_downs.fetch_add(1, Ordering::Relaxed);

@@ -140,6 +140,7 @@ impl Server {
             stats: stats.clone(),
             dispatcher: dispatcher.clone(),
             shutdown: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
         });
         let accept_loop = listener::Listener {
             listener,

@@ -46,6 +46,7 @@ impl Listener {
             info!(%addr, "listening");
         }
         let mut backoff = Duration::from_millis(1);
+        let refusing = Arc::new(AtomicUsize::new(0));
         let mut overloaded_log = RefusalLog::default();
         loop {
             let accepted = tokio::select! {
@@ -93,11 +94,18 @@ impl Listener {
                         drop(socket);
                         continue;
                     }
+                    // Each refusal holds its socket for up to a few seconds (write, then
+                    // lingering close). Under a flood, past MAX_REFUSING of them a refused
+                    // socket is closed at once so that refusals cannot exhaust descriptors.
+                    let Some(refusing) = ConnectionSlot::try_take(&refusing, MAX_REFUSING) else {
+                        drop(socket);
+                        continue;
+                    };
                     let msg = format!("too many connections (max_connections = {limit})");
-                    self.tracker.spawn(connection::refuse(
-                        socket,
-                        ErrorCode::Overloaded.reply(&msg),
-                    ));
+                    self.tracker.spawn(async move {
+                        connection::refuse(socket, ErrorCode::Overloaded.reply(&msg)).await;
+                        drop(refusing);
+                    });
                 }
             }
         }
@@ -138,6 +146,9 @@ impl RefusalLog {
         Some(std::mem::take(&mut self.pending))
     }
 }
+
+/// Refusals (`ERR overloaded` being written) in progress at once, at most.
+const MAX_REFUSING: usize = 256;
 
 /// One of `max_connections`; released on drop.
 #[derive(Debug)]

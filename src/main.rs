@@ -260,7 +260,16 @@ async fn reload(server: &Server, path: Option<&Path>) {
         info!("reload: no configuration file in use; nothing to reload");
         return;
     };
-    match Config::load(path) {
+    // The file is read off the runtime's worker threads.
+    let path_buf = path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&path_buf))
+        .await
+        .unwrap_or_else(|e| {
+            Err(config::ConfigError::Invalid(format!(
+                "reload task failed: {e}"
+            )))
+        });
+    match loaded {
         Ok(config) if config.backend != server.config().backend => {
             error!(
                 "reload failed, keeping the old configuration: [backend] changes need a restart"

@@ -191,7 +191,7 @@ impl MachineFactory for ProxyFactory {
 // === forwarding ===
 
 /// Connects `client` to `upstream` and copies bytes both ways until either side closes or
-/// `shutdown` fires. A failed connect marks the upstream down.
+/// `stop` fires (the end of the shutdown grace). A failed connect marks the upstream down.
 ///
 /// # Errors
 ///
@@ -200,7 +200,7 @@ impl MachineFactory for ProxyFactory {
 pub async fn forward(
     mut client: TcpStream,
     upstream: &Upstream,
-    shutdown: &CancellationToken,
+    stop: &CancellationToken,
 ) -> Result<(), (TcpStream, std::io::Error)> {
     let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream.address))
         .await
@@ -219,8 +219,8 @@ pub async fn forward(
             Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "proxied connection closed"),
             Err(e) => debug!(error = %e, "proxied connection ended"),
         },
-        _ = shutdown.cancelled() => {
-            // Graceful shutdown: stop forwarding; both sides see an orderly close.
+        _ = stop.cancelled() => {
+            // The shutdown grace is over: stop forwarding; both sides see an orderly close.
             let _ = client.shutdown().await;
             let _ = server.shutdown().await;
         }
