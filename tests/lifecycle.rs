@@ -409,8 +409,9 @@ async fn reloaded_idle_timeout_applies_to_a_connection_silent_since_before_the_r
 
 // === graceful shutdown ===
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_answers_in_flight_work_then_closes_and_stops_accepting() {
+/// A balancer with 300 ms LARGE requests, an idle connection, and a busy one whose `LARGE
+/// slow` is in service.
+async fn idle_and_busy() -> (Lb, common::Client, common::Client) {
     let mut cfg = test_config();
     cfg.load.requests.service_ms_per_unit = 30.0; // LARGE on a medium: 300 ms
     let lb = start_lb(cfg).await;
@@ -421,6 +422,12 @@ async fn shutdown_answers_in_flight_work_then_closes_and_stops_accepting() {
         lb.snapshot().machines[0].queued == 1
     })
     .await;
+    (lb, idle, busy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_in_flight_work_then_closes_and_stops_accepting() {
+    let (lb, mut idle, mut busy) = idle_and_busy().await;
 
     let Lb { server, addr, .. } = lb;
     let stats = server.stats().clone();
@@ -456,16 +463,7 @@ async fn shutdown_answers_in_flight_work_then_closes_and_stops_accepting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_read_after_shutdown_began_is_refused_and_counted() {
-    let mut cfg = test_config();
-    cfg.load.requests.service_ms_per_unit = 30.0; // LARGE on a medium: 300 ms
-    let lb = start_lb(cfg).await;
-    let mut idle = lb.admitted().await;
-    let mut busy = lb.admitted().await;
-    busy.send("LARGE slow").await;
-    common::wait_until(TIMEOUT, "the LARGE request is in service", || {
-        lb.snapshot().machines[0].queued == 1
-    })
-    .await;
+    let (lb, mut idle, mut busy) = idle_and_busy().await;
 
     let Lb { server, .. } = lb;
     let stats = server.stats().clone();
