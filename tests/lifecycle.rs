@@ -415,8 +415,8 @@ async fn idle_and_busy() -> (Lb, common::Client, common::Client) {
     let mut cfg = test_config();
     cfg.load.requests.service_ms_per_unit = 30.0; // LARGE on a medium: 300 ms
     let lb = start_lb(cfg).await;
-    let mut idle = lb.admitted().await;
-    let mut busy = lb.admitted().await;
+    let idle = lb.admitted().await;
+    let busy = lb.admitted().await;
     busy.send("LARGE slow").await;
     common::wait_until(TIMEOUT, "the LARGE request is in service", || {
         lb.snapshot().machines[0].queued == 1
