@@ -416,7 +416,7 @@ async fn idle_and_busy() -> (Lb, common::Client, common::Client) {
     cfg.load.requests.service_ms_per_unit = 30.0; // LARGE on a medium: 300 ms
     let lb = start_lb(cfg).await;
     let idle = lb.admitted().await;
-    let busy = lb.admitted().await;
+    let mut busy = lb.admitted().await;
     busy.send("LARGE slow").await;
     common::wait_until(TIMEOUT, "the LARGE request is in service", || {
         lb.snapshot().machines[0].queued == 1
