@@ -165,7 +165,8 @@ async fn serve_proxied(mut socket: TcpStream, peer: SocketAddr, ctx: &Connection
             return;
         };
         let span = tracing::debug_span!("proxy", %peer, machine = %machine.info.name, upstream = %upstream.address);
-        match proxy::forward(socket, &upstream, &ctx.hard_stop)
+        let idle = ctx.config.borrow().listener.idle_timeout;
+        match proxy::forward(socket, &upstream, idle, &ctx.hard_stop)
             .instrument(span)
             .await
         {

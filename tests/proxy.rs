@@ -190,3 +190,25 @@ async fn exhausted_pool_closes_the_connection_without_adding_bytes() {
     let t = lb.snapshot().totals;
     assert_eq!((t.connections_rejected, t.weighted_failed), (1, 60.0));
 }
+
+#[tokio::test]
+async fn an_idle_proxied_stream_is_closed_after_idle_timeout() {
+    let echo = Echo::start().await;
+    let mut cfg = proxy_config(10.0, &[&echo]);
+    cfg.listener.idle_timeout = Duration::from_millis(300);
+    let lb = start_lb(cfg).await;
+    let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    // Traffic keeps it open past one idle period...
+    for _ in 0..8 {
+        assert_eq!(round_trip(&mut c, b"tick").await, b"tick");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // ... silence closes it (orderly EOF, no bytes added), and the reservation goes back.
+    let mut buf = [0u8; 8];
+    let n = within("idle close", c.read(&mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0);
+    lb.wait_stats("reservation released", |s| s.machines[0].used == 0.0)
+        .await;
+}
