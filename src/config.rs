@@ -38,7 +38,7 @@ pub const DEFAULT_PATH: &str = "config/elastic-lb.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: cannot read the configuration file: {source}")]
     Read {
         /// The file.
         path: String,
@@ -1131,6 +1131,23 @@ fn locate_table(text: &str, table: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// Parses a client-side address (`--target`, `--admin`): `host:port`, where the host may be
+/// a name such as `localhost` (the first address it resolves to is used).
+///
+/// # Errors
+///
+/// A message naming the address when it does not parse or resolve.
+pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve \"{s}\": {e} (expected host:port)"))?
+        .next()
+        .ok_or_else(|| format!("\"{s}\" resolves to no address"))
 }
 
 /// Serde for durations written as strings like `"250ms"`, `"10s"`, `"0s"`.

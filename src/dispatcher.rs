@@ -259,11 +259,7 @@ impl Dispatcher {
                 warn!(%size, "initial machine not available from the pool");
             }
         }
-        while dispatcher.active_count() < dispatcher.config.autoscaler.min_machines {
-            if dispatcher.acquire_one().is_none() {
-                break;
-            }
-        }
+        dispatcher.top_up();
         dispatcher.booted = true;
         dispatcher.publish();
         (dispatcher, topology_rx)
@@ -384,6 +380,16 @@ impl Dispatcher {
         Placement { shared }
     }
 
+    /// Acquires machines until `min_machines` are active (at boot, and again whenever the
+    /// pool allows it after machines were lost, e.g. proxy upstreams that went down).
+    fn top_up(&mut self) {
+        while self.active_count() < self.config.autoscaler.min_machines {
+            if self.acquire_one().is_none() {
+                break;
+            }
+        }
+    }
+
     /// Acquires machines while the average load is above `scale_up_threshold`.
     fn scale_up(&mut self) {
         let threshold = self.config.autoscaler.scale_up_threshold;
@@ -450,6 +456,7 @@ impl Dispatcher {
         // machine that is already back in the pool.
         self.finish_drains();
         self.replace_down_upstreams();
+        self.top_up();
         self.scale_up();
         let avg = self.average_load();
         if self.scale_down.observe(now, avg, &self.config.autoscaler) {

@@ -65,7 +65,7 @@ const LATENCY_MAX_US: u64 = 60_000_000;
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
     /// Balancer address (only what you pass is ever contacted).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = crate::config::resolve_addr)]
     pub target: SocketAddr,
     /// Connections to open and keep (one worker each).
     #[arg(long, value_name = "N", default_value = "50", value_parser = parse_connections)]
@@ -87,7 +87,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
     /// Admin address to sample for --plot (default: the target's host, port + 1).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = crate::config::resolve_addr)]
     pub admin: Option<SocketAddr>,
     /// With --plot: keep sampling this long after the load stops (to see scale-down).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]

@@ -38,7 +38,7 @@ enum Command {
     /// Print a table of machines and totals from a running daemon's admin endpoint.
     Stats {
         /// Admin address of the daemon.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071", value_parser = config::resolve_addr)]
         admin: SocketAddr,
         /// Refresh every second until interrupted.
         #[arg(long)]
@@ -163,8 +163,11 @@ fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), config:
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never in files or pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),

@@ -24,7 +24,11 @@ struct Echo {
 
 impl Echo {
     async fn start() -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        Echo::start_on("127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    async fn start_on(addr: SocketAddr) -> Echo {
+        let listener = TcpListener::bind(addr).await.expect("bind echo");
         let addr = listener.local_addr().expect("echo addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
@@ -211,4 +215,22 @@ async fn an_idle_proxied_stream_is_closed_after_idle_timeout() {
     assert_eq!(n, 0);
     lb.wait_stats("reservation released", |s| s.machines[0].used == 0.0)
         .await;
+}
+
+#[tokio::test]
+async fn machines_come_back_to_min_machines_when_an_upstream_recovers() {
+    let echo = Echo::start().await;
+    let addr = echo.addr;
+    let lb = start_lb(proxy_config(10.0, &[&echo])).await;
+    echo.kill();
+    drop(echo);
+    lb.wait_stats("the only machine retired", |s| s.machines.is_empty())
+        .await;
+    // The upstream comes back on the same address: the next probe finds it and the
+    // autoscaler tops the set back up to min_machines = 1 without waiting for a client.
+    let _revived = Echo::start_on(addr).await;
+    lb.wait_stats("a machine is active again", |s| s.machines.len() == 1)
+        .await;
+    let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut c, b"back").await, b"back");
 }
