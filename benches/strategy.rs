@@ -13,9 +13,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use elastic_lb::machine::MachineId;
-use elastic_lb::stats::Units;
-use elastic_lb::strategy::{self, MachineView, PickRequest, StrategyKind};
+use elastic_lb::core::MachineId;
+use elastic_lb::core::StrategyKind;
+use elastic_lb::core::Units;
+use elastic_lb::strategy::{self, MachineView, PickRequest};
 
 fn views(n: u32) -> Vec<MachineView> {
     (1..=n)

@@ -21,9 +21,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AutoscalerConfig, Config};
+use crate::core::{Size, Units};
 use crate::dispatcher::Command;
-use crate::machine::{MachineInfo, Size};
-use crate::stats::Units;
+use crate::machine::MachineInfo;
 
 /// The order in which sizes are tried: the preferred size, then the larger sizes in
 /// ascending order, then the smaller ones in descending order.
@@ -181,7 +181,8 @@ mod tests {
 #[cfg(test)]
 mod retiree_tests {
     use super::*;
-    use crate::machine::{MachineId, MachineInfo, MachineState};
+    use crate::core::{MachineId, MachineState};
+    use crate::machine::MachineInfo;
 
     fn machine(id: u32, capacity: u64, reserved: u64) -> MachineInfo {
         let m = MachineInfo::new(MachineId(id), Size::Medium, Units::from_whole(capacity), 8);

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::machine::Size;
-use crate::protocol::RequestClass;
-use crate::strategy::StrategyKind;
+use crate::core::{RequestClass, Size, SizeCounts, StrategyKind};
 
 /// Longest duration any key accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -387,6 +385,16 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// The pool sizes as plain per-size counts.
+    pub fn counts(&self) -> SizeCounts {
+        SizeCounts {
+            small: self.small,
+            medium: self.medium,
+            large: self.large,
+            xlarge: self.xlarge,
+        }
+    }
+
     /// Pool size of `size`.
     pub fn get(&self, size: Size) -> u32 {
         match size {
@@ -860,11 +868,11 @@ impl Config {
 
     /// Machines of each size the factory can hand out at most: `[pool]`, or in proxy mode
     /// the `[[backend.upstreams]]` of each size (SPEC §8: the upstreams are the pool).
-    pub fn pool_sizes(&self) -> PoolConfig {
+    pub fn pool_sizes(&self) -> SizeCounts {
         match self.backend.mode {
-            BackendMode::Simulated => self.pool,
+            BackendMode::Simulated => self.pool.counts(),
             BackendMode::Proxy => {
-                let mut sizes = PoolConfig::EMPTY;
+                let mut sizes = SizeCounts::EMPTY;
                 for u in &self.backend.upstreams {
                     *sizes.get_mut(u.size) += 1;
                 }

@@ -37,11 +37,12 @@ use tracing::{debug, warn, Instrument};
 
 use crate::config::BackendMode;
 use crate::config::Config;
+use crate::core::{RequestClass, Units};
 use crate::dispatcher::{AdmitError, Command, DispatcherHandle, Placement};
 use crate::machine::{Job, SubmitError};
 use crate::protocol::{self, ErrorCode, Frame, Request};
 use crate::proxy;
-use crate::stats::{StatsHandle, Units};
+use crate::stats::StatsHandle;
 
 /// Replies a connection may owe beyond a full machine queue before it stops reading.
 const PIPELINE_SLACK: usize = 1024;
@@ -423,7 +424,7 @@ impl Reader<'_> {
         Step::Reply(Pending::Ready(reply))
     }
 
-    fn submit(&self, class: protocol::RequestClass, weight: Units, payload: Bytes) -> Pending {
+    fn submit(&self, class: RequestClass, weight: Units, payload: Bytes) -> Pending {
         let (reply_tx, reply_rx) = oneshot::channel();
         let job = Job {
             class,

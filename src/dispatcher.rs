@@ -30,11 +30,12 @@ use tracing::{debug, info, warn};
 
 use crate::autoscaler::{self, ScaleDownTimer};
 use crate::config::Config;
+use crate::core::{MachineId, MachineState, Size, StrategyKind, Units};
 use crate::factory::MachineFactory;
 use crate::listener::RefusalLog;
-use crate::machine::{MachineHandle, MachineId, MachineState};
-use crate::stats::{self, ScaleEvent, ScaleEventKind, Topology, Totals, Units};
-use crate::strategy::{self, MachineView, PickRequest, Strategy, StrategyKind};
+use crate::machine::MachineHandle;
+use crate::stats::{self, ScaleEvent, ScaleEventKind, Topology, Totals};
+use crate::strategy::{self, MachineView, PickRequest, Strategy};
 
 /// Messages to the dispatcher task.
 #[derive(Debug)]
@@ -421,7 +422,7 @@ impl Dispatcher {
         sizes.into_iter().find_map(|size| self.acquire_sized(size))
     }
 
-    fn acquire_sized(&mut self, size: crate::machine::Size) -> Option<usize> {
+    fn acquire_sized(&mut self, size: Size) -> Option<usize> {
         let id = MachineId(self.next_id);
         let machine = self.factory.acquire(size, id).ok()?;
         self.next_id += 1;
@@ -680,9 +681,9 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::core::RequestClass;
     use crate::factory::LocalFactory;
-    use crate::machine::{Job, MachineContext, Size};
-    use crate::protocol::RequestClass;
+    use crate::machine::{Job, MachineContext};
 
     /// A dispatcher with a fixed reservation of `reservation` units per connection.
     fn dispatcher(mut config: Config, reservation: f64) -> (Dispatcher, Arc<Totals>) {

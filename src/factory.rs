@@ -8,8 +8,9 @@
 use std::fmt;
 
 use crate::config::Config;
-use crate::machine::{self, MachineContext, MachineHandle, MachineId, MachineInfo, Size};
-use crate::stats::{PoolSnapshot, Units};
+use crate::core::{MachineId, Size, Units};
+use crate::machine::{self, MachineContext, MachineHandle, MachineInfo};
+use crate::stats::PoolSnapshot;
 
 /// Why no machine could be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,7 +96,7 @@ impl MachineFactory for LocalFactory {
     }
 
     fn reconfigure(&mut self, config: &Config) {
-        self.limits = config.pool;
+        self.limits = config.pool.counts();
         self.config = config.clone();
     }
 }

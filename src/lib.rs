@@ -38,6 +38,7 @@ pub mod admin;
 pub mod autoscaler;
 pub mod config;
 pub mod connection;
+pub mod core;
 pub mod dispatcher;
 pub mod factory;
 pub mod listener;
@@ -60,11 +61,11 @@ use tracing::info;
 
 use crate::config::BackendMode;
 use crate::config::Config;
+use crate::core::StrategyKind;
 use crate::dispatcher::{Command, DispatcherHandle};
 use crate::factory::{LocalFactory, MachineFactory};
 use crate::machine::MachineContext;
 use crate::stats::{StatsHandle, Totals};
-use crate::strategy::StrategyKind;
 
 /// A running balancer. Dropping it does not stop it; call [`Server::shutdown`].
 #[derive(Debug)]

@@ -43,7 +43,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant, MissedTickBehavior};
 
-use crate::protocol::RequestClass;
+use crate::core::RequestClass;
 use crate::stats::Snapshot;
 
 /// How long a reply still owed when the load stops is awaited.
@@ -1097,7 +1097,7 @@ async fn sample(admin: SocketAddr, start: Instant, stop: Instant) -> Vec<Sample>
             let draining = snap
                 .machines
                 .iter()
-                .filter(|m| m.state == crate::machine::MachineState::Draining)
+                .filter(|m| m.state == crate::core::MachineState::Draining)
                 .count();
             samples.push(Sample {
                 t: at.duration_since(start).as_secs_f64(),

@@ -16,8 +16,6 @@
 //! every handle is gone and the queue is empty, or — at the end of the shutdown grace — when
 //! the hard-stop token fires, after answering what is still queued with `ERR shutting-down`.
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,93 +26,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::protocol::{self, RequestClass};
-use crate::stats::{Totals, Units, UnitsGauge};
-
-/// A machine's identity: `m1`, `m2`, … in creation order, never reused in one run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MachineId(pub u32);
-
-impl fmt::Display for MachineId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "m{}", self.0)
-    }
-}
-
-/// Machine sizes (`[machines]` and `[pool]` tables).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Size {
-    /// `small`
-    Small,
-    /// `medium`
-    Medium,
-    /// `large`
-    Large,
-    /// `xlarge`
-    Xlarge,
-}
-
-impl Size {
-    /// All sizes, smallest first.
-    pub const ALL: [Size; 4] = [Size::Small, Size::Medium, Size::Large, Size::Xlarge];
-
-    /// The configuration name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Size::Small => "small",
-            Size::Medium => "medium",
-            Size::Large => "large",
-            Size::Xlarge => "xlarge",
-        }
-    }
-}
-
-impl fmt::Display for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The error for a name that is not a size.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown size \"{0}\" (expected one of small, medium, large, xlarge)")]
-pub struct UnknownSize(pub String);
-
-impl FromStr for Size {
-    type Err = UnknownSize;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Size::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownSize(s.to_string()))
-    }
-}
-
-impl serde::Serialize for Size {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Size {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Lifecycle state of a machine (SPEC §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MachineState {
-    /// Takes new connections.
-    Active,
-    /// Takes no new connections; finishing its queue before retiring.
-    Draining,
-    /// Gone back to the pool.
-    Retired,
-}
+use crate::core::{MachineId, MachineState, RequestClass, Size, Units};
+use crate::protocol;
+use crate::stats::{Totals, UnitsGauge};
 
 // === impl MachineInfo ===
 

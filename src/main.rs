@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use elastic_lb::config::{self, AdminAddress, Config};
-use elastic_lb::strategy::StrategyKind;
+use elastic_lb::core::StrategyKind;
 use elastic_lb::Server;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};

@@ -27,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::core::{MachineId, Size, Units};
 use crate::factory::{FactoryError, MachineFactory};
-use crate::machine::{self, MachineContext, MachineHandle, MachineId, MachineInfo, Size};
-use crate::stats::{PoolSnapshot, Units};
+use crate::machine::{self, MachineContext, MachineHandle, MachineInfo};
+use crate::stats::PoolSnapshot;
 
 /// How long a health probe or an upstream connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

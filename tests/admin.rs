@@ -99,8 +99,8 @@ fn set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
 async fn two_machines() -> Lb {
     let mut cfg = test_config();
     cfg.autoscaler.initial = vec![
-        elastic_lb::machine::Size::Medium,
-        elastic_lb::machine::Size::Small,
+        elastic_lb::core::Size::Medium,
+        elastic_lb::core::Size::Small,
     ];
     start_lb(cfg).await
 }

@@ -4,7 +4,7 @@ mod common;
 
 use common::{fixed_reservation, start_lb, test_config, Client};
 use elastic_lb::config::Config;
-use elastic_lb::machine::Size;
+use elastic_lb::core::Size;
 use elastic_lb::stats::Snapshot;
 
 /// `100 × Σ used / Σ capacity` over the active machines of a snapshot.
@@ -12,7 +12,7 @@ fn recomputed_avg(s: &Snapshot) -> f64 {
     let active = s
         .machines
         .iter()
-        .filter(|m| m.state == elastic_lb::machine::MachineState::Active);
+        .filter(|m| m.state == elastic_lb::core::MachineState::Active);
     let (used, cap) = active.fold((0.0, 0.0), |(u, c), m| (u + m.used, c + m.capacity));
     if cap == 0.0 {
         0.0

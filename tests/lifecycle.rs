@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use common::{connection_refused, err_code, fixed_reservation, start_lb, test_config, Lb, TIMEOUT};
 use elastic_lb::config::Config;
-use elastic_lb::machine::{MachineState, Size};
+use elastic_lb::core::StrategyKind;
+use elastic_lb::core::{MachineState, Size};
 use elastic_lb::stats::{ScaleEventKind, Snapshot};
-use elastic_lb::strategy::StrategyKind;
 use tokio::time::Instant;
 
 /// The deterministic scale-down setup of issue 3: reservation 10 on capacity-100 machines,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{fixed_reservation, start_lb, test_config, Client};
-use elastic_lb::protocol::RequestClass;
+use elastic_lb::core::RequestClass;
 
 /// The reply line's error code: `ERR <code> <message>` → `<code>`, with a message present.
 fn err_code(line: &str) -> &str {

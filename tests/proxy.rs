@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{fixed_reservation, start_lb, within, TIMEOUT};
 use elastic_lb::config::{BackendMode, Config, UpstreamConfig};
-use elastic_lb::machine::Size;
+use elastic_lb::core::Size;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;

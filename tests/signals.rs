@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{err_code, get_stats, test_config, Client};
 use elastic_lb::config::{AdminAddress, Config};
-use elastic_lb::strategy::StrategyKind;
+use elastic_lb::core::StrategyKind;
 use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_elastic-lb");

@@ -16,9 +16,8 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::metrics::state_name;
 use super::StatsBody;
-use crate::machine::MachineState;
+use crate::core::MachineState;
 use crate::stats::Snapshot;
 
 /// Bound on connecting to the daemon and reading one answer.
@@ -163,7 +162,7 @@ pub fn render_table(addr: SocketAddr, stats: &StatsBody) -> String {
             [
                 m.name.clone(),
                 m.size.to_string(),
-                state_name(m.state).to_string(),
+                m.state.to_string(),
                 format!("{:.2}", m.capacity),
                 format!("{:.2}", m.used),
                 format!("{:.2}", m.load),
@@ -253,7 +252,7 @@ pub fn render_table(addr: SocketAddr, stats: &StatsBody) -> String {
 mod tests {
     use super::*;
     use crate::admin::AutoscalerLimits;
-    use crate::machine::Size;
+    use crate::core::Size;
     use crate::stats::{MachineSnapshot, PoolSnapshot, TotalsSnapshot};
 
     fn machine(

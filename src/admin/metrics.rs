@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 
 use super::StatsBody;
-use crate::machine::{MachineState, Size};
+use crate::core::{MachineState, Size};
 use crate::stats::MachineSnapshot;
 
 /// The `Content-Type` of the exposition format.
@@ -60,7 +60,7 @@ pub fn render(body: &StatsBody) -> String {
             let labels = [
                 ("machine", m.name.as_str()),
                 ("size", &m.size.to_string()),
-                ("state", state_name(m.state)),
+                ("state", m.state.as_str()),
             ];
             out.sample(name, &labels, value(m));
         }
@@ -73,7 +73,7 @@ pub fn render(body: &StatsBody) -> String {
     );
     for state in [MachineState::Active, MachineState::Draining] {
         let n = s.machines.iter().filter(|m| m.state == state).count();
-        out.sample("machines", &[("state", state_name(state))], n as f64);
+        out.sample("machines", &[("state", state.as_str())], n as f64);
     }
 
     out.gauge(
@@ -170,15 +170,6 @@ pub fn render(body: &StatsBody) -> String {
     );
     out.sample("strategy_info", &[("strategy", &s.strategy)], 1.0);
     out.text
-}
-
-/// `active`, `draining` or `retired`.
-pub fn state_name(state: MachineState) -> &'static str {
-    match state {
-        MachineState::Active => "active",
-        MachineState::Draining => "draining",
-        MachineState::Retired => "retired",
-    }
 }
 
 /// The text being built.

@@ -35,9 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::core::StrategyKind;
 use crate::dispatcher::{Command, DispatcherHandle};
 use crate::stats::{PoolSnapshot, Snapshot, StatsHandle};
-use crate::strategy::StrategyKind;
 
 pub use client::stats_command;
 

@@ -11,7 +11,7 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::machine::MachineState;
+use crate::core::MachineState;
 use crate::stats::{Snapshot, StatsHandle};
 
 /// Time between two summary lines.

@@ -25,7 +25,7 @@
 use std::net::IpAddr;
 
 use super::{MachineView, PickRequest, Strategy, StrategyKind};
-use crate::machine::MachineId;
+use crate::core::MachineId;
 
 /// Points each machine owns on the ring (SPEC §5 asks for at least 100).
 const VNODES_PER_MACHINE: u32 = 160;
@@ -161,7 +161,7 @@ mod tests {
         for round in 0..1000u64 {
             // Load changes (while it fits) never move a client.
             for m in &mut machines {
-                m.used = crate::stats::Units::from_whole(round % 90);
+                m.used = crate::core::Units::from_whole(round % 90);
             }
             assert_eq!(pick(&mut ch, &machines, ip), first);
         }

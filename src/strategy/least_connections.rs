@@ -1,7 +1,7 @@
 //! `least-connections`: the fitting machine with the most free capacity (SPEC §5).
 //!
 //! Free capacity is `capacity − used` ([`MachineView::free`]) in exact fixed-point
-//! [`Units`](crate::stats::Units), so this favours big machines: a half-empty large machine
+//! [`Units`](crate::core::Units), so this favours big machines: a half-empty large machine
 //! beats a nearly empty small one. (`least-load` compares percentages instead.)
 //!
 //! One pass over the views keeps the best machine so far and replaces it only on *strictly*

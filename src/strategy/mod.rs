@@ -25,10 +25,8 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
-use crate::machine::MachineId;
-use crate::stats::Units;
+use crate::core::{MachineId, StrategyKind, Units};
 
 pub mod consistent_hash;
 pub mod least_connections;
@@ -83,96 +81,6 @@ pub trait Strategy: Send + fmt::Debug {
     fn pick(&mut self, machines: &[MachineView], request: &PickRequest) -> Option<usize>;
 }
 
-/// The strategy names of `dispatcher.strategy` (SPEC §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StrategyKind {
-    /// `round-robin`
-    RoundRobin,
-    /// `random`
-    Random,
-    /// `least-connections`
-    LeastConnections,
-    /// `least-load`
-    LeastLoad,
-    /// `power-of-two`
-    PowerOfTwo,
-    /// `consistent-hash`
-    ConsistentHash,
-}
-
-impl StrategyKind {
-    /// Every kind, in the order the docs list them.
-    pub const ALL: [StrategyKind; 6] = [
-        StrategyKind::RoundRobin,
-        StrategyKind::Random,
-        StrategyKind::LeastConnections,
-        StrategyKind::LeastLoad,
-        StrategyKind::PowerOfTwo,
-        StrategyKind::ConsistentHash,
-    ];
-
-    /// The configuration name, e.g. `"least-connections"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StrategyKind::RoundRobin => "round-robin",
-            StrategyKind::Random => "random",
-            StrategyKind::LeastConnections => "least-connections",
-            StrategyKind::LeastLoad => "least-load",
-            StrategyKind::PowerOfTwo => "power-of-two",
-            StrategyKind::ConsistentHash => "consistent-hash",
-        }
-    }
-}
-
-impl fmt::Display for StrategyKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The error for a name that is not a strategy.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown strategy \"{0}\" (expected one of round-robin, random, least-connections, least-load, power-of-two, consistent-hash)")]
-pub struct UnknownStrategy(pub String);
-
-impl FromStr for StrategyKind {
-    type Err = UnknownStrategy;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        StrategyKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownStrategy(s.to_string()))
-    }
-}
-
-impl TryFrom<String> for StrategyKind {
-    type Error = UnknownStrategy;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<StrategyKind> for String {
-    fn from(k: StrategyKind) -> String {
-        k.as_str().to_string()
-    }
-}
-
-impl serde::Serialize for StrategyKind {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for StrategyKind {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// Builds a strategy of `kind`. `seed` seeds its RNG (strategies without randomness ignore
 /// it); the dispatcher passes `dispatcher.seed`, or an OS-random seed when that is 0.
 pub fn build(kind: StrategyKind, seed: u64) -> Box<dyn Strategy> {
@@ -192,8 +100,7 @@ pub(crate) mod testing {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::{MachineView, PickRequest};
-    use crate::machine::MachineId;
-    use crate::stats::Units;
+    use crate::core::{MachineId, Units};
 
     /// A view of machine `m<id>` with `capacity` and `used` in whole load units.
     pub(crate) fn view(id: u32, capacity: u64, used: u64, fits: bool) -> MachineView {

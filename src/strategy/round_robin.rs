@@ -10,7 +10,7 @@
 //! unique, and the cycle runs from the older machines to the newer ones.
 
 use super::{MachineView, PickRequest, Strategy, StrategyKind};
-use crate::machine::MachineId;
+use crate::core::MachineId;
 
 /// Round-robin over the fitting machines, in id order.
 #[derive(Debug, Default)]
