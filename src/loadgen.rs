@@ -44,7 +44,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant, MissedTickBehavior};
 
 use crate::core::RequestClass;
-use crate::stats::Snapshot;
+use crate::telemetry::Snapshot;
 
 /// How long a reply still owed when the load stops is awaited.
 pub const REPLY_GRACE: Duration = Duration::from_secs(5);

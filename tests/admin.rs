@@ -370,7 +370,7 @@ async fn admin_answers_promptly_while_clients_pipeline() {
             .await
             .expect("/api/stats answered within 2 s");
         assert_eq!(stats.status, StatusCode::OK);
-        let stats: elastic_lb::stats::Snapshot =
+        let stats: elastic_lb::telemetry::Snapshot =
             serde_json::from_str(&stats.body).expect("well-formed /api/stats");
         assert!(!stats.machines.is_empty());
         assert!(

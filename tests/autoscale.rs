@@ -5,7 +5,7 @@ mod common;
 use common::{fixed_reservation, start_lb, test_config, Client};
 use elastic_lb::config::Config;
 use elastic_lb::core::Size;
-use elastic_lb::stats::Snapshot;
+use elastic_lb::telemetry::Snapshot;
 
 /// `100 × Σ used / Σ capacity` over the active machines of a snapshot.
 fn recomputed_avg(s: &Snapshot) -> f64 {

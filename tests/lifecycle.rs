@@ -9,7 +9,7 @@ use common::{connection_refused, err_code, fixed_reservation, start_lb, test_con
 use elastic_lb::config::Config;
 use elastic_lb::core::StrategyKind;
 use elastic_lb::core::{MachineState, Size};
-use elastic_lb::stats::{ScaleEventKind, Snapshot};
+use elastic_lb::telemetry::{ScaleEventKind, Snapshot};
 use tokio::time::Instant;
 
 /// The deterministic scale-down setup of issue 3: reservation 10 on capacity-100 machines,

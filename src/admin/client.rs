@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use super::StatsBody;
 use crate::core::MachineState;
-use crate::stats::Snapshot;
+use crate::telemetry::Snapshot;
 
 /// Bound on connecting to the daemon and reading one answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -253,7 +253,7 @@ mod tests {
     use super::*;
     use crate::admin::AutoscalerLimits;
     use crate::core::Size;
-    use crate::stats::{MachineSnapshot, PoolSnapshot, TotalsSnapshot};
+    use crate::telemetry::{MachineSnapshot, PoolSnapshot, TotalsSnapshot};
 
     fn machine(
         name: &str,

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use super::StatsBody;
 use crate::core::{MachineState, Size};
-use crate::stats::MachineSnapshot;
+use crate::telemetry::MachineSnapshot;
 
 /// The `Content-Type` of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -30,21 +30,22 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::balancer::{DispatcherHandle, SwitchError};
 use crate::config::Config;
 use crate::core::StrategyKind;
-use crate::dispatcher::{Command, DispatcherHandle};
-use crate::stats::{PoolSnapshot, Snapshot, StatsHandle};
+use crate::telemetry::{PoolSnapshot, Snapshot, StatsHandle};
 
 pub use client::stats_command;
 
 /// The dashboard page, compiled into the binary (no files to deploy, no CDN).
 pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
-/// How long `PUT /api/strategy` waits for the dispatcher before answering 503.
+/// How long `PUT /api/strategy` waits for room in the dispatcher's command queue before
+/// answering 503 (nothing is switched then). Once queued, the switch is always awaited.
 const STRATEGY_SWITCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the handlers share.
@@ -52,7 +53,7 @@ const STRATEGY_SWITCH_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AdminState {
     /// Read side of all counters and the machine list.
     pub stats: StatsHandle,
-    /// Where `PUT /api/strategy` sends [`Command::SetStrategy`].
+    /// Where `PUT /api/strategy` switches the strategy.
     pub dispatcher: DispatcherHandle,
     /// The configuration in force (thresholds and pool sizes for the dashboard).
     pub config: watch::Receiver<Arc<Config>>,
@@ -88,15 +89,16 @@ impl StatsBody {
     fn new(state: &AdminState) -> StatsBody {
         let config = state.config.borrow().clone();
         let a = &config.autoscaler;
+        let (snapshot, pool_size) = state.stats.snapshot_with_pool_size();
         StatsBody {
-            snapshot: state.stats.snapshot(),
+            snapshot,
             autoscaler: AutoscalerLimits {
                 scale_up_threshold: a.scale_up_threshold,
                 scale_down_threshold: a.scale_down_threshold,
                 min_machines: a.min_machines,
                 max_machines: a.max_machines,
             },
-            pool_size: config.pool_sizes(),
+            pool_size,
         }
     }
 }
@@ -177,31 +179,21 @@ async fn put_strategy(
         Ok(kind) => kind,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let (done_tx, done_rx) = oneshot::channel();
-    let switched = async {
-        state
-            .dispatcher
-            .send(Command::SetStrategy(kind, Some(done_tx)))
-            .await
-            .ok()?;
-        done_rx.await.ok()
-    };
-    match tokio::time::timeout(STRATEGY_SWITCH_TIMEOUT, switched).await {
-        Ok(Some(())) => {
+    match state
+        .dispatcher
+        .set_strategy(kind, STRATEGY_SWITCH_TIMEOUT)
+        .await
+    {
+        Ok(()) => {
             info!(strategy = %kind, "strategy set through the admin API");
             Json(StrategyBody {
                 strategy: kind.to_string(),
             })
             .into_response()
         }
-        Ok(None) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down".to_string(),
-        ),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the dispatcher did not answer in time".to_string(),
-        ),
+        Err(e @ (SwitchError::Busy | SwitchError::ShuttingDown)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::core::MachineState;
-use crate::stats::{Snapshot, StatsHandle};
+use crate::telemetry::{Snapshot, StatsHandle};
 
 /// Time between two summary lines.
 pub const PERIOD: Duration = Duration::from_secs(10);

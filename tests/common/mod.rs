@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use elastic_lb::config::Config;
-use elastic_lb::stats::Snapshot;
+use elastic_lb::telemetry::Snapshot;
 use elastic_lb::Server;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

@@ -1,29 +1,18 @@
-//! The autoscaler: when to acquire and when to retire machines (SPEC §5).
+//! The autoscale policy: when to acquire and when to retire machines (SPEC §5).
 //!
-//! Split in two:
+//! Pure functions and a small timer struct, unit-tested under paused time:
+//! [`size_preference`] (which size to try next), [`ScaleDownTimer`] (has the average stayed
+//! low long enough?) and [`pick_retiree`] (which machine may go).
 //!
-//! - the *policy* — pure functions and a small timer struct, unit-tested under paused time:
-//!   [`size_preference`] (which size to try next), [`ScaleDownTimer`] (has the average
-//!   stayed low long enough?) and [`pick_retiree`] (which machine may go);
-//! - the *task* ([`spawn`]) — a periodic tick every `autoscaler.interval` that asks the
-//!   dispatcher to run a check.
-//!
-//! The checks themselves run inside the dispatcher task, because it alone owns the machine
-//! table and the factory. It runs one right after every admission too, so scale-up reacts
-//! within the admission that pushed the average past the threshold, not a tick later.
+//! The dispatcher applies them: on its periodic tick (every `autoscaler.interval`, inside
+//! the dispatcher task) and right after every admission, so scale-up reacts within the
+//! admission that pushed the average past the threshold, not a tick later.
 
-use std::sync::Arc;
-use std::time::Duration;
+use tokio::time::Instant;
 
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
-
-use crate::config::{AutoscalerConfig, Config};
+use crate::config::AutoscalerConfig;
 use crate::core::{Size, Units};
-use crate::dispatcher::Command;
-use crate::machine::MachineInfo;
+use crate::telemetry::MachineInfo;
 
 /// The order in which sizes are tried: the preferred size, then the larger sizes in
 /// ascending order, then the smaller ones in descending order.
@@ -87,7 +76,7 @@ pub fn pick_retiree(machines: &[&MachineInfo], cfg: &AutoscalerConfig) -> Option
             .cmp(&(mb.used().0 as u128 * ma.capacity.0 as u128))
     })?;
     let retiree = machines[candidate];
-    let (mut used, mut capacity) = (retiree.reserved.get(), Units::ZERO);
+    let (mut used, mut capacity) = (retiree.reserved(), Units::ZERO);
     for &i in &active {
         if i != candidate {
             used = used + machines[i].used();
@@ -100,45 +89,10 @@ pub fn pick_retiree(machines: &[&MachineInfo], cfg: &AutoscalerConfig) -> Option
     Some(candidate)
 }
 
-/// Spawns the periodic check: every `autoscaler.interval` (re-read after a reload) it sends
-/// [`Command::Tick`] to the dispatcher. Stops when `shutdown` fires or the dispatcher is gone.
-pub fn spawn(
-    commands_tx: mpsc::Sender<Command>,
-    mut config: watch::Receiver<Arc<Config>>,
-    shutdown: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let period = |c: &Config| c.autoscaler.interval.max(Duration::from_millis(1));
-        let mut ticker = tokio::time::interval(period(&config.borrow()));
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                changed = config.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let p = period(&config.borrow_and_update());
-                    ticker = tokio::time::interval_at(Instant::now() + p, p);
-                    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                }
-                _ = ticker.tick() => {
-                    // NOTE: try_send: when the dispatcher is busy a tick is simply skipped,
-                    // there is no point in queueing checks behind each other.
-                    if let Err(mpsc::error::TrySendError::Closed(_)) =
-                        commands_tx.try_send(Command::Tick)
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -182,11 +136,10 @@ mod tests {
 mod retiree_tests {
     use super::*;
     use crate::core::{MachineId, MachineState};
-    use crate::machine::MachineInfo;
 
     fn machine(id: u32, capacity: u64, reserved: u64) -> MachineInfo {
         let m = MachineInfo::new(MachineId(id), Size::Medium, Units::from_whole(capacity), 8);
-        m.reserved.add(Units::from_whole(reserved));
+        m.reserve(Units::from_whole(reserved));
         m
     }
 

@@ -1,4 +1,4 @@
-//! One client connection, from admission to close (SPEC §4).
+//! A line session (SPEC §4): one client connection speaking the line protocol.
 //!
 //! ```text
 //!            lines                    Pending (bounded, in order)
@@ -10,9 +10,8 @@
 //! The reader frames lines, answers commands locally and submits work straight to the
 //! connection's machine (never through the dispatcher). For every reply it owes, in
 //! request order, it pushes a `Pending` slot: either a reply that is already known
-//! (`PONG`, `ERR busy`, …) or the receiving half of the machine's oneshot. The writer takes
-//! the slots in order and awaits each one, so replies keep request order even when some
-//! fail early or — after a drain moved the connection — come from two machines.
+//! (`PONG`, `ERR busy`, …) or the receiving half of the machine's oneshot. The writer
+//! (`writer.rs`) takes the slots in order and awaits each one.
 //!
 //! Back-pressure: the slot channel is bounded (`queue_depth + 1 + PIPELINE_SLACK`). One
 //! pipelining connection can still fill its machine's queue (and get `busy` for the
@@ -22,91 +21,28 @@
 //! Both halves run in this one task (`join!`), so a connection costs one task.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
-use tokio::time::{timeout, Instant};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn, Instrument};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, Instrument};
 
-use crate::config::BackendMode;
-use crate::config::Config;
+use super::writer::{write_loop, InFlight, Pending};
+use super::{far_future, linger, refuse, shutting_down, SessionContext};
+use crate::backend::{Job, SubmitError};
+use crate::balancer::{AdmitError, Placement};
 use crate::core::{RequestClass, Units};
-use crate::dispatcher::{AdmitError, Command, DispatcherHandle, Placement};
-use crate::machine::{Job, SubmitError};
 use crate::protocol::{self, ErrorCode, Frame, Request};
-use crate::proxy;
-use crate::stats::StatsHandle;
 
 /// Replies a connection may owe beyond a full machine queue before it stops reading.
 const PIPELINE_SLACK: usize = 1024;
-/// Flush the write buffer once it holds this much, even if more replies are ready.
-const WRITE_BATCH: usize = 64 * 1024;
-/// How long a closing connection keeps reading (and discarding) so that its last reply is
-/// not destroyed by a reset (see `linger`).
-const LINGER: Duration = Duration::from_secs(2);
-
-/// What every connection task needs. Built once and shared.
-#[derive(Debug)]
-pub struct ConnectionContext {
-    /// Live configuration.
-    pub config: watch::Receiver<Arc<Config>>,
-    /// Counters and the machine list (`STATS`).
-    pub stats: StatsHandle,
-    /// Where connections ask for a machine.
-    pub dispatcher: DispatcherHandle,
-    /// Fires when graceful shutdown begins.
-    pub shutdown: CancellationToken,
-    /// Fires when the shutdown grace runs out (proxied streams are cut then).
-    pub hard_stop: CancellationToken,
-}
-
-/// Replies owed and not yet written, shared by the reader (adds) and the writer (removes).
-#[derive(Debug, Default)]
-struct InFlight {
-    count: AtomicUsize,
-    /// Notified when the count drops to zero (a shutting-down reader waits for it).
-    drained: Notify,
-}
-
-impl InFlight {
-    fn add(&self) {
-        self.count.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn done(&self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.drained.notify_one();
-        }
-    }
-
-    fn is_zero(&self) -> bool {
-        self.count.load(Ordering::Acquire) == 0
-    }
-}
-
-/// One owed reply, in request order.
-#[derive(Debug)]
-enum Pending {
-    /// Known already.
-    Ready(Bytes),
-    /// The machine will answer.
-    Waiting(oneshot::Receiver<Bytes>),
-    /// Everything before this is the last the client gets: flush and close.
-    Close,
-}
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<ConnectionContext>) {
-    if ctx.config.borrow().backend.mode == BackendMode::Proxy {
-        return serve_proxied(socket, peer, &ctx).await;
-    }
+pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
     let placement = match ctx.dispatcher.admit(peer).await {
         Ok(placement) => placement,
         Err(AdmitError::Exhausted { reservation }) => {
@@ -151,75 +87,8 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<ConnectionConte
     .await
 }
 
-/// Proxy mode (SPEC §8): place the connection, connect it to its machine's upstream and
-/// copy bytes both ways. No bytes are ever added: a connection that cannot be placed is
-/// closed (and counted as rejected by the dispatcher).
-async fn serve_proxied(mut socket: TcpStream, peer: SocketAddr, ctx: &ConnectionContext) {
-    // A failed connect marks that upstream down; try up to three machines in all.
-    let mut last_reservation = Units::ZERO;
-    for _ in 0..3 {
-        let Ok(placement) = ctx.dispatcher.admit(peer).await else {
-            return;
-        };
-        let machine = placement.machine();
-        let Some(upstream) = machine.info.upstream.clone() else {
-            return;
-        };
-        let span = tracing::debug_span!("proxy", %peer, machine = %machine.info.name, upstream = %upstream.address);
-        let idle = ctx.config.borrow().listener.idle_timeout;
-        match proxy::forward(socket, &upstream, idle, &ctx.hard_stop)
-            .instrument(span)
-            .await
-        {
-            Ok(()) => return,
-            Err((returned, e)) => {
-                // Never connected: not an admitted connection after all.
-                let totals = &ctx.stats.totals;
-                totals.connections_admitted.fetch_sub(1, Ordering::Relaxed);
-                last_reservation = placement.reservation();
-                warn!(%peer, upstream = %upstream.address, error = %e, "upstream connect failed; trying another machine");
-                socket = returned;
-                drop(placement);
-                // Let the dispatcher retire the machine before we ask for another.
-                let _ = ctx.dispatcher.send(Command::Tick).await;
-            }
-        }
-    }
-    // Every try failed: the client is refused (closed, no bytes added).
-    ctx.stats.totals.connection_rejected(last_reservation);
-}
-
-/// Sends one error line to a connection that is not admitted, then closes it gracefully.
-pub async fn refuse(mut socket: TcpStream, reply: Bytes) {
-    let sent = timeout(LINGER, socket.write_all(&reply)).await;
-    if matches!(sent, Ok(Ok(()))) {
-        let _ = socket.shutdown().await;
-        let (read_half, _write_half) = socket.into_split();
-        linger(read_half).await;
-    }
-}
-
-/// Reads and discards what the client still sends, until it closes or [`LINGER`] passes.
-///
-/// Closing a socket with unread input makes the kernel send a reset, which can destroy the
-/// last reply before the client reads it; nginx's `lingering_close` exists for the same
-/// reason. Bounded in time and bytes, so it cannot be abused.
-async fn linger(mut read_half: OwnedReadHalf) {
-    let mut sink = [0u8; 4096];
-    let mut budget: usize = 1 << 20;
-    let deadline = Instant::now() + LINGER;
-    while budget > 0 {
-        match tokio::time::timeout_at(deadline, read_half.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => budget = budget.saturating_sub(n),
-            _ => break,
-        }
-    }
-}
-
-// === reader ===
-
 struct Reader<'a> {
-    ctx: &'a ConnectionContext,
+    ctx: &'a SessionContext,
     placement: &'a Placement,
     /// To the writer; closed by the writer only when the socket failed.
     pending_tx: mpsc::Sender<Pending>,
@@ -460,95 +329,5 @@ impl Reader<'_> {
             self.placement.peer(),
             self.placement.reservation(),
         ))
-    }
-}
-
-// === writer ===
-
-/// Writes owed replies in order until the reader is done (channel closed) or a close marker.
-async fn write_loop(
-    mut write_half: OwnedWriteHalf,
-    mut pending_rx: mpsc::Receiver<Pending>,
-    in_flight: &InFlight,
-    idle: Duration,
-) {
-    let mut out = BytesMut::new();
-    loop {
-        let item = match pending_rx.try_recv() {
-            Ok(item) => item,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                // Nothing more is ready: send what we have before waiting.
-                if !flush(&mut write_half, &mut out, idle).await {
-                    return;
-                }
-                match pending_rx.recv().await {
-                    Some(item) => item,
-                    None => break,
-                }
-            }
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-        };
-        let line = match item {
-            Pending::Ready(line) => line,
-            Pending::Waiting(mut reply_rx) => match reply_rx.try_recv() {
-                Ok(line) => line,
-                Err(oneshot::error::TryRecvError::Empty) => {
-                    if !flush(&mut write_half, &mut out, idle).await {
-                        return;
-                    }
-                    // A machine always answers (machine::finish); a dropped oneshot would
-                    // be a bug, and still gets exactly one reply.
-                    reply_rx.await.unwrap_or_else(|_| shutting_down())
-                }
-                Err(oneshot::error::TryRecvError::Closed) => shutting_down(),
-            },
-            Pending::Close => break,
-        };
-        out.extend_from_slice(&line);
-        in_flight.done();
-        if out.len() >= WRITE_BATCH && !flush(&mut write_half, &mut out, idle).await {
-            return;
-        }
-    }
-    if flush(&mut write_half, &mut out, idle).await {
-        let _ = write_half.shutdown().await;
-    }
-}
-
-/// A deadline that never comes in practice (a year from now).
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(365 * 24 * 3600)
-}
-
-/// `ERR shutting-down …`
-fn shutting_down() -> Bytes {
-    ErrorCode::ShuttingDown.reply("server is shutting down")
-}
-
-/// Writes `out` and clears it. A client that does not read for `idle` (when non-zero) is
-/// given up on, like HAProxy's `timeout client`. Returns false when the socket is unusable.
-async fn flush(write_half: &mut OwnedWriteHalf, out: &mut BytesMut, idle: Duration) -> bool {
-    if out.is_empty() {
-        return true;
-    }
-    let write = write_half.write_all(out);
-    let result = if idle.is_zero() {
-        write.await
-    } else {
-        match timeout(idle, write).await {
-            Ok(result) => result,
-            Err(_) => {
-                debug!("client stopped reading; closing");
-                return false;
-            }
-        }
-    };
-    out.clear();
-    match result {
-        Ok(()) => true,
-        Err(e) => {
-            debug!(error = %e, "write failed");
-            false
-        }
     }
 }

@@ -9,6 +9,7 @@
 //! semaphore because a semaphore cannot shrink while its permits are out.
 //!
 //! Connection tasks are spawned on a [`TaskTracker`] so that shutdown can wait for them.
+//! Each runs the session kind the backend chose at start-up.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,9 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::BackendMode;
-use crate::connection::{self, ConnectionContext};
+use super::session::{self, SessionContext};
+use crate::backend::SessionKind;
+use crate::core::Units;
 use crate::protocol::ErrorCode;
+use crate::telemetry::RefusalLog;
 
 /// The accept loop's state.
 #[derive(Debug)]
@@ -32,7 +35,9 @@ pub struct Listener {
     /// Open connections (accepted, not yet closed), against `listener.max_connections`.
     pub open: Arc<AtomicUsize>,
     /// Shared by all connection tasks.
-    pub ctx: Arc<ConnectionContext>,
+    pub ctx: Arc<SessionContext>,
+    /// What every connection runs (chosen by the backend).
+    pub session: SessionKind,
     /// Connection tasks; shutdown waits on it.
     pub tracker: TaskTracker,
     /// Fires when graceful shutdown begins: stop accepting.
@@ -73,15 +78,14 @@ impl Listener {
             let limit = self.ctx.config.borrow().listener.max_connections;
             match ConnectionSlot::try_take(&self.open, limit) {
                 Some(slot) => {
-                    let ctx = self.ctx.clone();
+                    let (ctx, kind) = (self.ctx.clone(), self.session);
                     self.tracker.spawn(async move {
-                        connection::serve(socket, peer, ctx).await;
+                        session::serve(kind, socket, peer, ctx).await;
                         drop(slot);
                     });
                 }
                 None => {
-                    let totals = &self.ctx.stats.totals;
-                    totals.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                    self.ctx.stats.totals.connection_rejected(Units::ZERO);
                     if let Some(refused) = overloaded_log.refused(Instant::now()) {
                         warn!(
                             refused,
@@ -89,11 +93,13 @@ impl Listener {
                             "connections refused (overloaded) since the last report"
                         );
                     }
-                    if self.ctx.config.borrow().backend.mode == BackendMode::Proxy {
-                        // Proxy mode adds no bytes: the refusal is a plain close.
+                    let msg = format!("too many connections (max_connections = {limit})");
+                    let Some(reply) = session::refusal(self.session, ErrorCode::Overloaded, &msg)
+                    else {
+                        // This session kind adds no bytes: the refusal is a plain close.
                         drop(socket);
                         continue;
-                    }
+                    };
                     // Each refusal holds its socket for up to a few seconds (write, then
                     // lingering close). Under a flood, past MAX_REFUSING of them a refused
                     // socket is closed at once so that refusals cannot exhaust descriptors.
@@ -101,49 +107,14 @@ impl Listener {
                         drop(socket);
                         continue;
                     };
-                    let msg = format!("too many connections (max_connections = {limit})");
                     self.tracker.spawn(async move {
-                        connection::refuse(socket, ErrorCode::Overloaded.reply(&msg)).await;
+                        session::refuse(socket, reply).await;
                         drop(refusing);
                     });
                 }
             }
         }
         info!("listener closed");
-    }
-}
-
-/// Rate limiter for the refused-connection warnings: at most one line per second per
-/// reason, summarising how many were refused since the last line.
-///
-/// A flood of refusals is exactly when logs must stay readable, so one line per refused
-/// connection is out. Owned by a single task (the listener for `overloaded`, the
-/// dispatcher for `exhausted`), so it needs no synchronisation; the owner writes the
-/// `warn!` itself, so the line carries the owner's module as its target.
-///
-/// NOTE: refusals after the last line of a burst are only reported with the next refusal;
-/// the periodic summary line (`admin::summary`) still counts them all.
-#[derive(Debug, Default)]
-pub struct RefusalLog {
-    /// Refused since the last line.
-    pending: u64,
-    /// When the last line was written.
-    last: Option<Instant>,
-}
-
-impl RefusalLog {
-    /// Minimum time between two lines.
-    pub const PERIOD: Duration = Duration::from_secs(1);
-
-    /// Counts one refusal at `now`. Returns `Some(n)` when a line is due (the last one is
-    /// [`Self::PERIOD`] old): `n` refusals since the last line, this one included.
-    pub fn refused(&mut self, now: Instant) -> Option<u64> {
-        self.pending += 1;
-        if self.last.is_some_and(|last| now < last + Self::PERIOD) {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.pending))
     }
 }
 
@@ -188,21 +159,5 @@ mod tests {
         drop(a);
         assert!(ConnectionSlot::try_take(&open, 1).is_none());
         assert!(ConnectionSlot::try_take(&open, 3).is_some());
-    }
-
-    #[test]
-    fn refusal_log_writes_at_most_one_line_per_second() {
-        let mut log = RefusalLog::default();
-        let t0 = Instant::now();
-        assert_eq!(
-            log.refused(t0),
-            Some(1),
-            "the first refusal is reported at once"
-        );
-        for ms in 1..=999 {
-            assert_eq!(log.refused(t0 + Duration::from_millis(ms)), None);
-        }
-        assert_eq!(log.refused(t0 + Duration::from_secs(1)), Some(1000));
-        assert_eq!(log.refused(t0 + Duration::from_millis(1500)), None);
     }
 }

@@ -1,0 +1,254 @@
+//! The simulated machine's worker: a spawned task that serves a bounded FIFO request queue.
+//!
+//! The worker ([`spawn`]) serves one [`Job`] at a time in arrival order and sleeps for the
+//! simulated service time `weight × service_ms_per_unit × 100 / capacity` ms. It exits when
+//! every [`Machine`] handle is gone and the queue is empty, or — at the end of the shutdown
+//! grace — when the hard-stop token fires, after answering what is still queued with
+//! `ERR shutting-down`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::backend::{BackendContext, Machine};
+use crate::core::{RequestClass, Units};
+use crate::protocol;
+use crate::telemetry::{MachineInfo, Totals};
+
+/// One request on its way to a machine.
+#[derive(Debug)]
+pub struct Job {
+    /// Request class (for the reply text).
+    pub class: RequestClass,
+    /// Weight in load units.
+    pub weight: Units,
+    /// Payload (valid UTF-8, may be empty).
+    pub payload: Bytes,
+    /// Where the reply line goes; the connection's writer awaits the other half in order.
+    pub reply_tx: oneshot::Sender<Bytes>,
+}
+
+/// Spawns the worker task of `info` and returns the machine.
+///
+/// # Panics
+///
+/// If `info.queue_depth` is `usize::MAX` (configuration validation keeps it far below).
+pub fn spawn(info: MachineInfo, ctx: BackendContext) -> Machine {
+    // `MachineInfo::try_enqueue` bounds waiting + in service at `queue_depth + 1` (SPEC §1);
+    // the channel is sized so that it is never the tighter bound.
+    let (jobs_tx, jobs_rx) = mpsc::channel(info.queue_depth + 1);
+    let info = Arc::new(info);
+    tokio::spawn(serve(info.clone(), jobs_rx, ctx));
+    Machine::worker(info, jobs_tx)
+}
+
+/// The machine task: FIFO service until the queue closes or the hard stop fires.
+async fn serve(info: Arc<MachineInfo>, mut jobs_rx: mpsc::Receiver<Job>, ctx: BackendContext) {
+    // NOTE: service is simulated on a virtual clock. Each job finishes `service time` after
+    // the later of its arrival and the previous job's finish, and we sleep until then. Timer
+    // granularity (1 ms in tokio) therefore delays individual replies a little but never
+    // lowers the machine's throughput below `capacity / (service_ms_per_unit × 100)` units/ms.
+    let mut free_at = Instant::now();
+    loop {
+        let job = tokio::select! {
+            biased;
+            _ = ctx.hard_stop.cancelled() => break,
+            job = jobs_rx.recv() => match job {
+                Some(job) => job,
+                None => return, // every handle dropped and the queue is empty
+            },
+        };
+        let ms_per_unit = ctx.config.borrow().load.requests.service_ms_per_unit;
+        let service = service_time(job.weight, info.capacity, ms_per_unit);
+        if !service.is_zero() {
+            let start = free_at.max(Instant::now());
+            // Saturate far in the future instead of overflowing `Instant`.
+            free_at = start
+                .checked_add(service)
+                .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
+            tokio::select! {
+                biased;
+                _ = ctx.hard_stop.cancelled() => {
+                    finish(&info, &ctx.totals, job, false);
+                    break;
+                }
+                _ = tokio::time::sleep_until(free_at) => {}
+            }
+        }
+        finish(&info, &ctx.totals, job, true);
+    }
+    // Hard stop: answer everything still queued, and refuse what comes later.
+    jobs_rx.close();
+    while let Some(job) = jobs_rx.recv().await {
+        finish(&info, &ctx.totals, job, false);
+    }
+}
+
+/// Answers `job` (`OK …` when `served`, else `ERR shutting-down`), counting it *before* the
+/// reply goes out so that a client that has all its replies sees consistent totals.
+fn finish(info: &MachineInfo, totals: &Totals, job: Job, served: bool) {
+    info.finish(job.weight);
+    let reply = if served {
+        totals.request_ok(job.weight);
+        ok_reply(&info.name, job.class, &job.payload)
+    } else {
+        totals.request_failed(job.weight);
+        protocol::ErrorCode::ShuttingDown.reply("server is shutting down")
+    };
+    // The connection may be gone; the request was still served and counted.
+    let _ = job.reply_tx.send(reply);
+}
+
+/// `OK <machine> <class> <payload>\n`, leaving out ` <payload>` when it is empty.
+fn ok_reply(machine: &str, class: RequestClass, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(8 + machine.len() + payload.len());
+    out.put_slice(b"OK ");
+    out.put_slice(machine.as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(class.as_str().as_bytes());
+    if !payload.is_empty() {
+        out.put_u8(b' ');
+        out.put_slice(payload);
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// `weight × ms_per_unit × 100 / capacity` milliseconds.
+pub fn service_time(weight: Units, capacity: Units, ms_per_unit: f64) -> Duration {
+    // NaN and negatives count as "instant" (validation rejects them anyway).
+    if capacity == Units::ZERO || ms_per_unit.is_nan() || ms_per_unit <= 0.0 {
+        return Duration::ZERO;
+    }
+    let ms = weight.as_f64() * ms_per_unit * 100.0 / capacity.as_f64();
+    // Validation bounds the inputs; saturate anyway rather than panic in a machine task.
+    Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::backend::SubmitError;
+    use crate::config::Config;
+    use crate::core::{MachineId, Size};
+
+    fn ctx() -> (BackendContext, watch::Sender<Arc<Config>>) {
+        let (config_tx, config_rx) = watch::channel(Arc::new(Config::default()));
+        let ctx = BackendContext {
+            config: config_rx,
+            totals: Arc::new(Totals::default()),
+            hard_stop: CancellationToken::new(),
+        };
+        (ctx, config_tx)
+    }
+
+    fn job(weight: u64, payload: &'static str) -> (Job, oneshot::Receiver<Bytes>) {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job = Job {
+            class: RequestClass::Small,
+            weight: Units::from_whole(weight),
+            payload: Bytes::from_static(payload.as_bytes()),
+            reply_tx,
+        };
+        (job, reply_rx)
+    }
+
+    #[test]
+    fn service_time_scales_with_capacity() {
+        let w = Units::from_whole(10);
+        assert_eq!(
+            service_time(w, Units::from_whole(100), 1.0),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            service_time(w, Units::from_whole(200), 1.0),
+            Duration::from_millis(5)
+        );
+        assert_eq!(service_time(w, Units::from_whole(100), 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn ok_reply_leaves_out_empty_payload() {
+        assert_eq!(
+            &ok_reply("m1", RequestClass::Large, b"")[..],
+            b"OK m1 large\n"
+        );
+        assert_eq!(
+            &ok_reply("m2", RequestClass::Small, b"a b")[..],
+            b"OK m2 small a b\n"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn serves_in_order_and_returns_weight() {
+        let (ctx, _config_tx) = ctx();
+        let totals = ctx.totals.clone();
+        let m = spawn(
+            MachineInfo::new(MachineId(1), Size::Medium, Units::from_whole(100), 4),
+            ctx,
+        );
+        let (j1, r1) = job(5, "one");
+        let (j2, r2) = job(1, "two");
+        m.try_submit(j1).unwrap();
+        m.try_submit(j2).unwrap();
+        assert_eq!(m.info.used(), Units::from_whole(6));
+        assert_eq!(&r1.await.unwrap()[..], b"OK m1 small one\n");
+        assert_eq!(&r2.await.unwrap()[..], b"OK m1 small two\n");
+        assert_eq!(m.info.used(), Units::ZERO);
+        assert_eq!(m.info.queued(), 0);
+        assert_eq!(totals.snapshot().requests_ok, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_hands_the_job_back() {
+        let (ctx, _config_tx) = ctx();
+        let m = spawn(
+            MachineInfo::new(MachineId(1), Size::Medium, Units::from_whole(100), 1),
+            ctx,
+        );
+        let mut replies = Vec::new();
+        let mut full = 0;
+        for _ in 0..5 {
+            let (j, r) = job(10, "x");
+            match m.try_submit(j) {
+                Ok(()) => replies.push(r),
+                Err(SubmitError::QueueFull(_)) => full += 1,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        // One in service + one waiting; the rest were refused and left no weight behind.
+        assert_eq!(replies.len(), 2);
+        assert_eq!(full, 3);
+        for r in replies {
+            r.await.unwrap();
+        }
+        assert_eq!(m.info.used(), Units::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hard_stop_answers_the_rest_with_shutting_down() {
+        let (ctx, _config_tx) = ctx();
+        let stop = ctx.hard_stop.clone();
+        let totals = ctx.totals.clone();
+        let m = spawn(
+            MachineInfo::new(MachineId(3), Size::Small, Units::from_whole(50), 8),
+            ctx,
+        );
+        let (j1, r1) = job(10, "a");
+        let (j2, r2) = job(10, "b");
+        m.try_submit(j1).unwrap();
+        m.try_submit(j2).unwrap();
+        stop.cancel();
+        assert!(r1.await.unwrap().starts_with(b"ERR shutting-down"));
+        assert!(r2.await.unwrap().starts_with(b"ERR shutting-down"));
+        let t = totals.snapshot();
+        assert_eq!((t.requests_ok, t.requests_failed), (0, 2));
+        assert_eq!(m.info.used(), Units::ZERO);
+    }
+}

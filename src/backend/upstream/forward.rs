@@ -1,0 +1,145 @@
+//! Byte forwarding between a client and its machine's upstream.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{Upstream, CONNECT_TIMEOUT};
+
+/// Connects `client` to `upstream` and copies bytes both ways until either side closes,
+/// nothing has flowed either way for `idle` (zero = never; `listener.idle_timeout`, like
+/// HAProxy's `timeout tunnel`), or `stop` fires (the end of the shutdown grace). A failed
+/// connect marks the upstream down.
+///
+/// # Errors
+///
+/// The connect error (the caller may try another machine); errors while copying only end
+/// the connection and are logged.
+pub async fn forward(
+    client: TcpStream,
+    upstream: &Upstream,
+    idle: Duration,
+    stop: &CancellationToken,
+) -> Result<(), (TcpStream, std::io::Error)> {
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream.address))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+    let server = match connected {
+        Ok(server) => server,
+        Err(e) => {
+            upstream.set_healthy(false);
+            return Err((client, e));
+        }
+    };
+    let _ = server.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let activity = Activity::default();
+    let mut client = Tracked::new(client, &activity);
+    let mut server = Tracked::new(server, &activity);
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut server) => match copied {
+            Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "proxied connection closed"),
+            Err(e) => debug!(error = %e, "proxied connection ended"),
+        },
+        _ = activity.idle_for(idle), if !idle.is_zero() => {
+            debug!(?idle, "proxied connection idle; closing");
+            let _ = client.inner.shutdown().await;
+            let _ = server.inner.shutdown().await;
+        }
+        _ = stop.cancelled() => {
+            // The shutdown grace is over: stop forwarding; both sides see an orderly close.
+            let _ = client.inner.shutdown().await;
+            let _ = server.inner.shutdown().await;
+        }
+    }
+    Ok(())
+}
+
+/// When bytes last moved on a proxied connection, in either direction.
+#[derive(Debug)]
+struct Activity {
+    /// Reference point of `last_ms`.
+    base: tokio::time::Instant,
+    /// Milliseconds after `base` of the latest read that returned data.
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            base: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last.checked_add(idle).unwrap_or(last);
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A stream that records every read that returns data in an [`Activity`].
+#[derive(Debug)]
+struct Tracked<'a> {
+    inner: TcpStream,
+    activity: &'a Activity,
+}
+
+impl<'a> Tracked<'a> {
+    fn new(inner: TcpStream, activity: &'a Activity) -> Self {
+        Tracked { inner, activity }
+    }
+}
+
+impl AsyncRead for Tracked<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

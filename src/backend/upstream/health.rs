@@ -1,0 +1,54 @@
+//! Active health checks: a TCP connect to every upstream, once at start and then every
+//! `backend.health_check_interval`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Upstream, CONNECT_TIMEOUT};
+
+/// A TCP health probe: can we connect within [`CONNECT_TIMEOUT`]?
+pub async fn probe(address: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Probes every upstream once, concurrently.
+pub async fn probe_all(upstreams: &[Arc<Upstream>]) {
+    let probes = upstreams.iter().map(|u| {
+        let u = u.clone();
+        tokio::spawn(async move {
+            let ok = probe(u.address).await;
+            u.set_healthy(ok);
+        })
+    });
+    for p in probes.collect::<Vec<_>>() {
+        let _ = p.await;
+    }
+}
+
+/// Probes every upstream each `interval` until `shutdown` fires.
+pub fn spawn_health_checker(
+    upstreams: Vec<Arc<Upstream>>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // The first round runs one interval from now: `probe_all` ran just before start-up.
+        let period = interval.max(Duration::from_millis(10));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => probe_all(&upstreams).await,
+            }
+        }
+    })
+}

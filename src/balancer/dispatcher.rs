@@ -1,0 +1,393 @@
+//! The dispatcher actor: owns the machine table and places every new connection
+//! (SPEC §1, §5).
+//!
+//! One task ([`Dispatcher::run`]) owns, and alone mutates:
+//!
+//! - the machine table (`Vec<Machine>`, active and draining machines, creation order),
+//! - the `Box<dyn Strategy>`,
+//! - the [`MachineFactory`] (and so the pool),
+//! - the autoscaler's scale-down timer and its periodic tick.
+//!
+//! The tick runs inside this task's `select!`, first in a `biased` order, so a burst of
+//! admissions can never starve it: drains finish, the set is topped up and unhealthy
+//! machines are replaced on time however busy the command channel is.
+//!
+//! Whenever the machine set, the pool or the strategy changes, the dispatcher publishes a
+//! fresh [`Topology`] on a `watch` channel for the stats readers.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::placement::PlacementShared;
+use super::policy::{self, ScaleDownTimer};
+use super::{AdmitError, Command, Placement};
+use crate::backend::{Machine, MachineFactory};
+use crate::config::Config;
+use crate::core::{StrategyKind, Units};
+use crate::strategy::{self, MachineView, PickRequest, Strategy};
+use crate::telemetry::{self, RefusalLog, ScaleEvent, ScaleEventKind, Topology, Totals};
+
+/// The dispatcher task's state. See the module docs.
+#[derive(Debug)]
+pub struct Dispatcher {
+    pub(super) config: Arc<Config>,
+    /// Active and draining machines, creation order.
+    pub(super) machines: Vec<Machine>,
+    pub(super) strategy: Box<dyn Strategy>,
+    pub(super) factory: Box<dyn MachineFactory>,
+    /// Draws reservations.
+    rng: SmallRng,
+    /// Seed for strategies built later (switch, reload), derived from `dispatcher.seed`.
+    strategy_seed: u64,
+    pub(super) next_id: u32,
+    pub(super) totals: Arc<Totals>,
+    /// Every placement handed out; pruned of closed ones on each tick (and when it has
+    /// doubled since). Used to find the connections of a draining machine.
+    pub(super) placements: Vec<Weak<PlacementShared>>,
+    /// Length of `placements` after the last prune.
+    pruned_len: usize,
+    pub(super) scale_down: ScaleDownTimer,
+    /// Recent scale events, oldest first (at most `telemetry::RECENT_EVENTS`).
+    events: VecDeque<ScaleEvent>,
+    /// Set when `events` changed since the last publish.
+    events_dirty: bool,
+    /// False while the initial machines start: those are not counted as scale-ups.
+    pub(super) booted: bool,
+    topology_tx: watch::Sender<Arc<Topology>>,
+    /// Rate-limited `warn!` for `exhausted` refusals.
+    exhausted_log: RefusalLog,
+    /// Reused per admission to avoid allocating.
+    pub(super) views: Vec<MachineView>,
+    pub(super) view_index: Vec<usize>,
+}
+
+impl Dispatcher {
+    /// Builds the dispatcher and starts the initial machines (`autoscaler.initial`, topped
+    /// up to `min_machines`). Returns it with a receiver of its topology.
+    pub fn new(
+        config: Arc<Config>,
+        factory: Box<dyn MachineFactory>,
+        totals: Arc<Totals>,
+    ) -> (Dispatcher, watch::Receiver<Arc<Topology>>) {
+        let seed = match config.dispatcher.seed {
+            0 => rand::random(),
+            seed => seed,
+        };
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let strategy_seed = rng.random();
+        let strategy = strategy::build(config.dispatcher.strategy, strategy_seed);
+        let (topology_tx, topology_rx) = watch::channel(Arc::new(Topology {
+            machines: Vec::new(),
+            pool: factory.free(),
+            pool_size: factory.pool_size(),
+            strategy: config.dispatcher.strategy,
+            events: Arc::default(),
+        }));
+        let mut dispatcher = Dispatcher {
+            config,
+            machines: Vec::new(),
+            strategy,
+            factory,
+            rng,
+            strategy_seed,
+            next_id: 1,
+            totals,
+            placements: Vec::new(),
+            pruned_len: 0,
+            scale_down: ScaleDownTimer::default(),
+            events: VecDeque::new(),
+            events_dirty: false,
+            booted: false,
+            topology_tx,
+            exhausted_log: RefusalLog::default(),
+            views: Vec::new(),
+            view_index: Vec::new(),
+        };
+        let initial = dispatcher.config.autoscaler.initial.clone();
+        for size in initial {
+            if dispatcher.acquire_sized(size).is_none() {
+                warn!(%size, "initial machine not available from the pool");
+            }
+        }
+        dispatcher.top_up();
+        dispatcher.booted = true;
+        dispatcher.publish();
+        (dispatcher, topology_rx)
+    }
+
+    /// Serves commands and runs the periodic tick until every handle is dropped. The tick
+    /// stops when `shutdown` fires (no scaling while the process winds down).
+    pub async fn run(
+        mut self,
+        mut commands_rx: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let mut period = tick_period(&self.config);
+        let mut ticker = ticker(period);
+        loop {
+            tokio::select! {
+                // NOTE: the tick comes first. Admissions arrive as fast as clients connect;
+                // checked in this order, one tick per period always gets its turn.
+                biased;
+                _ = ticker.tick(), if !shutdown.is_cancelled() => self.tick(Instant::now()),
+                command = commands_rx.recv() => {
+                    let Some(command) = command else { break };
+                    self.handle(command);
+                    let new_period = tick_period(&self.config);
+                    if new_period != period {
+                        period = new_period;
+                        ticker = ticker_from_now(period);
+                    }
+                }
+            }
+        }
+        debug!("dispatcher stopped");
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Admit { peer, reply_tx } => {
+                let result = self.admit(peer);
+                if let Err(Ok(placement)) = reply_tx.send(result) {
+                    // The connection went away while waiting; dropping the placement
+                    // releases its reservation again.
+                    drop(placement);
+                }
+            }
+            Command::Tick => self.tick(Instant::now()),
+            Command::SetStrategy(kind, done_tx) => {
+                self.set_strategy(kind);
+                if let Some(done_tx) = done_tx {
+                    // The requester may have gone; the switch stands either way.
+                    let _ = done_tx.send(());
+                }
+            }
+            Command::Reconfigure(config) => self.reconfigure(config),
+        }
+    }
+
+    /// Places a connection from `peer`: draw a reservation, let the strategy pick among the
+    /// machines it fits on, acquire a machine on the spot when it fits nowhere, then run the
+    /// scale-up check.
+    pub(super) fn admit(&mut self, peer: SocketAddr) -> Result<Placement, AdmitError> {
+        let reservation = self.draw_reservation();
+        let request = PickRequest {
+            client_ip: peer.ip(),
+            reservation,
+        };
+        self.fill_views(reservation);
+        let picked = self
+            .strategy
+            .pick(&self.views, &request)
+            // Defence in depth: a strategy must never return a machine that does not fit.
+            .filter(|&v| v < self.views.len() && self.views[v].fits)
+            .map(|v| self.view_index[v]);
+        let index = match picked {
+            Some(index) => index,
+            // Fits nowhere: the autoscaler is asked for a machine on the spot (SPEC §1).
+            None => match self.acquire_fitting(reservation) {
+                Some(index) if fits(&self.machines[index], reservation) => index,
+                _ => return Err(self.refuse(peer, reservation)),
+            },
+        };
+        let placement = self.bind(peer, reservation, index);
+        self.scale_up();
+        self.publish();
+        Ok(placement)
+    }
+
+    /// Counts and logs a connection that nothing can take.
+    fn refuse(&mut self, peer: SocketAddr, reservation: Units) -> AdmitError {
+        self.totals.connection_rejected(reservation);
+        self.publish();
+        debug!(%peer, %reservation, "connection refused: pool exhausted");
+        if let Some(refused) = self.exhausted_log.refused(Instant::now()) {
+            warn!(
+                refused,
+                machines = self.machines.len(),
+                "connections refused (exhausted: no machine fits, pool empty) since the last report"
+            );
+        }
+        AdmitError::Exhausted { reservation }
+    }
+
+    fn draw_reservation(&mut self) -> Units {
+        let (min, max) = (
+            self.config.load.connection_min,
+            self.config.load.connection_max,
+        );
+        if max > min {
+            Units::from_f64(self.rng.random_range(min..max))
+        } else {
+            Units::from_f64(min)
+        }
+    }
+
+    /// Fills `views` with the active machines (and `view_index` with their table indices).
+    pub(super) fn fill_views(&mut self, reservation: Units) {
+        self.views.clear();
+        self.view_index.clear();
+        for (i, m) in self.machines.iter().enumerate() {
+            if m.info.is_active() {
+                self.views.push(MachineView {
+                    id: m.info.id,
+                    capacity: m.info.capacity,
+                    used: m.info.used(),
+                    fits: fits(m, reservation),
+                });
+                self.view_index.push(i);
+            }
+        }
+    }
+
+    fn bind(&mut self, peer: SocketAddr, reservation: Units, index: usize) -> Placement {
+        let machine = self.machines[index].clone();
+        let (placement, weak) = Placement::bind(peer, reservation, machine, self.totals.clone());
+        self.placements.push(weak);
+        // Closed placements are pruned on every tick; this keeps the list bounded even if
+        // ticks were held up.
+        if self.placements.len() > 2 * self.pruned_len.max(1024) {
+            self.prune_placements();
+        }
+        placement
+    }
+
+    fn prune_placements(&mut self) {
+        self.placements.retain(|p| p.strong_count() > 0);
+        self.pruned_len = self.placements.len();
+    }
+
+    /// The periodic check: scale up, scale down, finish drains, prune closed placements.
+    pub(super) fn tick(&mut self, now: Instant) {
+        self.prune_placements();
+        // Retire before starting new drains: a machine whose drain starts in this tick is
+        // retired in a later one at the earliest. A connection that picked up its machine's
+        // handle just before the migration has submitted by then, so nothing lands on a
+        // machine that is already back in the pool.
+        self.finish_drains();
+        self.replace_unhealthy();
+        self.top_up();
+        self.scale_up();
+        let avg = self.average_load();
+        if self.scale_down.observe(now, avg, &self.config.autoscaler) {
+            let infos: Vec<_> = self.machines.iter().map(|m| &*m.info).collect();
+            if let Some(index) = policy::pick_retiree(&infos, &self.config.autoscaler) {
+                self.drain(index);
+            }
+        }
+        self.publish();
+    }
+
+    fn set_strategy(&mut self, kind: StrategyKind) {
+        if kind != self.strategy.kind() {
+            info!(from = %self.strategy.kind(), to = %kind, "strategy switched");
+        }
+        self.strategy = strategy::build(kind, self.strategy_seed);
+        self.publish();
+    }
+
+    fn reconfigure(&mut self, config: Arc<Config>) {
+        self.factory.reconfigure(&config);
+        self.config = config;
+        // A reload applies the file's strategy again, even after a run-time switch (SPEC §6).
+        let kind = self.config.dispatcher.strategy;
+        self.set_strategy(kind);
+        self.scale_up();
+        self.publish();
+    }
+
+    /// Remembers a scale event for machine `index` (for the admin API and dashboard).
+    pub(super) fn record(&mut self, kind: ScaleEventKind, index: usize) {
+        let info = &self.machines[index].info;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let machines = match kind {
+            ScaleEventKind::Down => self.machines.len() - 1,
+            _ => self.machines.len(),
+        };
+        let event = ScaleEvent {
+            at_ms,
+            kind,
+            machine: info.name.clone(),
+            size: info.size,
+            machines,
+            avg_load: self.average_load(),
+        };
+        if self.events.len() == telemetry::RECENT_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+        self.events_dirty = true;
+    }
+
+    pub(super) fn active_count(&self) -> usize {
+        self.machines.iter().filter(|m| m.info.is_active()).count()
+    }
+
+    pub(super) fn average_load(&self) -> f64 {
+        telemetry::average_load(self.machines.iter().map(|m| &*m.info))
+    }
+
+    pub(super) fn publish(&mut self) {
+        let (pool, pool_size) = (self.factory.free(), self.factory.pool_size());
+        let strategy = self.strategy.kind();
+        let same_set = {
+            let current = self.topology_tx.borrow();
+            current.pool == pool
+                && current.pool_size == pool_size
+                && current.strategy == strategy
+                && current.machines.len() == self.machines.len()
+                && current
+                    .machines
+                    .iter()
+                    .zip(&self.machines)
+                    .all(|(a, b)| Arc::ptr_eq(a, &b.info))
+        };
+        // Machine states (draining) are read live from each MachineInfo, so only the set,
+        // the pool, the strategy and the event list need a new Topology.
+        if !same_set || self.events_dirty {
+            self.events_dirty = false;
+            self.topology_tx.send_replace(Arc::new(Topology {
+                machines: self.machines.iter().map(|m| m.info.clone()).collect(),
+                pool,
+                pool_size,
+                strategy,
+                events: Arc::new(self.events.iter().cloned().collect()),
+            }));
+        }
+    }
+}
+
+/// Whether `reservation` fits on `machine`: `used + reservation ≤ capacity`.
+pub(super) fn fits(machine: &Machine, reservation: Units) -> bool {
+    machine.info.used() + reservation <= machine.info.capacity
+}
+
+/// `autoscaler.interval`, at least 1 ms.
+fn tick_period(config: &Config) -> Duration {
+    config.autoscaler.interval.max(Duration::from_millis(1))
+}
+
+/// The tick timer; its first tick is immediate.
+fn ticker(period: Duration) -> Interval {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+/// The tick timer after a reload changed the period: first tick one period from now.
+fn ticker_from_now(period: Duration) -> Interval {
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}

@@ -1,0 +1,186 @@
+//! The dispatcher's scaling steps: acquire, drain, retire, replace (SPEC §5).
+//!
+//! All of these run inside the dispatcher task (they are methods of [`Dispatcher`]), so
+//! they see and change the machine table, the pool and the placements atomically. The
+//! rules that decide *when* live in [`super::policy`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+
+use tracing::{info, warn};
+
+use super::dispatcher::Dispatcher;
+use super::placement::PlacementShared;
+use super::policy;
+use crate::core::{MachineId, MachineState, Size, Units};
+use crate::strategy::PickRequest;
+use crate::telemetry::ScaleEventKind;
+
+impl Dispatcher {
+    /// Acquires machines until `min_machines` are active (at boot, and again whenever the
+    /// pool allows it after machines were lost, e.g. proxy upstreams that went down).
+    pub(super) fn top_up(&mut self) {
+        while self.active_count() < self.config.autoscaler.min_machines {
+            if self.acquire_one().is_none() {
+                break;
+            }
+        }
+    }
+
+    /// Acquires machines while the average load is above `scale_up_threshold`.
+    pub(super) fn scale_up(&mut self) {
+        let threshold = self.config.autoscaler.scale_up_threshold;
+        while self.average_load() > threshold {
+            if self.acquire_one().is_none() {
+                break;
+            }
+        }
+    }
+
+    /// Acquires one machine of the preferred size, falling back per
+    /// [`policy::size_preference`]; `None` when `max_machines` or the pool stops it.
+    /// Returns its index in the table.
+    fn acquire_one(&mut self) -> Option<usize> {
+        self.acquire_fitting(Units::ZERO)
+    }
+
+    /// [`Self::acquire_one`] for a connection that fits nowhere: only sizes whose capacity
+    /// can hold `reservation` are tried, so no machine is taken from the pool in vain.
+    pub(super) fn acquire_fitting(&mut self, reservation: Units) -> Option<usize> {
+        if self.machines.len() >= self.config.autoscaler.max_machines {
+            return None;
+        }
+        let machines = &self.config.machines;
+        let sizes: Vec<_> = policy::size_preference(self.config.autoscaler.scale_up_size)
+            .into_iter()
+            .filter(|&size| Units::from_whole(machines.capacity(size)) >= reservation)
+            .collect();
+        sizes.into_iter().find_map(|size| self.acquire_sized(size))
+    }
+
+    pub(super) fn acquire_sized(&mut self, size: Size) -> Option<usize> {
+        let id = MachineId(self.next_id);
+        let machine = self.factory.acquire(size, id).ok()?;
+        self.next_id += 1;
+        if self.booted {
+            self.totals.scaled_up();
+        }
+        self.scale_down.reset();
+        let (name, capacity, machines) = (
+            &machine.info.name,
+            machine.info.capacity,
+            self.machines.len() + 1,
+        );
+        if self.booted {
+            info!(machine = %name, %size, %capacity, machines, "scale up: machine added");
+        } else {
+            info!(machine = %name, %size, %capacity, machines, "initial machine started");
+        }
+        self.machines.push(machine);
+        let index = self.machines.len() - 1;
+        if self.booted {
+            self.record(ScaleEventKind::Up, index);
+        }
+        Some(index)
+    }
+
+    /// Starts draining machine `index`: no new connections; its connections move to other
+    /// machines with their reservations (when they can move); its queued requests finish
+    /// where they are.
+    pub(super) fn drain(&mut self, index: usize) {
+        let leaving = self.machines[index].clone();
+        leaving.info.set_state(MachineState::Draining);
+        // A connection that cannot move keeps its reservation here until it closes; the
+        // machine retires after that.
+        let live: Vec<Arc<PlacementShared>> = if leaving.connections_can_move() {
+            self.placements.iter().filter_map(Weak::upgrade).collect()
+        } else {
+            Vec::new()
+        };
+        let mut moved = 0;
+        for shared in live {
+            // No other active machine (min_machines ≥ 1 keeps one): stay and finish here.
+            let target = || {
+                let target = self.migration_target(shared.peer, shared.reservation)?;
+                Some(self.machines[target].clone())
+            };
+            if shared.move_from(&leaving, target) {
+                moved += 1;
+            }
+        }
+        self.record(ScaleEventKind::Drain, index);
+        info!(
+            machine = %leaving.info.name,
+            moved_connections = moved,
+            queued = leaving.info.queued(),
+            "scale down: machine draining"
+        );
+    }
+
+    /// An active machine that cannot take new connections any more (proxy mode: its
+    /// upstream failed a probe or a connect) drains, and the autoscaler acquires a
+    /// replacement.
+    pub(super) fn replace_unhealthy(&mut self) {
+        let down: Vec<usize> = (0..self.machines.len())
+            .filter(|&i| self.machines[i].info.is_active() && !self.machines[i].is_healthy())
+            .collect();
+        for index in down {
+            warn!(machine = %self.machines[index].info.name, "upstream down: machine draining");
+            self.drain(index);
+            if self.acquire_one().is_none() {
+                warn!("no healthy upstream left in the pool to replace it");
+            }
+        }
+    }
+
+    /// Where a connection of a draining machine goes (index into the table): the
+    /// strategy's pick among the active machines it fits on, else the least-loaded active
+    /// machine — a connection is never dropped (SPEC §5).
+    fn migration_target(&mut self, peer: SocketAddr, reservation: Units) -> Option<usize> {
+        self.fill_views(reservation);
+        let request = PickRequest {
+            client_ip: peer.ip(),
+            reservation,
+        };
+        let picked = self
+            .strategy
+            .pick(&self.views, &request)
+            .filter(|&v| v < self.views.len() && self.views[v].fits)
+            .or_else(|| {
+                // Least loaded; `min_by` keeps the first of equals, i.e. the older machine.
+                (0..self.views.len()).min_by(|&a, &b| {
+                    let (a, b) = (&self.views[a], &self.views[b]);
+                    (a.used.0 as u128 * b.capacity.0 as u128)
+                        .cmp(&(b.used.0 as u128 * a.capacity.0 as u128))
+                })
+            })?;
+        Some(self.view_index[picked])
+    }
+
+    /// Retires draining machines that have no connections and nothing queued.
+    pub(super) fn finish_drains(&mut self) {
+        let mut i = 0;
+        while i < self.machines.len() {
+            let info = &self.machines[i].info;
+            let done = info.state() == MachineState::Draining
+                && info.connections() == 0
+                && info.queued() == 0;
+            if done {
+                self.record(ScaleEventKind::Down, i);
+                let machine = self.machines.remove(i);
+                // Unlist it before marking it retired, so readers never see "retired".
+                self.publish();
+                machine.info.set_state(MachineState::Retired);
+                self.factory.release(&machine);
+                self.totals.scaled_down();
+                info!(
+                    machine = %machine.info.name,
+                    machines = self.machines.len(),
+                    "scale down: machine retired"
+                );
+            } else {
+                i += 1;
+            }
+        }
+    }
+}

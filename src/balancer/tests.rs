@@ -1,0 +1,151 @@
+//! Unit tests of the dispatcher: admission, on-the-spot acquisition, drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{AdmitError, Dispatcher};
+use crate::backend::simulated::LocalFactory;
+use crate::backend::{BackendContext, Job};
+use crate::config::Config;
+use crate::core::{MachineState, RequestClass, Size, Units};
+use crate::telemetry::Totals;
+
+/// A dispatcher with a fixed reservation of `reservation` units per connection.
+fn dispatcher(mut config: Config, reservation: f64) -> (Dispatcher, Arc<Totals>) {
+    config.dispatcher.seed = 7;
+    config.load.connection_min = reservation;
+    config.load.connection_max = reservation;
+    let config = Arc::new(config);
+    let (_config_tx, config_rx) = watch::channel(config.clone());
+    let totals = Arc::new(Totals::default());
+    let ctx = BackendContext {
+        config: config_rx,
+        totals: totals.clone(),
+        hard_stop: CancellationToken::new(),
+    };
+    let factory = Box::new(LocalFactory::new(&config, ctx));
+    let (d, _topology) = Dispatcher::new(config, factory, totals.clone());
+    (d, totals)
+}
+
+fn peer(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[tokio::test]
+async fn scale_up_keeps_the_average_at_or_below_the_threshold() {
+    let (mut d, totals) = dispatcher(Config::default(), 10.0);
+    let mut open = Vec::new();
+    for i in 0..20 {
+        open.push(d.admit(peer(1000 + i)).unwrap());
+        assert!(d.average_load() <= 50.0, "avg {}", d.average_load());
+    }
+    // 200 units at ≤ 50 % of 100-unit machines: four machines.
+    assert_eq!(d.machines.len(), 4);
+    assert_eq!(totals.snapshot().scale_ups, 3);
+    drop(open);
+    assert!(d.machines.iter().all(|m| m.info.used() == Units::ZERO));
+}
+
+#[tokio::test]
+async fn exhausted_pool_refuses_and_counts_the_reservation() {
+    let mut config = Config::default();
+    config.pool = crate::config::PoolConfig {
+        small: 0,
+        medium: 1,
+        large: 0,
+        xlarge: 0,
+    };
+    let (mut d, totals) = dispatcher(config, 60.0);
+    let first = d.admit(peer(1)).unwrap();
+    assert_eq!(
+        d.admit(peer(2)).unwrap_err(),
+        AdmitError::Exhausted {
+            reservation: Units::from_whole(60)
+        }
+    );
+    let t = totals.snapshot();
+    assert_eq!((t.connections_admitted, t.connections_rejected), (1, 1));
+    assert_eq!(t.weighted_failed, 60.0);
+    drop(first);
+}
+
+#[tokio::test]
+async fn on_the_spot_acquisition_skips_sizes_too_small_for_the_reservation() {
+    let mut config = Config::default();
+    config.autoscaler.initial = vec![Size::Small];
+    config.autoscaler.scale_up_size = Size::Small; // capacity 50
+    let (mut d, totals) = dispatcher(config, 60.0);
+    let p = d.admit(peer(1)).unwrap();
+    // Small (50) cannot hold 60: the next larger size, medium, is taken instead.
+    assert_eq!(p.machine().info.size, Size::Medium);
+    assert_eq!(d.machines.len(), 2);
+    assert_eq!(d.factory.free().small, 7, "no small machine taken in vain");
+    assert_eq!(totals.snapshot().connections_rejected, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_moves_connections_and_lets_queued_requests_finish() {
+    let mut config = Config::default();
+    config.autoscaler.initial = vec![Size::Medium, Size::Medium];
+    config.load.requests.service_ms_per_unit = 100.0; // a LARGE takes 1 s on medium
+    let (mut d, totals) = dispatcher(config, 10.0);
+    let p1 = d.admit(peer(1)).unwrap();
+    let p2 = d.admit(peer(2)).unwrap();
+    assert_eq!(p1.machine().info.name, "m1");
+    assert_eq!(p2.machine().info.name, "m2");
+
+    // A slow request queued on m2 before it drains.
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let job = Job {
+        class: RequestClass::Large,
+        weight: Units::from_whole(10),
+        payload: bytes::Bytes::new(),
+        reply_tx,
+    };
+    p2.machine().try_submit(job).unwrap();
+
+    d.drain(1);
+    let (m1, m2) = (d.machines[0].info.clone(), d.machines[1].info.clone());
+    assert_eq!(m2.state(), MachineState::Draining);
+    // The connection moved with its reservation; the queued request stayed.
+    assert_eq!(p2.machine().info.name, "m1");
+    assert_eq!(m1.reserved(), Units::from_whole(20));
+    assert_eq!(m1.connections(), 2);
+    assert_eq!(m2.reserved(), Units::ZERO);
+    assert_eq!(m2.queued(), 1);
+
+    // Not retired while its queue holds work.
+    d.finish_drains();
+    assert_eq!(d.machines.len(), 2);
+    assert_eq!(&reply_rx.await.unwrap()[..], b"OK m2 large\n");
+    d.finish_drains();
+    assert_eq!(d.machines.len(), 1);
+    assert_eq!(m2.state(), MachineState::Retired);
+    assert_eq!(d.factory.free().medium, 7);
+    assert_eq!(totals.snapshot().scale_downs, 1);
+
+    // Closing releases from the machine the connection is on now.
+    drop(p2);
+    drop(p1);
+    assert_eq!(m1.used(), Units::ZERO);
+    assert_eq!(m2.used(), Units::ZERO);
+}
+
+#[tokio::test]
+async fn migrated_connection_that_closes_mid_drain_leaks_nothing() {
+    let mut config = Config::default();
+    config.autoscaler.initial = vec![Size::Medium, Size::Medium];
+    let (mut d, totals) = dispatcher(config, 10.0);
+    let _p1 = d.admit(peer(1)).unwrap();
+    let p2 = d.admit(peer(2)).unwrap();
+    drop(p2); // closes before the drain finds it
+    d.drain(1);
+    d.finish_drains();
+    assert_eq!(d.machines.len(), 1);
+    assert_eq!(d.machines[0].info.reserved(), Units::from_whole(10));
+    assert_eq!(totals.snapshot().connections_open, 1);
+}

@@ -1,0 +1,217 @@
+//! Per-machine gauges: a machine's identity and its lock-free load accounting.
+//!
+//! Shared (as `Arc<MachineInfo>`) by the dispatcher (placement), every connection placed on
+//! the machine (its reservation), the machine's own worker (served weights) and the stats
+//! readers (admin API, `STATS`, autoscaler). Nobody locks it to read a load.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+use crate::core::{MachineId, MachineState, Size, Units};
+
+use super::MachineSnapshot;
+
+/// A gauge of [`Units`] that many tasks add to and subtract from.
+#[derive(Debug, Default)]
+pub struct UnitsGauge(AtomicU64);
+
+impl UnitsGauge {
+    /// Adds `u`.
+    pub fn add(&self, u: Units) {
+        self.0.fetch_add(u.0, Ordering::Relaxed);
+    }
+
+    /// Subtracts `u`. Every `sub` pairs with an earlier `add` of the same amount.
+    pub fn sub(&self, u: Units) {
+        self.0.fetch_sub(u.0, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> Units {
+        Units(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// A machine's identity and lock-free gauges. See the module docs for who shares it.
+#[derive(Debug)]
+pub struct MachineInfo {
+    /// Creation-order identity.
+    pub id: MachineId,
+    /// `m<id>`.
+    pub name: String,
+    /// Size it was acquired as.
+    pub size: Size,
+    /// Capacity in load units.
+    pub capacity: Units,
+    /// Queue bound (waiting requests, not counting the one in service).
+    pub queue_depth: usize,
+    /// Σ reservations of the connections placed here.
+    reserved: UnitsGauge,
+    /// Σ weights of requests queued or in service here.
+    pending: UnitsGauge,
+    /// Open connections placed here.
+    connections: AtomicU64,
+    /// Requests waiting plus the one in service.
+    queued: AtomicU64,
+    state: AtomicU8,
+}
+
+impl MachineInfo {
+    /// A fresh, active machine with no load.
+    pub fn new(id: MachineId, size: Size, capacity: Units, queue_depth: usize) -> Self {
+        MachineInfo {
+            id,
+            name: id.to_string(),
+            size,
+            capacity,
+            queue_depth,
+            reserved: UnitsGauge::default(),
+            pending: UnitsGauge::default(),
+            connections: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            state: AtomicU8::new(MachineState::Active as u8),
+        }
+    }
+
+    // === connections ===
+
+    /// A connection holding `reservation` is now placed here.
+    pub fn reserve(&self, reservation: Units) {
+        self.reserved.add(reservation);
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection holding `reservation` left (closed or moved away). Pairs with
+    /// [`Self::reserve`].
+    pub fn release(&self, reservation: Units) {
+        self.reserved.sub(reservation);
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    // === requests ===
+
+    /// Takes a queue slot for a request of `weight`, whose weight counts toward `used` from
+    /// now until [`Self::finish`]. False (and nothing counted) when `queue_depth + 1`
+    /// requests are queued or in service already.
+    ///
+    /// The bound is on waiting + in service, not on a channel: a request that reaches an
+    /// idle machine is in service at once, even before its worker has taken it off the
+    /// channel.
+    pub fn try_enqueue(&self, weight: Units) -> bool {
+        let limit = self.queue_depth as u64 + 1;
+        let taken = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return false;
+        }
+        // Counted before the job is sent: the worker may serve and subtract it at once.
+        self.pending.add(weight);
+        true
+    }
+
+    /// A request of `weight` left the queue: answered, or handed back unsent. Pairs with
+    /// a successful [`Self::try_enqueue`].
+    pub fn finish(&self, weight: Units) {
+        self.pending.sub(weight);
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    // === readings ===
+
+    /// Used capacity: reservations plus pending request weights (SPEC §1).
+    pub fn used(&self) -> Units {
+        self.reserved.get() + self.pending.get()
+    }
+
+    /// Σ reservations of the connections placed here.
+    pub fn reserved(&self) -> Units {
+        self.reserved.get()
+    }
+
+    /// Open connections placed here.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting plus the one in service.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// `100 × used / capacity`.
+    pub fn load_percent(&self) -> f64 {
+        self.used().percent_of(self.capacity)
+    }
+
+    /// The lifecycle state.
+    pub fn state(&self) -> MachineState {
+        match self.state.load(Ordering::Acquire) {
+            0 => MachineState::Active,
+            1 => MachineState::Draining,
+            _ => MachineState::Retired,
+        }
+    }
+
+    /// Sets the lifecycle state (the dispatcher only).
+    pub fn set_state(&self, state: MachineState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    /// Whether it takes new connections.
+    pub fn is_active(&self) -> bool {
+        self.state() == MachineState::Active
+    }
+
+    /// A plain copy for the admin API.
+    pub fn snapshot(&self) -> MachineSnapshot {
+        let used = self.used();
+        MachineSnapshot {
+            name: self.name.clone(),
+            size: self.size,
+            capacity: self.capacity.as_f64(),
+            used: used.as_f64(),
+            load: used.percent_of(self.capacity),
+            connections: self.connections(),
+            queued: self.queued(),
+            state: self.state(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_round_trip_exactly() {
+        let r = Units::from_f64(7.3456);
+        assert_eq!(r, Units(7346));
+        let g = UnitsGauge::default();
+        g.add(r);
+        g.add(Units::from_whole(5));
+        g.sub(r);
+        g.sub(Units::from_whole(5));
+        assert_eq!(g.get(), Units::ZERO);
+    }
+
+    #[test]
+    fn paired_methods_return_used_to_zero() {
+        let m = MachineInfo::new(MachineId(1), Size::Medium, Units::from_whole(100), 1);
+        m.reserve(Units::from_f64(7.5));
+        assert!(m.try_enqueue(Units::from_whole(5)));
+        assert!(m.try_enqueue(Units::from_whole(5)));
+        assert!(
+            !m.try_enqueue(Units::from_whole(5)),
+            "queue_depth + 1 at most"
+        );
+        assert_eq!(m.used(), Units::from_f64(17.5));
+        assert_eq!((m.connections(), m.queued()), (1, 2));
+        m.finish(Units::from_whole(5));
+        m.finish(Units::from_whole(5));
+        m.release(Units::from_f64(7.5));
+        assert_eq!(m.used(), Units::ZERO);
+        assert_eq!((m.connections(), m.queued()), (0, 0));
+    }
+}

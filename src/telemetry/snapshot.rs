@@ -1,0 +1,161 @@
+//! Plain snapshots for readers, and the [`Topology`] the dispatcher publishes.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::core::{MachineState, Size, SizeCounts, StrategyKind, Units};
+
+use super::{MachineInfo, Totals, TotalsSnapshot};
+
+/// One machine as the admin API shows it (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineSnapshot {
+    /// `m1`, `m2`, …
+    pub name: String,
+    /// Size name.
+    pub size: Size,
+    /// Capacity in load units.
+    pub capacity: f64,
+    /// Used capacity in load units.
+    pub used: f64,
+    /// `100 × used / capacity`.
+    pub load: f64,
+    /// Open connections placed on it.
+    pub connections: u64,
+    /// Requests waiting plus the one in service.
+    pub queued: u64,
+    /// `active` or `draining`.
+    pub state: MachineState,
+}
+
+/// Machines per size: the pool's free counts in [`Snapshot::pool`] (same shape as the
+/// `[pool]` table).
+pub type PoolSnapshot = SizeCounts;
+
+/// What happened to a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleEventKind {
+    /// Acquired from the pool (autoscaler or on the spot).
+    Up,
+    /// Started draining.
+    Drain,
+    /// Retired and returned to the pool.
+    Down,
+}
+
+/// One scale event, as `GET /api/stats` lists it under `events` (newest last).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleEvent {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened.
+    pub kind: ScaleEventKind,
+    /// The machine.
+    pub machine: String,
+    /// Its size.
+    pub size: Size,
+    /// Active + draining machines afterwards.
+    pub machines: usize,
+    /// Average load (percent) when it happened.
+    pub avg_load: f64,
+}
+
+/// How many recent scale events are kept.
+pub const RECENT_EVENTS: usize = 32;
+
+/// Everything `GET /api/stats` returns (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The strategy in force.
+    pub strategy: String,
+    /// `100 × Σ used / Σ capacity` over active machines.
+    pub avg_load: f64,
+    /// Active and draining machines in creation order.
+    pub machines: Vec<MachineSnapshot>,
+    /// Free machines per size.
+    pub pool: PoolSnapshot,
+    /// Process-wide totals.
+    pub totals: TotalsSnapshot,
+    /// Recent scale events, oldest first (at most [`RECENT_EVENTS`]).
+    #[serde(default)]
+    pub events: Vec<ScaleEvent>,
+}
+
+/// What the dispatcher publishes whenever the machine set, the pool or the strategy
+/// changes. Loads are not copied in: readers get them live from each [`MachineInfo`].
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Active and draining machines, creation order.
+    pub machines: Vec<Arc<MachineInfo>>,
+    /// Free machines per size.
+    pub pool: PoolSnapshot,
+    /// Machines per size the pool holds in all (the backend's pool size).
+    pub pool_size: PoolSnapshot,
+    /// The strategy in force.
+    pub strategy: StrategyKind,
+    /// Recent scale events, oldest first.
+    pub events: Arc<Vec<ScaleEvent>>,
+}
+
+/// Read-only access to everything observable: totals plus the published [`Topology`].
+///
+/// Cheap to clone; reading never blocks a writer for longer than a pointer copy.
+#[derive(Debug, Clone)]
+pub struct StatsHandle {
+    /// Process-wide counters.
+    pub totals: Arc<Totals>,
+    /// The latest topology; the dispatcher holds the sender.
+    pub topology: watch::Receiver<Arc<Topology>>,
+}
+
+impl StatsHandle {
+    /// The current topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.borrow().clone()
+    }
+
+    /// Loads (percent) of the active machines in creation order, for `STATS`.
+    pub fn active_loads(&self) -> Vec<f64> {
+        self.topology()
+            .machines
+            .iter()
+            .filter(|m| m.is_active())
+            .map(|m| m.load_percent())
+            .collect()
+    }
+
+    /// Everything `GET /api/stats` returns.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_with_pool_size().0
+    }
+
+    /// [`Self::snapshot`] plus the pool size per size, read from the same topology.
+    pub fn snapshot_with_pool_size(&self) -> (Snapshot, PoolSnapshot) {
+        let topology = self.topology();
+        let machines: Vec<MachineSnapshot> =
+            topology.machines.iter().map(|m| m.snapshot()).collect();
+        let snapshot = Snapshot {
+            strategy: topology.strategy.to_string(),
+            avg_load: average_load(topology.machines.iter().map(|m| &**m)),
+            machines,
+            pool: topology.pool,
+            totals: self.totals.snapshot(),
+            events: topology.events.to_vec(),
+        };
+        (snapshot, topology.pool_size)
+    }
+}
+
+/// `100 × Σ used / Σ capacity` over the *active* machines among `machines` (0 when none).
+pub fn average_load<'a>(machines: impl IntoIterator<Item = &'a MachineInfo>) -> f64 {
+    let (used, capacity) = machines
+        .into_iter()
+        .filter(|m| m.is_active())
+        .fold((Units::ZERO, Units::ZERO), |(u, c), m| {
+            (u + m.used(), c + m.capacity)
+        });
+    used.percent_of(capacity)
+}
