@@ -9,7 +9,7 @@
 //! | backends | [`backend`] | the seam: simulated workers and real upstreams behind one factory trait |
 //! | balancing | [`balancer`] | the dispatcher actor: admission, autoscaling, drains |
 //! | serving | [`server`] | listener and client sessions; [`Server`] wires everything |
-//! | interfaces | [`admin`], [`cli`] | the HTTP admin endpoint; the `stats` and `load` commands |
+//! | interfaces | [`admin`], `cli` (today [`loadgen`] and `admin::client`) | the HTTP admin endpoint; the `stats` and `load` commands |
 //!
 //! ```text
 //!  client ─TCP─► listener ──admit──► dispatcher ──(strategy, factory, policy)

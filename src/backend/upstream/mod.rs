@@ -8,7 +8,7 @@
 //! - [`UpstreamFactory`] — the pool is the list of upstreams: acquiring a machine
 //!   activates the next idle upstream of the wanted size whose latest TCP probe succeeded.
 //! - [`health`] — probes every upstream each `backend.health_check_interval`.
-//! - [`forward`] — a placed connection is connected to its upstream and bytes are copied
+//! - [`forward()`] — a placed connection is connected to its upstream and bytes are copied
 //!   both ways until either side closes. No protocol parsing, no bytes added.
 //!
 //! NOTE: acquisition trusts the most recent probe (at most one interval old) instead of
