@@ -1,7 +1,7 @@
 //! Client sessions: what happens on one accepted connection, from admission to close.
 //!
 //! The backend decides once, at start-up, which kind of session its clients get
-//! ([`SessionKind`]): the line protocol ([`line`], SPEC §4) or a proxied byte stream
+//! ([`SessionKind`]): the line protocol ([`mod@line`], SPEC §4) or a proxied byte stream
 //! ([`stream`], SPEC §8). [`serve`] runs the chosen one; nothing else in the server asks
 //! which mode is on. Shared here: the context every session reads, refusals with a
 //! lingering close, and the `ERR shutting-down` line.
