@@ -8,8 +8,9 @@
 //! | foundations | [`config`], [`protocol`], [`strategy`], [`telemetry`] | the TOML schema; the line codec; placement algorithms; counters and snapshots |
 //! | backends | [`backend`] | the seam: simulated workers and real upstreams behind one factory trait |
 //! | balancing | [`balancer`] | the dispatcher actor: admission, autoscaling, drains |
-//! | serving | [`server`] | listener and client sessions; [`Server`] wires everything |
+//! | serving | [`server`] | the accept loop and client sessions |
 //! | interfaces | [`admin`], `cli` (today [`loadgen`] and `admin::client`) | the HTTP admin endpoint; the `stats` and `load` commands |
+//! | daemon | [`daemon`] | [`Server`]: wires every layer into one running balancer |
 //!
 //! ```text
 //!  client ─TCP─► listener ──admit──► dispatcher ──(strategy, factory, policy)
@@ -34,10 +35,11 @@ pub mod backend;
 pub mod balancer;
 pub mod config;
 pub mod core;
+pub mod daemon;
 pub mod loadgen;
 pub mod protocol;
 pub mod server;
 pub mod strategy;
 pub mod telemetry;
 
-pub use server::Server;
+pub use daemon::Server;

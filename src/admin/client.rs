@@ -16,7 +16,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::StatsBody;
+use super::body::StatsBody;
 use crate::core::MachineState;
 use crate::telemetry::Snapshot;
 

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use super::StatsBody;
+use super::body::StatsBody;
 use crate::core::{MachineState, Size};
 use crate::telemetry::MachineSnapshot;
 

@@ -14,8 +14,10 @@
 //! client cannot slow the balancer down. Only `PUT /api/strategy` talks to the dispatcher,
 //! through the same bounded command channel as everyone else.
 
+pub mod body;
 pub mod client;
 pub mod metrics;
+pub mod state;
 pub mod summary;
 
 use std::sync::Arc;
@@ -30,16 +32,15 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::balancer::{DispatcherHandle, SwitchError};
-use crate::config::Config;
+use crate::balancer::SwitchError;
 use crate::core::StrategyKind;
-use crate::telemetry::{PoolSnapshot, Snapshot, StatsHandle};
 
+pub use body::{AutoscalerLimits, StatsBody};
 pub use client::stats_command;
+pub use state::AdminState;
 
 /// The dashboard page, compiled into the binary (no files to deploy, no CDN).
 pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
@@ -47,61 +48,6 @@ pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 /// How long `PUT /api/strategy` waits for room in the dispatcher's command queue before
 /// answering 503 (nothing is switched then). Once queued, the switch is always awaited.
 const STRATEGY_SWITCH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the handlers share.
-#[derive(Debug, Clone)]
-pub struct AdminState {
-    /// Read side of all counters and the machine list.
-    pub stats: StatsHandle,
-    /// Where `PUT /api/strategy` switches the strategy.
-    pub dispatcher: DispatcherHandle,
-    /// The configuration in force (thresholds and pool sizes for the dashboard).
-    pub config: watch::Receiver<Arc<Config>>,
-}
-
-/// The autoscaler settings the dashboard draws (extra key `autoscaler` of `/api/stats`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AutoscalerLimits {
-    /// `autoscaler.scale_up_threshold`, percent.
-    pub scale_up_threshold: f64,
-    /// `autoscaler.scale_down_threshold`, percent.
-    pub scale_down_threshold: f64,
-    /// `autoscaler.min_machines`.
-    pub min_machines: usize,
-    /// `autoscaler.max_machines`.
-    pub max_machines: usize,
-}
-
-/// The body of `GET /api/stats`: the SPEC §6 keys (flattened [`Snapshot`], which also carries
-/// `events`) plus two extra keys. Extra keys only ever get added, never renamed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatsBody {
-    /// The SPEC §6 keys and `events`.
-    #[serde(flatten)]
-    pub snapshot: Snapshot,
-    /// Thresholds and machine limits in force.
-    pub autoscaler: AutoscalerLimits,
-    /// Configured pool size per size (`pool` holds what is free of it).
-    pub pool_size: PoolSnapshot,
-}
-
-impl StatsBody {
-    fn new(state: &AdminState) -> StatsBody {
-        let config = state.config.borrow().clone();
-        let a = &config.autoscaler;
-        let (snapshot, pool_size) = state.stats.snapshot_with_pool_size();
-        StatsBody {
-            snapshot,
-            autoscaler: AutoscalerLimits {
-                scale_up_threshold: a.scale_up_threshold,
-                scale_down_threshold: a.scale_down_threshold,
-                min_machines: a.min_machines,
-                max_machines: a.max_machines,
-            },
-            pool_size,
-        }
-    }
-}
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {

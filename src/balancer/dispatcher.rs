@@ -27,9 +27,9 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::placement::PlacementShared;
+use super::handle::{AdmitError, Command};
+use super::placement::{Placement, PlacementShared};
 use super::policy::{self, ScaleDownTimer};
-use super::{AdmitError, Command, Placement};
 use crate::backend::{Machine, MachineFactory};
 use crate::config::Config;
 use crate::core::{StrategyKind, Units};

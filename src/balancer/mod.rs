@@ -16,133 +16,25 @@
 //! Depends on `core`, `config`, `strategy`, `telemetry` and `backend`.
 
 pub mod dispatcher;
+pub mod handle;
 pub mod placement;
 pub mod policy;
 pub mod scaling;
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::MachineFactory;
 use crate::config::Config;
-use crate::core::{StrategyKind, Units};
 use crate::telemetry::{Topology, Totals};
 
 pub use dispatcher::Dispatcher;
+pub use handle::{AdmitError, Command, DispatcherHandle, SwitchError};
 pub use placement::Placement;
-
-/// Commands queued for the dispatcher at most; senders wait when it is full.
-const COMMAND_QUEUE: usize = 1024;
-
-/// Messages to the dispatcher task.
-#[derive(Debug)]
-pub enum Command {
-    /// Place a new connection from `peer`.
-    Admit {
-        /// The client.
-        peer: SocketAddr,
-        /// Where the outcome goes; the connection task awaits it.
-        reply_tx: oneshot::Sender<Result<Placement, AdmitError>>,
-    },
-    /// Run the autoscaler's checks now (scale up, scale down, finish drains, replace
-    /// unhealthy machines), as the periodic tick does.
-    Tick,
-    /// Switch the strategy at run time; the optional sender is signalled once the new
-    /// strategy is in force (the admin API answers only then).
-    SetStrategy(StrategyKind, Option<oneshot::Sender<()>>),
-    /// Apply a reloaded configuration (strategy, thresholds, pool sizes, interval, ...).
-    Reconfigure(Arc<Config>),
-}
-
-/// Why a connection was not admitted.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum AdmitError {
-    /// No machine fits and the pool (or `max_machines`) can supply none.
-    #[error("no machine can take the connection (reservation {reservation}, pool exhausted)")]
-    Exhausted {
-        /// The reservation that did not fit.
-        reservation: Units,
-    },
-    /// The dispatcher has stopped.
-    #[error("server is shutting down")]
-    ShuttingDown,
-}
-
-/// Why a strategy switch was not made. Either way the strategy in force is unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SwitchError {
-    /// The command queue stayed full for the whole wait; nothing was sent.
-    #[error("the dispatcher did not take the command in time")]
-    Busy,
-    /// The dispatcher has stopped.
-    #[error("the server is shutting down")]
-    ShuttingDown,
-}
-
-/// The sending side of the dispatcher's command channel.
-#[derive(Debug, Clone)]
-pub struct DispatcherHandle {
-    commands_tx: mpsc::Sender<Command>,
-}
-
-impl DispatcherHandle {
-    /// Asks for a placement for a connection from `peer`.
-    ///
-    /// # Errors
-    ///
-    /// [`AdmitError::Exhausted`] when nothing fits and no machine can be acquired,
-    /// [`AdmitError::ShuttingDown`] when the dispatcher is gone.
-    pub async fn admit(&self, peer: SocketAddr) -> Result<Placement, AdmitError> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.commands_tx
-            .send(Command::Admit { peer, reply_tx })
-            .await
-            .map_err(|_| AdmitError::ShuttingDown)?;
-        reply_rx.await.map_err(|_| AdmitError::ShuttingDown)?
-    }
-
-    /// Sends a command without waiting for its effect.
-    ///
-    /// # Errors
-    ///
-    /// [`AdmitError::ShuttingDown`] when the dispatcher is gone.
-    pub async fn send(&self, command: Command) -> Result<(), AdmitError> {
-        self.commands_tx
-            .send(command)
-            .await
-            .map_err(|_| AdmitError::ShuttingDown)
-    }
-
-    /// Switches the strategy and returns once the dispatcher uses it.
-    ///
-    /// `send_within` bounds only the wait for room in the command queue. Once the command
-    /// is queued the switch will happen, so the confirmation is awaited without a deadline:
-    /// an error is never answered for a switch that is then applied.
-    ///
-    /// # Errors
-    ///
-    /// [`SwitchError::Busy`] when no room was found in time (nothing was sent),
-    /// [`SwitchError::ShuttingDown`] when the dispatcher is gone.
-    pub async fn set_strategy(
-        &self,
-        kind: StrategyKind,
-        send_within: Duration,
-    ) -> Result<(), SwitchError> {
-        let permit = tokio::time::timeout(send_within, self.commands_tx.reserve())
-            .await
-            .map_err(|_| SwitchError::Busy)?
-            .map_err(|_| SwitchError::ShuttingDown)?;
-        let (done_tx, done_rx) = oneshot::channel();
-        permit.send(Command::SetStrategy(kind, Some(done_tx)));
-        done_rx.await.map_err(|_| SwitchError::ShuttingDown)
-    }
-}
 
 /// Builds the dispatcher (starting the initial machines), spawns it, and returns its
 /// handle and topology receiver. Its periodic tick stops when `shutdown` fires; the task
@@ -154,7 +46,7 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> (DispatcherHandle, watch::Receiver<Arc<Topology>>) {
     let (dispatcher, topology_rx) = Dispatcher::new(config, factory, totals);
-    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (commands_tx, commands_rx) = mpsc::channel(handle::COMMAND_QUEUE);
     tokio::spawn(dispatcher.run(commands_rx, shutdown));
     (DispatcherHandle { commands_tx }, topology_rx)
 }

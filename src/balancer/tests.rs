@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{AdmitError, Dispatcher};
+use super::dispatcher::Dispatcher;
+use super::handle::AdmitError;
 use crate::backend::simulated::LocalFactory;
 use crate::backend::{BackendContext, Job};
 use crate::config::Config;

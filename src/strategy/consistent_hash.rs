@@ -24,8 +24,9 @@
 
 use std::net::IpAddr;
 
-use super::{MachineView, PickRequest, Strategy, StrategyKind};
+use super::pick::{MachineView, PickRequest, Strategy};
 use crate::core::MachineId;
+use crate::core::StrategyKind;
 
 /// Points each machine owns on the ring (SPEC §5 asks for at least 100).
 const VNODES_PER_MACHINE: u32 = 160;

@@ -7,7 +7,8 @@
 //! One pass over the views keeps the best machine so far and replaces it only on *strictly*
 //! more free capacity, so ties go to the older machine (the one earlier in creation order).
 
-use super::{MachineView, PickRequest, Strategy, StrategyKind};
+use super::pick::{MachineView, PickRequest, Strategy};
+use crate::core::StrategyKind;
 
 /// Most free capacity among the fitting machines; ties to the older machine.
 #[derive(Debug, Default)]

@@ -12,7 +12,8 @@
 
 use std::cmp::Ordering;
 
-use super::{MachineView, PickRequest, Strategy, StrategyKind};
+use super::pick::{MachineView, PickRequest, Strategy};
+use crate::core::StrategyKind;
 
 /// Lowest load % among the fitting machines; ties to the older machine.
 #[derive(Debug, Default)]

@@ -23,63 +23,17 @@
 //! Balancing" (2001), as tower's `balance::p2c` does: sampling two candidates gets most of the
 //! benefit of a full scan at O(1) cost.
 
-use std::fmt;
-use std::net::IpAddr;
-
-use crate::core::{MachineId, StrategyKind, Units};
+use crate::core::StrategyKind;
 
 pub mod consistent_hash;
 pub mod least_connections;
 pub mod least_load;
+pub mod pick;
 pub mod power_of_two;
 pub mod random;
 pub mod round_robin;
 
-/// What a strategy sees of one active machine at admission time.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MachineView {
-    /// Stable identity (creation order; never reused in one run).
-    pub id: MachineId,
-    /// Capacity in load units.
-    pub capacity: Units,
-    /// Used capacity (reservations + queued request weights) in load units.
-    pub used: Units,
-    /// Whether `used + reservation ≤ capacity` for the connection being placed.
-    pub fits: bool,
-}
-
-impl MachineView {
-    /// Free capacity, `capacity − used`, saturating at zero.
-    pub fn free(&self) -> Units {
-        self.capacity.saturating_sub(self.used)
-    }
-
-    /// Load in percent, `100 × used / capacity`.
-    pub fn load_percent(&self) -> f64 {
-        self.used.percent_of(self.capacity)
-    }
-}
-
-/// The connection being placed.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PickRequest {
-    /// The client's IP address (the key for `consistent-hash`).
-    pub client_ip: IpAddr,
-    /// The reservation the connection will hold.
-    pub reservation: Units,
-}
-
-/// A placement algorithm. See the module docs for the contract.
-pub trait Strategy: Send + fmt::Debug {
-    /// Which kind this is (for stats and the admin API).
-    fn kind(&self) -> StrategyKind;
-
-    /// Picks a machine for `request` among `machines` (all active machines, creation order).
-    ///
-    /// Returns the index into `machines` of a machine whose `fits` is true, or `None` when no
-    /// machine fits. Must never return a non-fitting machine.
-    fn pick(&mut self, machines: &[MachineView], request: &PickRequest) -> Option<usize>;
-}
+pub use pick::{MachineView, PickRequest, Strategy};
 
 /// Builds a strategy of `kind`. `seed` seeds its RNG (strategies without randomness ignore
 /// it); the dispatcher passes `dispatcher.seed`, or an OS-random seed when that is 0.
@@ -99,7 +53,7 @@ pub fn build(kind: StrategyKind, seed: u64) -> Box<dyn Strategy> {
 pub(crate) mod testing {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use super::{MachineView, PickRequest};
+    use super::pick::{MachineView, PickRequest};
     use crate::core::{MachineId, Units};
 
     /// A view of machine `m<id>` with `capacity` and `used` in whole load units.

@@ -20,7 +20,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::least_load::cmp_load;
-use super::{MachineView, PickRequest, Strategy, StrategyKind};
+use super::pick::{MachineView, PickRequest, Strategy};
+use crate::core::StrategyKind;
 
 /// Power of two choices over the fitting machines; ties to the older machine.
 #[derive(Debug)]

@@ -11,7 +11,8 @@
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{MachineView, PickRequest, Strategy, StrategyKind};
+use super::pick::{MachineView, PickRequest, Strategy};
+use crate::core::StrategyKind;
 
 /// Uniformly random choice among the fitting machines.
 #[derive(Debug)]

@@ -9,8 +9,9 @@
 //! Machines that do not fit are skipped without consuming a turn. There are no ties: ids are
 //! unique, and the cycle runs from the older machines to the newer ones.
 
-use super::{MachineView, PickRequest, Strategy, StrategyKind};
+use super::pick::{MachineView, PickRequest, Strategy};
 use crate::core::MachineId;
+use crate::core::StrategyKind;
 
 /// Round-robin over the fitting machines, in id order.
 #[derive(Debug, Default)]

@@ -6,9 +6,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-use crate::core::{MachineId, MachineState, Size, Units};
+use serde::{Deserialize, Serialize};
 
-use super::MachineSnapshot;
+use crate::core::{MachineId, MachineState, Size, Units};
 
 /// A gauge of [`Units`] that many tasks add to and subtract from.
 #[derive(Debug, Default)]
@@ -178,6 +178,27 @@ impl MachineInfo {
             state: self.state(),
         }
     }
+}
+
+/// One machine as the admin API shows it (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineSnapshot {
+    /// `m1`, `m2`, …
+    pub name: String,
+    /// Size name.
+    pub size: Size,
+    /// Capacity in load units.
+    pub capacity: f64,
+    /// Used capacity in load units.
+    pub used: f64,
+    /// `100 × used / capacity`.
+    pub load: f64,
+    /// Open connections placed on it.
+    pub connections: u64,
+    /// Requests waiting plus the one in service.
+    pub queued: u64,
+    /// `active` or `draining`.
+    pub state: MachineState,
 }
 
 #[cfg(test)]

@@ -20,10 +20,10 @@ mod refusals;
 mod snapshot;
 mod totals;
 
-pub use gauges::{MachineInfo, UnitsGauge};
+pub use gauges::{MachineInfo, MachineSnapshot, UnitsGauge};
 pub use refusals::RefusalLog;
 pub use snapshot::{
-    average_load, MachineSnapshot, PoolSnapshot, ScaleEvent, ScaleEventKind, Snapshot, StatsHandle,
-    Topology, RECENT_EVENTS,
+    average_load, PoolSnapshot, ScaleEvent, ScaleEventKind, Snapshot, StatsHandle, Topology,
+    RECENT_EVENTS,
 };
 pub use totals::{Totals, TotalsSnapshot};

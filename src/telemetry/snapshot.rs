@@ -5,30 +5,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::core::{MachineState, Size, SizeCounts, StrategyKind, Units};
+use crate::core::{Size, SizeCounts, StrategyKind, Units};
 
-use super::{MachineInfo, Totals, TotalsSnapshot};
-
-/// One machine as the admin API shows it (SPEC §6).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MachineSnapshot {
-    /// `m1`, `m2`, …
-    pub name: String,
-    /// Size name.
-    pub size: Size,
-    /// Capacity in load units.
-    pub capacity: f64,
-    /// Used capacity in load units.
-    pub used: f64,
-    /// `100 × used / capacity`.
-    pub load: f64,
-    /// Open connections placed on it.
-    pub connections: u64,
-    /// Requests waiting plus the one in service.
-    pub queued: u64,
-    /// `active` or `draining`.
-    pub state: MachineState,
-}
+use super::gauges::{MachineInfo, MachineSnapshot};
+use super::totals::{Totals, TotalsSnapshot};
 
 /// Machines per size: the pool's free counts in [`Snapshot::pool`] (same shape as the
 /// `[pool]` table).

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::Units;
 
-use super::UnitsGauge;
+use super::gauges::UnitsGauge;
 
 /// Process-wide totals. Each method names the event it counts, so the rules of SPEC §4 and
 /// §6 (`requests_ok + requests_failed = requests received`, what `weighted_failed` sums)

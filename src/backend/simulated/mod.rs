@@ -5,7 +5,8 @@
 
 pub mod worker;
 
-use crate::backend::{BackendContext, FactoryError, Machine, MachineFactory};
+use crate::backend::factory::{BackendContext, FactoryError, MachineFactory};
+use crate::backend::machine::Machine;
 use crate::config::Config;
 use crate::core::{MachineId, Size, SizeCounts, Units};
 use crate::telemetry::MachineInfo;

@@ -10,26 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::backend::{BackendContext, Machine};
+use crate::backend::factory::BackendContext;
+use crate::backend::machine::{Job, Machine};
 use crate::core::{RequestClass, Units};
 use crate::protocol;
 use crate::telemetry::{MachineInfo, Totals};
-
-/// One request on its way to a machine.
-#[derive(Debug)]
-pub struct Job {
-    /// Request class (for the reply text).
-    pub class: RequestClass,
-    /// Weight in load units.
-    pub weight: Units,
-    /// Payload (valid UTF-8, may be empty).
-    pub payload: Bytes,
-    /// Where the reply line goes; the connection's writer awaits the other half in order.
-    pub reply_tx: oneshot::Sender<Bytes>,
-}
 
 /// Spawns the worker task of `info` and returns the machine.
 ///
@@ -134,7 +122,9 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::backend::SubmitError;
+    use tokio::sync::oneshot;
+
+    use crate::backend::machine::SubmitError;
     use crate::config::Config;
     use crate::core::{MachineId, Size};
 

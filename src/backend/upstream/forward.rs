@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{Upstream, CONNECT_TIMEOUT};
+use super::health::{Upstream, CONNECT_TIMEOUT};
 
 /// Connects `client` to `upstream` and copies bytes both ways until either side closes,
 /// nothing has flowed either way for `idle` (zero = never; `listener.idle_timeout`, like

@@ -1,15 +1,57 @@
-//! Active health checks: a TCP connect to every upstream, once at start and then every
-//! `backend.health_check_interval`.
+//! An upstream server and its health: active checks (a TCP connect to every upstream, once
+//! at start and then every `backend.health_check_interval`) and the state they set.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
-use super::{Upstream, CONNECT_TIMEOUT};
+use crate::core::Size;
+
+/// How long a health probe or an upstream connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One upstream server and its health.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// The size (capacity) it counts as.
+    pub size: Size,
+    /// Result of the latest probe (or of a failed connect since).
+    healthy: AtomicBool,
+}
+
+impl Upstream {
+    /// A new upstream, not yet known to be healthy.
+    pub fn new(address: SocketAddr, size: Size) -> Self {
+        Upstream {
+            address,
+            size,
+            healthy: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the latest probe succeeded and no connect has failed since.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Records a probe or connect result; logs transitions.
+    pub fn set_healthy(&self, healthy: bool) {
+        let was = self.healthy.swap(healthy, Ordering::AcqRel);
+        match (was, healthy) {
+            (true, false) => warn!(upstream = %self.address, "upstream down"),
+            (false, true) => info!(upstream = %self.address, "upstream up"),
+            _ => {}
+        }
+    }
+}
 
 /// A TCP health probe: can we connect within [`CONNECT_TIMEOUT`]?
 pub async fn probe(address: SocketAddr) -> bool {

@@ -17,60 +17,19 @@
 pub mod forward;
 pub mod health;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::backend::{FactoryError, Machine, MachineFactory};
+use crate::backend::factory::{FactoryError, MachineFactory};
+use crate::backend::machine::Machine;
 use crate::config::Config;
 use crate::core::{MachineId, Size, SizeCounts, Units};
 use crate::telemetry::MachineInfo;
 
 pub use forward::forward;
-
-/// How long a health probe or an upstream connect may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// One upstream server and its health.
-#[derive(Debug)]
-pub struct Upstream {
-    /// Where it listens.
-    pub address: SocketAddr,
-    /// The size (capacity) it counts as.
-    pub size: Size,
-    /// Result of the latest probe (or of a failed connect since).
-    healthy: AtomicBool,
-}
-
-impl Upstream {
-    /// A new upstream, not yet known to be healthy.
-    pub fn new(address: SocketAddr, size: Size) -> Self {
-        Upstream {
-            address,
-            size,
-            healthy: AtomicBool::new(false),
-        }
-    }
-
-    /// Whether the latest probe succeeded and no connect has failed since.
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
-    }
-
-    /// Records a probe or connect result; logs transitions.
-    pub fn set_healthy(&self, healthy: bool) {
-        let was = self.healthy.swap(healthy, Ordering::AcqRel);
-        match (was, healthy) {
-            (true, false) => warn!(upstream = %self.address, "upstream down"),
-            (false, true) => info!(upstream = %self.address, "upstream up"),
-            _ => {}
-        }
-    }
-}
+pub use health::{Upstream, CONNECT_TIMEOUT};
 
 // === impl UpstreamFactory ===
 

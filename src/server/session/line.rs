@@ -31,8 +31,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
+use super::close::{far_future, linger, refuse, shutting_down};
+use super::context::SessionContext;
 use super::writer::{write_loop, InFlight, Pending};
-use super::{far_future, linger, refuse, shutting_down, SessionContext};
 use crate::backend::{Job, SubmitError};
 use crate::balancer::{AdmitError, Placement};
 use crate::core::{RequestClass, Units};

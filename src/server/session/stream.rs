@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tracing::{warn, Instrument};
 
-use super::SessionContext;
+use super::context::SessionContext;
 use crate::backend::upstream;
 use crate::balancer::Command;
 use crate::core::Units;

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::timeout;
 use tracing::debug;
 
-use super::shutting_down;
+use super::close::shutting_down;
 
 /// Flush the write buffer once it holds this much, even if more replies are ready.
 const WRITE_BATCH: usize = 64 * 1024;

@@ -1,0 +1,178 @@
+//! The daemon: one running balancer, wired from the layers below (SPEC §5 lifecycle).
+//!
+//! [`Server::start`] takes already-bound sockets (so tests bind `127.0.0.1:0`) and starts,
+//! in order: the backend (and its health checks), the dispatcher actor with the initial
+//! machines, the summary log, the accept loop and — when given a socket — the admin
+//! endpoint. [`Server::reload`], [`Server::set_strategy`] and [`Server::shutdown`] are
+//! what `main` calls on SIGHUP and SIGINT/SIGTERM. This is the top of the library: it
+//! depends on every layer, and no layer depends on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::admin;
+use crate::backend::{self, BackendContext};
+use crate::balancer::{self, Command, DispatcherHandle};
+use crate::config::Config;
+use crate::core::StrategyKind;
+use crate::server::listener::Listener;
+use crate::server::session::SessionContext;
+use crate::telemetry::{StatsHandle, Totals};
+
+/// A running balancer. Dropping it does not stop it; call [`Server::shutdown`].
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    stats: StatsHandle,
+    dispatcher: DispatcherHandle,
+    /// Sender of the live configuration; machines and connections hold receivers.
+    config_tx: watch::Sender<Arc<Config>>,
+    /// Graceful shutdown: the listener, the autoscaler and the admin server stop; every
+    /// connection winds down (SPEC §5).
+    shutdown: CancellationToken,
+    /// End of the grace period: machines answer what is still queued with
+    /// `ERR shutting-down`.
+    hard_stop: CancellationToken,
+    /// Connection tasks (and refusals); shutdown waits for them.
+    tracker: TaskTracker,
+}
+
+impl Server {
+    /// Starts the balancer on already-bound sockets: machines of `autoscaler.initial`, the
+    /// dispatcher, the autoscaler, the accept loop and (if given) the admin endpoint.
+    ///
+    /// # Errors
+    ///
+    /// When a listener's local address cannot be read.
+    pub async fn start(
+        config: Config,
+        listener: TcpListener,
+        admin_listener: Option<TcpListener>,
+    ) -> std::io::Result<Server> {
+        let local_addr = listener.local_addr()?;
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let config = Arc::new(config);
+        let (config_tx, config_rx) = watch::channel(config.clone());
+        let totals = Arc::new(Totals::default());
+        let shutdown = CancellationToken::new();
+        let hard_stop = CancellationToken::new();
+        let backend_ctx = BackendContext {
+            config: config_rx.clone(),
+            totals: totals.clone(),
+            hard_stop: hard_stop.clone(),
+        };
+        let backend = backend::start(&config, backend_ctx, shutdown.clone()).await;
+        let (dispatcher, topology_rx) = balancer::spawn(
+            config.clone(),
+            backend.factory,
+            totals.clone(),
+            shutdown.clone(),
+        );
+        let stats = StatsHandle {
+            totals,
+            topology: topology_rx,
+        };
+        admin::summary::spawn(stats.clone(), shutdown.clone());
+
+        let tracker = TaskTracker::new();
+        let ctx = Arc::new(SessionContext {
+            config: config_rx,
+            stats: stats.clone(),
+            dispatcher: dispatcher.clone(),
+            shutdown: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
+        });
+        let accept_loop = Listener {
+            listener,
+            open: Arc::default(),
+            ctx,
+            session: backend.session,
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(accept_loop.run());
+
+        if let Some(admin_listener) = admin_listener {
+            let state = admin::AdminState {
+                stats: stats.clone(),
+                dispatcher: dispatcher.clone(),
+                config: config_tx.subscribe(),
+            };
+            tokio::spawn(admin::serve(admin_listener, state, shutdown.clone()));
+        }
+
+        Ok(Server {
+            local_addr,
+            admin_addr,
+            stats,
+            dispatcher,
+            config_tx,
+            shutdown,
+            hard_stop,
+            tracker,
+        })
+    }
+
+    /// The balancer's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admin endpoint's address, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Read access to counters and machines.
+    pub fn stats(&self) -> &StatsHandle {
+        &self.stats
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config_tx.borrow().clone()
+    }
+
+    /// Applies an already-validated configuration at run time (SIGHUP). Listen addresses
+    /// are not changed.
+    pub async fn reload(&self, config: Config) {
+        let config = Arc::new(config);
+        self.config_tx.send_replace(config.clone());
+        let _ = self.dispatcher.send(Command::Reconfigure(config)).await;
+    }
+
+    /// Switches the strategy at run time; returns once the dispatcher uses it.
+    pub async fn set_strategy(&self, kind: StrategyKind) {
+        // Nothing to report: the only failure is a dispatcher that has stopped.
+        let _ = self.dispatcher.set_strategy(kind, Duration::MAX).await;
+    }
+
+    /// Graceful shutdown (SPEC §5): stop accepting, let connections finish what they have
+    /// read, wait up to `grace`, then answer what is still queued with `ERR shutting-down`.
+    pub async fn shutdown(self, grace: Duration) {
+        info!(?grace, "shutting down");
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            info!("grace period over; failing what is still queued");
+            self.hard_stop.cancel();
+            // Writers now get their last replies promptly; give them a moment to send.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
+        }
+        info!("shutdown complete");
+    }
+}

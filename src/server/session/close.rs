@@ -1,0 +1,62 @@
+//! Ending a connection well: refusals, the lingering close, the `ERR shutting-down` line.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use crate::backend::SessionKind;
+use crate::protocol::ErrorCode;
+
+/// How long a closing connection keeps reading (and discarding) so that its last reply is
+/// not destroyed by a reset (see `linger`).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The one-line refusal a client of `kind` gets before its connection is closed: the
+/// line protocol names the reason; a proxied stream adds no bytes (SPEC §8).
+pub fn refusal(kind: SessionKind, code: ErrorCode, message: &str) -> Option<Bytes> {
+    match kind {
+        SessionKind::Lines => Some(code.reply(message)),
+        SessionKind::Stream => None,
+    }
+}
+
+/// Sends one error line to a connection that is not admitted, then closes it gracefully.
+pub async fn refuse(mut socket: TcpStream, reply: Bytes) {
+    let sent = timeout(LINGER, socket.write_all(&reply)).await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = socket.shutdown().await;
+        let (read_half, _write_half) = socket.into_split();
+        linger(read_half).await;
+    }
+}
+
+/// Reads and discards what the client still sends, until it closes or [`LINGER`] passes.
+///
+/// Closing a socket with unread input makes the kernel send a reset, which can destroy the
+/// last reply before the client reads it; nginx's `lingering_close` exists for the same
+/// reason. Bounded in time and bytes, so it cannot be abused.
+pub(super) async fn linger(mut read_half: OwnedReadHalf) {
+    let mut sink = [0u8; 4096];
+    let mut budget: usize = 1 << 20;
+    let deadline = Instant::now() + LINGER;
+    while budget > 0 {
+        match tokio::time::timeout_at(deadline, read_half.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => budget = budget.saturating_sub(n),
+            _ => break,
+        }
+    }
+}
+
+/// A deadline that never comes in practice (a year from now).
+pub(super) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// `ERR shutting-down …`
+pub(super) fn shutting_down() -> Bytes {
+    ErrorCode::ShuttingDown.reply("server is shutting down")
+}
