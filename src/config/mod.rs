@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{RequestClass, Size, SizeCounts, StrategyKind};
 
+pub mod duration;
+
+/// The duration helpers under their original name (`#[serde(with = "duration_str")]`,
+/// `crate::config::duration_str::format`).
+pub use duration as duration_str;
+
 /// Longest duration any key accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Largest `listener.max_connections`.
@@ -1158,51 +1164,11 @@ pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("\"{s}\" resolves to no address"))
 }
 
-/// Serde for durations written as strings like `"250ms"`, `"10s"`, `"0s"`.
-pub mod duration_str {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Parses `"250ms"`, `"10s"`, `"1m"`, `"0s"`.
-    ///
-    /// # Errors
-    ///
-    /// A message naming the bad value.
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        humantime::parse_duration(s.trim()).map_err(|e| {
-            format!("invalid duration \"{s}\" ({e}; expected e.g. \"250ms\", \"10s\")")
-        })
-    }
-
-    /// Renders whole seconds as `"10s"`, anything else as `"250ms"`.
-    pub fn format(d: Duration) -> String {
-        if d.subsec_nanos() == 0 {
-            format!("{}s", d.as_secs())
-        } else if d.subsec_nanos() % 1_000_000 == 0 {
-            format!("{}ms", d.as_millis())
-        } else {
-            humantime::format_duration(d).to_string()
-        }
-    }
-
-    /// Serde `serialize_with`.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(*d))
-    }
-
-    /// Serde `deserialize_with`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SHIPPED: &str = include_str!("../config/elastic-lb.toml");
+    const SHIPPED: &str = include_str!("../../config/elastic-lb.toml");
 
     /// Parses `text` as `x.toml` and returns the one-line error message.
     fn err(text: &str) -> String {
@@ -1279,14 +1245,6 @@ mod tests {
         assert!(text.contains("scale_down_after = \"250ms\""), "{text}");
         assert!(text.contains("[[backend.upstreams]]"), "{text}");
         assert_eq!(Config::from_toml(&text, "check").expect("round trip"), c);
-    }
-
-    #[test]
-    fn durations_render_as_strings() {
-        assert_eq!(duration_str::format(Duration::from_secs(60)), "60s");
-        assert_eq!(duration_str::format(Duration::from_millis(250)), "250ms");
-        assert_eq!(duration_str::format(Duration::ZERO), "0s");
-        assert_eq!(duration_str::parse(" 10s "), Ok(Duration::from_secs(10)));
     }
 
     #[test]
