@@ -4,14 +4,15 @@
 //! dispatcher, the machines and the connections read the live configuration through a
 //! `watch` channel so that a reload (SIGHUP) takes effect without a restart.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
+mod addr;
 mod diagnostics;
 pub mod duration;
 mod schema;
 mod validate;
 
+pub use addr::{resolve_addr, ResolveAddrError};
 pub use diagnostics::{locate, ConfigError};
 use diagnostics::{parse_error, validation_error};
 pub use schema::{
@@ -65,23 +66,6 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
-}
-
-/// Parses a client-side address (`--target`, `--admin`): `host:port`, where the host may be
-/// a name such as `localhost` (the first address it resolves to is used).
-///
-/// # Errors
-///
-/// A message naming the address when it does not parse or resolve.
-pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
-    }
-    s.to_socket_addrs()
-        .map_err(|e| format!("cannot resolve \"{s}\": {e} (expected host:port)"))?
-        .next()
-        .ok_or_else(|| format!("\"{s}\" resolves to no address"))
 }
 
 #[cfg(test)]
