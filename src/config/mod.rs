@@ -1,8 +1,25 @@
 //! Configuration: the TOML file of SPEC §3, its defaults and its validation.
 //!
-//! `main` loads the file (or the built-in defaults) before it binds any socket; the
-//! dispatcher, the machines and the connections read the live configuration through a
-//! `watch` channel so that a reload (SIGHUP) takes effect without a restart.
+//! # Who reads it
+//!
+//! `main` loads the file ([`Config::load`], or [`Config::default`] when there is none)
+//! and validates it before it binds any socket; `elastic-lb check` prints the result with
+//! [`Config::to_toml`]. From then on the dispatcher, the machines and the connections read
+//! the live configuration through a `watch` channel, so that a reload (SIGHUP, which calls
+//! [`Config::load`] again) takes effect without a restart.
+//!
+//! # What is where
+//!
+//! - `schema` — [`Config`] and one struct per table, with their defaults (serde,
+//!   `deny_unknown_fields`);
+//! - `validate` — [`Config::validate`]: ranges, upper bounds ([`MAX_DURATION`], …) and
+//!   cross-field rules, reported as a [`ValidationError`];
+//! - `diagnostics` — [`ConfigError`], one line `file:line: key: message` per problem, and
+//!   the line scanner ([`locate`]) that finds where a key is set;
+//! - [`duration`] (also [`duration_str`]) — durations written as `"250ms"`, `"10s"`;
+//! - `addr` — [`resolve_addr`], for host names on the command line.
+//!
+//! Everything public is re-exported here: other modules use `crate::config::X`.
 
 use std::path::Path;
 

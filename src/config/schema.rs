@@ -2,7 +2,7 @@
 //! defaults (`Default`, the values of the shipped `config/elastic-lb.toml`).
 //!
 //! Every table is `deny_unknown_fields` and `default`, so every key is optional and a typo
-//! is an error. Durations are strings (`"250ms"`, see [`duration`](super::duration)).
+//! is an error. Durations are strings (`"250ms"`, see [`duration`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
