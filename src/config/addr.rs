@@ -1,0 +1,78 @@
+//! Client-side addresses on the command line (`elastic-lb stats --admin`,
+//! `elastic-lb load --target`/`--admin`), which, unlike the addresses in the file, may name
+//! a host.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Why a command-line address could not be used; one line naming the address.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveAddrError {
+    /// Not `host:port`, or the host name does not resolve.
+    #[error("cannot resolve \"{addr}\": {source} (expected host:port)")]
+    Unresolvable {
+        /// The address as given.
+        addr: String,
+        /// The parse or lookup error.
+        source: std::io::Error,
+    },
+    /// The host name resolved, but to no address at all.
+    #[error("\"{addr}\" resolves to no address")]
+    NoAddress {
+        /// The address as given.
+        addr: String,
+    },
+}
+
+/// Parses a client-side address (`--target`, `--admin`): `host:port`, where the host may be
+/// a name such as `localhost` (the first address it resolves to is used).
+///
+/// Usable as a clap `value_parser`.
+///
+/// # Errors
+///
+/// [`ResolveAddrError`] naming the address when it does not parse or resolve.
+pub fn resolve_addr(s: &str) -> Result<SocketAddr, ResolveAddrError> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|source| ResolveAddrError::Unresolvable {
+            addr: s.to_string(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| ResolveAddrError::NoAddress {
+            addr: s.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_addresses_need_no_lookup() {
+        let addr = resolve_addr("127.0.0.1:7070").expect("literal v4");
+        assert_eq!(addr, SocketAddr::from(([127, 0, 0, 1], 7070)));
+        let addr = resolve_addr("[::1]:80").expect("literal v6");
+        assert_eq!(addr.port(), 80);
+    }
+
+    #[test]
+    fn errors_name_the_address_on_one_line() {
+        // No port: rejected before any lookup.
+        let e = resolve_addr("foo").expect_err("no port");
+        assert!(
+            matches!(&e, ResolveAddrError::Unresolvable { addr, .. } if addr == "foo"),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.starts_with("cannot resolve \"foo\": "), "{msg}");
+        assert!(msg.ends_with(" (expected host:port)"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        let e = ResolveAddrError::NoAddress {
+            addr: "example:1".to_string(),
+        };
+        assert_eq!(e.to_string(), "\"example:1\" resolves to no address");
+    }
+}

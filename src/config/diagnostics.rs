@@ -1,0 +1,411 @@
+//! Configuration errors as one line each: `file:line: key: message`.
+//!
+//! [`ConfigError`] is what loading a configuration returns. Errors of the `toml` parser and
+//! of serde are reworded in the words of the configuration file ([`parse_error`]); broken
+//! rules of [`Config::validate`](super::Config::validate) get the line of their key
+//! ([`validation_error`]). The lines come from a small line scanner ([`locate`],
+//! [`key_at`], …) that understands just enough TOML to find where a key is set: `[table]`
+//! headers, dotted keys and inline tables.
+
+use super::ValidationError;
+
+/// A configuration problem, with enough context to fix it.
+///
+/// Every variant renders as one line naming the file, the line where known, the dotted
+/// key, the bad value and what would be valid, e.g.
+/// `config/x.toml:3: dispatcher.strategy: unknown strategy "fastest" (expected one of …)`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the configuration file: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A problem without a location in a file (e.g. a bad command-line override).
+    #[error("{0}")]
+    Invalid(String),
+    /// The text is not valid TOML, or a key is unknown, or a value has the wrong type or
+    /// is not one of the accepted names: `<file>:<line>: <key>: <message>`.
+    #[error("{}: {}", at(.origin, .line), keyed(.key, .message))]
+    Parse {
+        /// The file (or other origin) of the text.
+        origin: String,
+        /// 1-based line of the problem, when known.
+        line: Option<usize>,
+        /// Dotted key (`listener.max_connections`), when it can be told.
+        key: Option<String>,
+        /// What is wrong and what would be valid (one line).
+        message: String,
+    },
+    /// The text parsed but breaks a rule of SPEC §3:
+    /// `<file>:<line>: <key> = <value>: <message>`.
+    #[error("{}: {error}", at(.origin, .line))]
+    Validation {
+        /// The file (or other origin) of the text.
+        origin: String,
+        /// 1-based line of the offending key, when it appears in the text.
+        line: Option<usize>,
+        /// The broken rule.
+        error: Box<ValidationError>,
+    },
+}
+
+impl ConfigError {
+    /// The 1-based line the problem was found on, when known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Parse { line, .. } | ConfigError::Validation { line, .. } => *line,
+            ConfigError::Read { .. } | ConfigError::Invalid(_) => None,
+        }
+    }
+
+    /// The dotted key at fault, when known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Parse { key, .. } => key.as_deref(),
+            ConfigError::Validation { error, .. } => Some(&error.key),
+            ConfigError::Read { .. } | ConfigError::Invalid(_) => None,
+        }
+    }
+}
+
+/// `file:line`, or `file` when the line is unknown.
+fn at(origin: &str, line: &Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{origin}:{line}"),
+        None => origin.to_string(),
+    }
+}
+
+/// `key: message`, or `message` when the key is unknown.
+fn keyed(key: &Option<String>, message: &str) -> String {
+    match key {
+        Some(key) => format!("{key}: {message}"),
+        None => message.to_string(),
+    }
+}
+
+/// Turns a broken rule into a [`ConfigError::Validation`] with the line of its key in
+/// `text`: the key's own line, else that of the rule's other key, else that of its table.
+pub(super) fn validation_error(error: ValidationError, text: &str, origin: &str) -> ConfigError {
+    let find = |dotted: &str| {
+        let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+        locate(text, table, key)
+    };
+    let table = error.key.rsplit_once('.').map_or("", |(table, _)| table);
+    let line = find(&error.key)
+        .or_else(|| error.related.as_deref().and_then(find))
+        .or_else(|| locate_table(text, table));
+    ConfigError::Validation {
+        origin: origin.to_string(),
+        line,
+        error: Box::new(error),
+    }
+}
+
+/// Turns a `toml`/serde error into a one-line [`ConfigError::Parse`] with line and key.
+pub(super) fn parse_error(e: &toml::de::Error, text: &str, origin: &str) -> ConfigError {
+    let line = e.span().map(|span| line_of(text, span.start));
+    let message = one_line(e.message());
+    let mut key = line.and_then(|line| key_at(text, line));
+    let message = match reword(&message) {
+        Reworded::UnknownKey { name, message } => {
+            // The span of an unknown key inside an inline table (`listener = { colour = 1 }`)
+            // is on a line whose key is the table: name the field too.
+            key = match key {
+                Some(k) if k == name || k.ends_with(&format!(".{name}")) => Some(k),
+                Some(k) => Some(format!("{k}.{name}")),
+                None => Some(name),
+            };
+            message
+        }
+        Reworded::Other(message) => message,
+    };
+    ConfigError::Parse {
+        origin: origin.to_string(),
+        line,
+        key,
+        message,
+    }
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    1 + text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+}
+
+/// Collapses a possibly multi-line message into one line.
+fn one_line(message: &str) -> String {
+    let parts: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    parts.join("; ")
+}
+
+/// A serde message in the words of this crate.
+enum Reworded {
+    /// `unknown field`: the field's name and the new message.
+    UnknownKey { name: String, message: String },
+    /// Anything else.
+    Other(String),
+}
+
+/// Rewords serde's `unknown field`, `unknown variant` and `missing field` messages.
+fn reword(message: &str) -> Reworded {
+    let (head, tail) = message.split_once(", ").unwrap_or((message, ""));
+    let expected = || {
+        let names = backticked(tail);
+        match names.len() {
+            0 => "this table takes no keys".to_string(),
+            1 => format!("expected {}", names[0]),
+            _ => format!("expected one of {}", names.join(", ")),
+        }
+    };
+    if let Some(name) = head.strip_prefix("unknown field ") {
+        let name = name.trim_matches('`').to_string();
+        let message = format!("unknown key ({})", expected());
+        return Reworded::UnknownKey { name, message };
+    }
+    if let Some(name) = head.strip_prefix("unknown variant ") {
+        let name = name.trim_matches('`');
+        return Reworded::Other(format!("unknown value \"{name}\" ({})", expected()));
+    }
+    if let Some(name) = message.strip_prefix("missing field ") {
+        let name = name.trim_matches('`');
+        return Reworded::Other(format!("required key \"{name}\" is missing"));
+    }
+    for (rust, words) in [
+        ("expected usize", "expected a whole number >= 0"),
+        ("expected u64", "expected a whole number >= 0"),
+        ("expected u32", "expected a whole number >= 0"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        if let Some(head) = message.strip_suffix(rust) {
+            return Reworded::Other(format!("{head}{words}"));
+        }
+    }
+    Reworded::Other(message.to_string())
+}
+
+/// The `` `quoted` `` words of `s`, in order.
+fn backticked(s: &str) -> Vec<&str> {
+    s.split('`').skip(1).step_by(2).collect()
+}
+
+/// `line` without a trailing `# comment` (a `#` inside a string does not count).
+fn strip_comment(line: &str) -> &str {
+    let mut quote = None;
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '#') => return &line[..i],
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+    }
+    line
+}
+
+/// A dotted TOML key normalised: `"load" . requests` → `load.requests`.
+fn normalise_key(raw: &str) -> String {
+    let parts: Vec<&str> = raw
+        .split('.')
+        .map(|p| p.trim().trim_matches('"').trim_matches('\''))
+        .collect();
+    parts.join(".")
+}
+
+/// What one line of TOML is, as far as locating keys goes.
+enum LineKind {
+    /// `[table]` or `[[array.of.tables]]`: its dotted name.
+    Header(String),
+    /// `key = value`: the (possibly dotted) key and the text after `=`.
+    Key(String, String),
+    /// Blank, comment, or the continuation of a multi-line value.
+    Other,
+}
+
+fn classify(line: &str) -> LineKind {
+    let line = strip_comment(line).trim();
+    if line.starts_with('[') && line.ends_with(']') {
+        let name = line.trim_start_matches('[').trim_end_matches(']').trim();
+        if is_key(name) {
+            return LineKind::Header(normalise_key(name));
+        }
+    }
+    if let Some((key, value)) = line.split_once('=') {
+        let key = key.trim();
+        if is_key(key) {
+            return LineKind::Key(normalise_key(key), value.trim().to_string());
+        }
+    }
+    LineKind::Other
+}
+
+/// Whether `s` looks like a (possibly dotted, possibly quoted) TOML key.
+fn is_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ' | '"' | '\''))
+}
+
+/// `table.key`, or `key` at the top level.
+fn join(table: &str, key: &str) -> String {
+    if table.is_empty() {
+        key.to_string()
+    } else {
+        format!("{table}.{key}")
+    }
+}
+
+/// The dotted key written on (or, for a multi-line value, above) 1-based `line`.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut last = None;
+    for (n, l) in text.lines().enumerate() {
+        if n >= line {
+            break;
+        }
+        match classify(l) {
+            LineKind::Header(name) => {
+                last = Some(name.clone());
+                table = name;
+            }
+            LineKind::Key(key, _) => last = Some(join(&table, &key)),
+            LineKind::Other => {}
+        }
+    }
+    last
+}
+
+/// The 1-based line where `key` of `table` is set in `text` (`table` is dotted, `""` for
+/// the top level), whether written under `[table]`, as a dotted key (`table.key = …`) or in
+/// an inline table (`table = { key = … }`). `None` when the text does not set it.
+pub fn locate(text: &str, table: &str, key: &str) -> Option<usize> {
+    let wanted = join(table, key);
+    let mut current = String::new();
+    for (n, l) in text.lines().enumerate() {
+        match classify(l) {
+            LineKind::Header(name) => current = name,
+            LineKind::Key(k, value) => {
+                let full = join(&current, &k);
+                if full == wanted {
+                    return Some(n + 1);
+                }
+                if value.starts_with('{') && wanted.starts_with(&format!("{full}.")) {
+                    let inner = &wanted[full.len() + 1..];
+                    if inline_sets(&value, inner) {
+                        return Some(n + 1);
+                    }
+                }
+            }
+            LineKind::Other => {}
+        }
+    }
+    None
+}
+
+/// Whether the inline table `{ a = 1, b.c = 2 }` sets the dotted key `key`.
+fn inline_sets(value: &str, key: &str) -> bool {
+    let body = value.trim_start_matches('{');
+    body.split([',', '{'])
+        .filter_map(|part| part.split_once('='))
+        .any(|(k, _)| normalise_key(k) == key)
+}
+
+/// The 1-based line of the `[table]` header (or of a `table = …` / `table.x = …` line).
+fn locate_table(text: &str, table: &str) -> Option<usize> {
+    if table.is_empty() {
+        return None;
+    }
+    let mut current = String::new();
+    for (n, l) in text.lines().enumerate() {
+        match classify(l) {
+            LineKind::Header(name) => {
+                if name == table {
+                    return Some(n + 1);
+                }
+                current = name;
+            }
+            LineKind::Key(k, _) => {
+                let full = join(&current, &k);
+                if full == table || full.starts_with(&format!("{table}.")) {
+                    return Some(n + 1);
+                }
+            }
+            LineKind::Other => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_numbers() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 4), 3);
+        assert_eq!(line_of("a\nb\nc", 99), 3);
+        assert_eq!(line_of("a\r\nb", 3), 2);
+    }
+
+    #[test]
+    fn locate_finds_keys_in_every_form() {
+        let text = "\
+# comment with min_machines = 3
+[autoscaler]   # the scaler
+initial = [
+  \"medium\",
+]
+\"min_machines\" = 2
+[load.requests]
+small = 1
+[[backend.upstreams]]
+address = \"127.0.0.1:1\"
+";
+        assert_eq!(locate(text, "autoscaler", "min_machines"), Some(6));
+        assert_eq!(locate(text, "autoscaler", "initial"), Some(3));
+        assert_eq!(locate(text, "autoscaler", "max_machines"), None);
+        assert_eq!(locate(text, "load.requests", "small"), Some(8));
+        assert_eq!(locate(text, "load", "small"), None);
+        assert_eq!(locate(text, "backend.upstreams", "address"), Some(10));
+        assert_eq!(locate("machines.small = 1\n", "machines", "small"), Some(1));
+        assert_eq!(
+            locate(
+                "x = 1\nload = { requests.small = 1 }",
+                "load.requests",
+                "small"
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            locate("[load]\nrequests.large = 3\n", "load.requests", "large"),
+            Some(2)
+        );
+        assert_eq!(locate_table(text, "load.requests"), Some(7));
+        assert_eq!(locate_table(text, "autoscaler"), Some(2));
+        assert_eq!(locate_table(text, "pool"), None);
+    }
+
+    #[test]
+    fn key_at_tracks_tables_and_multiline_values() {
+        let text = "a = 1\n[load.requests]\nsmall = 1\n[autoscaler]\ninitial = [\n\"x\",\n]\n";
+        assert_eq!(key_at(text, 1).as_deref(), Some("a"));
+        assert_eq!(key_at(text, 2).as_deref(), Some("load.requests"));
+        assert_eq!(key_at(text, 3).as_deref(), Some("load.requests.small"));
+        assert_eq!(key_at(text, 6).as_deref(), Some("autoscaler.initial"));
+    }
+}

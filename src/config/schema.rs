@@ -1,0 +1,432 @@
+//! The configuration schema: one struct per TOML table of SPEC §3, with its built-in
+//! defaults (`Default`, the values of the shipped `config/elastic-lb.toml`).
+//!
+//! Every table is `deny_unknown_fields` and `default`, so every key is optional and a typo
+//! is an error. Durations are strings (`"250ms"`, see [`duration`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration;
+use crate::core::{RequestClass, Size, SizeCounts, StrategyKind};
+
+/// The whole configuration (SPEC §3). Every key is optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[listener]`
+    pub listener: ListenerConfig,
+    /// `[admin]`
+    pub admin: AdminConfig,
+    /// `[dispatcher]`
+    pub dispatcher: DispatcherConfig,
+    /// `[load]`
+    pub load: LoadConfig,
+    /// `[machines]`
+    pub machines: MachinesConfig,
+    /// `[pool]`
+    pub pool: PoolConfig,
+    /// `[autoscaler]`
+    pub autoscaler: AutoscalerConfig,
+    /// `[shutdown]`
+    pub shutdown: ShutdownConfig,
+    /// `[backend]`
+    pub backend: BackendConfig,
+}
+
+/// `[listener]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Address the balancer listens on.
+    pub address: SocketAddr,
+    /// Open connections beyond this get `ERR overloaded` and are closed.
+    pub max_connections: usize,
+    /// Longest accepted line, not counting `\r\n`.
+    pub max_line_bytes: usize,
+    /// A client silent this long (with nothing in flight) is closed; zero = never.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            max_connections: 10_000,
+            max_line_bytes: 8192,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// HTTP admin address, or off.
+    pub address: AdminAddress,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: AdminAddress::Addr(SocketAddr::from(([127, 0, 0, 1], 7071))),
+        }
+    }
+}
+
+/// An admin address or `"off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAddress {
+    /// The admin endpoint is disabled.
+    Off,
+    /// Serve the admin endpoint here.
+    Addr(SocketAddr),
+}
+
+impl std::str::FromStr for AdminAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(AdminAddress::Off);
+        }
+        s.parse()
+            .map(AdminAddress::Addr)
+            .map_err(|_| format!("invalid address \"{s}\" (expected host:port or \"off\")"))
+    }
+}
+
+impl std::fmt::Display for AdminAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAddress::Off => f.write_str("off"),
+            AdminAddress::Addr(a) => a.fmt(f),
+        }
+    }
+}
+
+impl Serialize for AdminAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[dispatcher]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatcherConfig {
+    /// Placement strategy.
+    pub strategy: StrategyKind,
+    /// RNG seed; 0 = seed from the OS.
+    pub seed: u64,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            strategy: StrategyKind::LeastConnections,
+            seed: 0,
+        }
+    }
+}
+
+/// `[load]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadConfig {
+    /// Smallest reservation (inclusive).
+    pub connection_min: f64,
+    /// Largest reservation (exclusive; equal to min = fixed reservation).
+    pub connection_max: f64,
+    /// `[load.requests]`
+    pub requests: RequestsConfig,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            connection_min: 1.0,
+            connection_max: 11.0,
+            requests: RequestsConfig::default(),
+        }
+    }
+}
+
+/// `[load.requests]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestsConfig {
+    /// Weight of a `SMALL` request.
+    pub small: u64,
+    /// Weight of a `MEDIUM` request.
+    pub medium: u64,
+    /// Weight of a `LARGE` request.
+    pub large: u64,
+    /// Class of a line that names none.
+    pub default_class: RequestClass,
+    /// Simulated service time per weight unit on a capacity-100 machine, ms (0 = instant).
+    pub service_ms_per_unit: f64,
+}
+
+impl RequestsConfig {
+    /// Weight of `class`, in load units.
+    pub fn weight(&self, class: RequestClass) -> u64 {
+        match class {
+            RequestClass::Small => self.small,
+            RequestClass::Medium => self.medium,
+            RequestClass::Large => self.large,
+        }
+    }
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        RequestsConfig {
+            small: 1,
+            medium: 5,
+            large: 10,
+            default_class: RequestClass::Small,
+            service_ms_per_unit: 1.0,
+        }
+    }
+}
+
+/// `[machines]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MachinesConfig {
+    /// Capacity of a small machine.
+    pub small: i64,
+    /// Capacity of a medium machine.
+    pub medium: i64,
+    /// Capacity of a large machine.
+    pub large: i64,
+    /// Capacity of an xlarge machine.
+    pub xlarge: i64,
+    /// Bounded request queue of every machine.
+    pub queue_depth: usize,
+}
+
+impl MachinesConfig {
+    /// Capacity of `size`, in load units (validation guarantees it is positive).
+    pub fn capacity(&self, size: Size) -> u64 {
+        let c = match size {
+            Size::Small => self.small,
+            Size::Medium => self.medium,
+            Size::Large => self.large,
+            Size::Xlarge => self.xlarge,
+        };
+        c.max(0) as u64
+    }
+}
+
+impl Default for MachinesConfig {
+    fn default() -> Self {
+        MachinesConfig {
+            small: 50,
+            medium: 100,
+            large: 200,
+            xlarge: 400,
+            queue_depth: 1024,
+        }
+    }
+}
+
+/// `[pool]`: machines of each size the factory can hand out at once. Also used for the
+/// free counts the admin API reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Small machines.
+    pub small: u32,
+    /// Medium machines.
+    pub medium: u32,
+    /// Large machines.
+    pub large: u32,
+    /// Xlarge machines.
+    pub xlarge: u32,
+}
+
+impl PoolConfig {
+    /// The pool sizes as plain per-size counts.
+    pub fn counts(&self) -> SizeCounts {
+        SizeCounts {
+            small: self.small,
+            medium: self.medium,
+            large: self.large,
+            xlarge: self.xlarge,
+        }
+    }
+
+    /// Pool size of `size`.
+    pub fn get(&self, size: Size) -> u32 {
+        match size {
+            Size::Small => self.small,
+            Size::Medium => self.medium,
+            Size::Large => self.large,
+            Size::Xlarge => self.xlarge,
+        }
+    }
+
+    /// Mutable access to the count of `size`.
+    pub fn get_mut(&mut self, size: Size) -> &mut u32 {
+        match size {
+            Size::Small => &mut self.small,
+            Size::Medium => &mut self.medium,
+            Size::Large => &mut self.large,
+            Size::Xlarge => &mut self.xlarge,
+        }
+    }
+
+    /// All zero.
+    pub const EMPTY: PoolConfig = PoolConfig {
+        small: 0,
+        medium: 0,
+        large: 0,
+        xlarge: 0,
+    };
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            small: 8,
+            medium: 8,
+            large: 4,
+            xlarge: 2,
+        }
+    }
+}
+
+/// `[autoscaler]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscalerConfig {
+    /// Machines started at boot.
+    pub initial: Vec<Size>,
+    /// Never retire below this many machines.
+    pub min_machines: usize,
+    /// Never hold more than this many (active + draining) machines.
+    pub max_machines: usize,
+    /// Average load above this: acquire machines.
+    pub scale_up_threshold: f64,
+    /// Preferred size to acquire.
+    pub scale_up_size: Size,
+    /// Average load below this for `scale_down_after`: retire one machine.
+    pub scale_down_threshold: f64,
+    /// How long the average must stay low before a retirement.
+    #[serde(with = "duration")]
+    pub scale_down_after: Duration,
+    /// Periodic check interval.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        AutoscalerConfig {
+            initial: vec![Size::Medium],
+            min_machines: 1,
+            max_machines: 16,
+            scale_up_threshold: 50.0,
+            scale_up_size: Size::Medium,
+            scale_down_threshold: 20.0,
+            scale_down_after: Duration::from_secs(10),
+            interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long shutdown waits for queued requests.
+    #[serde(with = "duration")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[backend]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// `simulated` or `proxy`.
+    pub mode: BackendMode,
+    /// Proxy mode: how often upstreams are probed.
+    #[serde(with = "duration")]
+    pub health_check_interval: Duration,
+    /// Proxy mode: the upstream servers (the pool).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            mode: BackendMode::Simulated,
+            health_check_interval: Duration::from_secs(2),
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+/// `backend.mode`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendMode {
+    /// In-process machines speaking the line protocol.
+    Simulated,
+    /// Machines front real upstream servers.
+    Proxy,
+}
+
+/// `[[backend.upstreams]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Upstream address.
+    pub address: SocketAddr,
+    /// Size (capacity) it counts as.
+    #[serde(default = "default_upstream_size")]
+    pub size: Size,
+}
+
+fn default_upstream_size() -> Size {
+    Size::Medium
+}
+
+impl Config {
+    /// Machines of each size the factory can hand out at most: `[pool]`, or in proxy mode
+    /// the `[[backend.upstreams]]` of each size (SPEC §8: the upstreams are the pool).
+    pub fn pool_sizes(&self) -> SizeCounts {
+        match self.backend.mode {
+            BackendMode::Simulated => self.pool.counts(),
+            BackendMode::Proxy => {
+                let mut sizes = SizeCounts::EMPTY;
+                for u in &self.backend.upstreams {
+                    *sizes.get_mut(u.size) += 1;
+                }
+                sizes
+            }
+        }
+    }
+}

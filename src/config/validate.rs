@@ -1,0 +1,351 @@
+//! The rules of SPEC §3 that serde cannot check: ranges, upper bounds the daemon can run
+//! with, and cross-field constraints ([`Config::validate`]).
+//!
+//! A broken rule is a [`ValidationError`] naming the dotted key, the offending value as
+//! written in TOML and what would be valid; `diagnostics` adds the file and line.
+
+use std::time::Duration;
+
+use super::{duration, AdminAddress, BackendMode, Config};
+use crate::core::Size;
+
+/// Longest duration any key accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Largest `listener.max_connections`.
+pub const MAX_CONNECTIONS: u64 = 1_000_000;
+/// Largest `listener.max_line_bytes` (64 MiB).
+pub const MAX_LINE_BYTES: u64 = 64 << 20;
+/// Largest `machines.queue_depth`.
+pub const MAX_QUEUE_DEPTH: u64 = 1 << 20;
+/// Largest capacity or request weight, load units.
+pub const MAX_UNITS: u64 = 1_000_000_000;
+/// Largest `load.requests.service_ms_per_unit` (one minute per unit).
+pub const MAX_SERVICE_MS_PER_UNIT: f64 = 60_000.0;
+
+/// A broken rule of SPEC §3, found by [`Config::validate`]: `<key> = <value>: <message>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} = {value}: {message}")]
+pub struct ValidationError {
+    /// Dotted key, e.g. `autoscaler.min_machines`.
+    pub key: String,
+    /// The offending value, written as in TOML (`-5`, `"0s"`, `["large", "large"]`).
+    pub value: String,
+    /// What is wrong and what would be valid.
+    pub message: String,
+    /// The other key of a cross-field rule (`autoscaler.max_machines` for
+    /// `min_machines > max_machines`); its line is reported when `key` is not in the file.
+    pub related: Option<String>,
+}
+
+impl ValidationError {
+    fn new(key: &str, value: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError {
+            key: key.to_string(),
+            value: value.into(),
+            message: message.into(),
+            related: None,
+        }
+    }
+
+    fn related(mut self, key: &str) -> Self {
+        self.related = Some(key.to_string());
+        self
+    }
+}
+
+impl Config {
+    /// Checks the rules of SPEC §3 that serde cannot: ranges and cross-field constraints.
+    ///
+    /// # Errors
+    ///
+    /// The first broken rule, naming the key and the offending value.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let at_least_one = "must be at least 1";
+        let l = &self.listener;
+        if l.max_connections == 0 {
+            return Err(ValidationError::new(
+                "listener.max_connections",
+                "0",
+                at_least_one,
+            ));
+        }
+        if l.max_line_bytes == 0 {
+            return Err(ValidationError::new(
+                "listener.max_line_bytes",
+                "0",
+                at_least_one,
+            ));
+        }
+        if let AdminAddress::Addr(admin) = self.admin.address {
+            if admin == l.address && admin.port() != 0 {
+                return Err(ValidationError::new(
+                    "admin.address",
+                    quoted(admin),
+                    format!("must differ from listener.address (\"{}\")", l.address),
+                )
+                .related("listener.address"));
+            }
+        }
+
+        let load = &self.load;
+        for (key, v) in [
+            ("load.connection_min", load.connection_min),
+            ("load.connection_max", load.connection_max),
+            (
+                "load.requests.service_ms_per_unit",
+                load.requests.service_ms_per_unit,
+            ),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(ValidationError::new(
+                    key,
+                    float(v),
+                    "must be a finite number >= 0",
+                ));
+            }
+        }
+        if load.connection_min > load.connection_max {
+            return Err(ValidationError::new(
+                "load.connection_min",
+                float(load.connection_min),
+                format!(
+                    "must be <= load.connection_max ({})",
+                    float(load.connection_max)
+                ),
+            )
+            .related("load.connection_max"));
+        }
+
+        let m = &self.machines;
+        for size in Size::ALL {
+            let capacity = match size {
+                Size::Small => m.small,
+                Size::Medium => m.medium,
+                Size::Large => m.large,
+                Size::Xlarge => m.xlarge,
+            };
+            if capacity <= 0 {
+                return Err(ValidationError::new(
+                    &format!("machines.{size}"),
+                    capacity.to_string(),
+                    "capacity must be > 0",
+                ));
+            }
+        }
+        if m.queue_depth == 0 {
+            return Err(ValidationError::new(
+                "machines.queue_depth",
+                "0",
+                at_least_one,
+            ));
+        }
+
+        self.validate_bounds()?;
+
+        let b = &self.backend;
+        if b.health_check_interval.is_zero() {
+            return Err(ValidationError::new(
+                "backend.health_check_interval",
+                quoted(duration::format(b.health_check_interval)),
+                "must be > 0",
+            ));
+        }
+        if b.mode == BackendMode::Proxy && b.upstreams.is_empty() {
+            return Err(ValidationError::new(
+                "backend.mode",
+                "\"proxy\"",
+                "proxy mode needs at least one [[backend.upstreams]] entry",
+            ));
+        }
+        self.validate_autoscaler()
+    }
+
+    /// Upper bounds: every value `check` accepts must be one the daemon can run with (no
+    /// timer overflow, no allocation of an absurd queue, no connection that can never fit).
+    fn validate_bounds(&self) -> Result<(), ValidationError> {
+        let durations = [
+            ("listener.idle_timeout", self.listener.idle_timeout),
+            (
+                "autoscaler.scale_down_after",
+                self.autoscaler.scale_down_after,
+            ),
+            ("autoscaler.interval", self.autoscaler.interval),
+            ("shutdown.grace", self.shutdown.grace),
+            (
+                "backend.health_check_interval",
+                self.backend.health_check_interval,
+            ),
+        ];
+        for (key, d) in durations {
+            if d > MAX_DURATION {
+                return Err(ValidationError::new(
+                    key,
+                    quoted(duration::format(d)),
+                    "must be at most 365 days",
+                ));
+            }
+        }
+        let counts = [
+            (
+                "listener.max_connections",
+                self.listener.max_connections as u64,
+                MAX_CONNECTIONS,
+            ),
+            (
+                "listener.max_line_bytes",
+                self.listener.max_line_bytes as u64,
+                MAX_LINE_BYTES,
+            ),
+            (
+                "machines.queue_depth",
+                self.machines.queue_depth as u64,
+                MAX_QUEUE_DEPTH,
+            ),
+            ("load.requests.small", self.load.requests.small, MAX_UNITS),
+            ("load.requests.medium", self.load.requests.medium, MAX_UNITS),
+            ("load.requests.large", self.load.requests.large, MAX_UNITS),
+        ];
+        for (key, v, max) in counts {
+            if v > max {
+                return Err(ValidationError::new(
+                    key,
+                    v.to_string(),
+                    format!("must be at most {max}"),
+                ));
+            }
+        }
+        for size in Size::ALL {
+            let capacity = self.machines.capacity(size);
+            if capacity > MAX_UNITS {
+                return Err(ValidationError::new(
+                    &format!("machines.{size}"),
+                    capacity.to_string(),
+                    format!("must be at most {MAX_UNITS}"),
+                ));
+            }
+        }
+        let ms = self.load.requests.service_ms_per_unit;
+        if ms > MAX_SERVICE_MS_PER_UNIT {
+            return Err(ValidationError::new(
+                "load.requests.service_ms_per_unit",
+                float(ms),
+                format!("must be at most {MAX_SERVICE_MS_PER_UNIT}"),
+            ));
+        }
+        // A reservation larger than every capacity could never be placed: every such
+        // connection would drain the pool and still be refused.
+        let largest = Size::ALL
+            .into_iter()
+            .map(|s| self.machines.capacity(s))
+            .max()
+            .unwrap_or(0);
+        if self.load.connection_max > largest as f64 {
+            return Err(ValidationError::new(
+                "load.connection_max",
+                float(self.load.connection_max),
+                format!("must be <= the largest machine capacity ({largest})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `[autoscaler]` rules, including `initial` against the pool.
+    fn validate_autoscaler(&self) -> Result<(), ValidationError> {
+        let a = &self.autoscaler;
+        if a.max_machines == 0 {
+            return Err(ValidationError::new(
+                "autoscaler.max_machines",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if a.min_machines > a.max_machines {
+            return Err(ValidationError::new(
+                "autoscaler.min_machines",
+                a.min_machines.to_string(),
+                format!("must be <= autoscaler.max_machines ({})", a.max_machines),
+            )
+            .related("autoscaler.max_machines"));
+        }
+        for (key, v) in [
+            ("autoscaler.scale_up_threshold", a.scale_up_threshold),
+            ("autoscaler.scale_down_threshold", a.scale_down_threshold),
+        ] {
+            if !(0.0..=100.0).contains(&v) {
+                return Err(ValidationError::new(
+                    key,
+                    float(v),
+                    "must be between 0 and 100 (percent of capacity)",
+                ));
+            }
+        }
+        if a.scale_down_threshold >= a.scale_up_threshold {
+            return Err(ValidationError::new(
+                "autoscaler.scale_down_threshold",
+                float(a.scale_down_threshold),
+                format!(
+                    "must be below autoscaler.scale_up_threshold ({})",
+                    float(a.scale_up_threshold)
+                ),
+            )
+            .related("autoscaler.scale_up_threshold"));
+        }
+        if a.interval.is_zero() {
+            return Err(ValidationError::new(
+                "autoscaler.interval",
+                quoted(duration::format(a.interval)),
+                "must be > 0",
+            ));
+        }
+
+        let initial = || {
+            let names: Vec<String> = a.initial.iter().map(quoted).collect();
+            format!("[{}]", names.join(", "))
+        };
+        if a.initial.len() > a.max_machines {
+            return Err(ValidationError::new(
+                "autoscaler.initial",
+                initial(),
+                format!(
+                    "{} machines exceed autoscaler.max_machines ({})",
+                    a.initial.len(),
+                    a.max_machines
+                ),
+            )
+            .related("autoscaler.max_machines"));
+        }
+        let proxy = self.backend.mode == BackendMode::Proxy;
+        for size in Size::ALL {
+            let wanted = a.initial.iter().filter(|s| **s == size).count();
+            let available = usize::try_from(self.pool_sizes().get(size)).unwrap_or(usize::MAX);
+            if wanted > available {
+                let supply = if proxy {
+                    format!("[[backend.upstreams]] has {available} of size {size}")
+                } else {
+                    format!("[pool] {size} = {available}")
+                };
+                let error = ValidationError::new(
+                    "autoscaler.initial",
+                    initial(),
+                    format!("{wanted} {size} machines requested but {supply}"),
+                );
+                return Err(if proxy {
+                    error
+                } else {
+                    error.related(&format!("pool.{size}"))
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value written as a TOML string: `"x"`.
+fn quoted(v: impl std::fmt::Display) -> String {
+    format!("\"{v}\"")
+}
+
+/// A float as TOML writes it (`50.0`, not `50`).
+fn float(v: f64) -> String {
+    format!("{v:?}")
+}
