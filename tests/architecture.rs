@@ -166,6 +166,7 @@ fn resolve(
     } else {
         here.split("::").collect()
     };
+    let from_root = matches!(segments.first(), Some(&"crate") | Some(&"elastic_lb"));
     match segments.first().copied() {
         Some("crate") | Some("elastic_lb") => {
             base.clear();
@@ -185,11 +186,12 @@ fn resolve(
     }
     let mut full: Vec<&str> = base;
     full.extend(segments);
-    // The longest prefix that is a file.
+    // The longest prefix that is a file; an item of the crate root lives in lib.rs.
     (1..=full.len())
         .rev()
         .map(|n| full[..n].join("::"))
         .find(|m| known.contains_key(m))
+        .or_else(|| from_root.then(|| "lib".to_string()))
 }
 
 /// Module-level edges `from → to` (file granularity).
@@ -288,7 +290,12 @@ fn render(layers: &BTreeMap<String, BTreeSet<String>>) -> String {
     rows.sort_by_key(|(m, _)| (rank(m), m.to_string()));
     for (m, deps) in rows {
         let deps: Vec<_> = deps.iter().map(|d| format!("`{d}`")).collect();
-        out.push_str(&format!("| `{m}` | {} |\n", deps.join(", ")));
+        let deps = if deps.is_empty() {
+            "—".to_string()
+        } else {
+            deps.join(", ")
+        };
+        out.push_str(&format!("| `{m}` | {deps} |\n"));
     }
     out
 }

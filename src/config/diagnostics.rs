@@ -7,7 +7,7 @@
 //! [`key_at`], …) that understands just enough TOML to find where a key is set: `[table]`
 //! headers, dotted keys and inline tables.
 
-use super::ValidationError;
+use super::validate::ValidationError;
 
 /// A configuration problem, with enough context to fix it.
 ///

@@ -413,20 +413,3 @@ pub struct UpstreamConfig {
 fn default_upstream_size() -> Size {
     Size::Medium
 }
-
-impl Config {
-    /// Machines of each size the factory can hand out at most: `[pool]`, or in proxy mode
-    /// the `[[backend.upstreams]]` of each size (SPEC §8: the upstreams are the pool).
-    pub fn pool_sizes(&self) -> SizeCounts {
-        match self.backend.mode {
-            BackendMode::Simulated => self.pool.counts(),
-            BackendMode::Proxy => {
-                let mut sizes = SizeCounts::EMPTY;
-                for u in &self.backend.upstreams {
-                    *sizes.get_mut(u.size) += 1;
-                }
-                sizes
-            }
-        }
-    }
-}

@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use super::{duration, AdminAddress, BackendMode, Config};
-use crate::core::Size;
+use super::duration;
+use super::schema::{AdminAddress, BackendMode, Config};
+use crate::core::{Size, SizeCounts};
 
 /// Longest duration any key accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -317,7 +318,7 @@ impl Config {
         let proxy = self.backend.mode == BackendMode::Proxy;
         for size in Size::ALL {
             let wanted = a.initial.iter().filter(|s| **s == size).count();
-            let available = usize::try_from(self.pool_sizes().get(size)).unwrap_or(usize::MAX);
+            let available = usize::try_from(pool_sizes(self).get(size)).unwrap_or(usize::MAX);
             if wanted > available {
                 let supply = if proxy {
                     format!("[[backend.upstreams]] has {available} of size {size}")
@@ -348,4 +349,20 @@ fn quoted(v: impl std::fmt::Display) -> String {
 /// A float as TOML writes it (`50.0`, not `50`).
 fn float(v: f64) -> String {
     format!("{v:?}")
+}
+
+/// Machines of each size the backend can hand out at most: `[pool]`, or in proxy mode the
+/// `[[backend.upstreams]]` of each size (SPEC §8: the upstreams are the pool). The running
+/// factories report the same through `MachineFactory::pool_size`.
+fn pool_sizes(config: &Config) -> SizeCounts {
+    match config.backend.mode {
+        BackendMode::Simulated => config.pool.counts(),
+        BackendMode::Proxy => {
+            let mut sizes = SizeCounts::EMPTY;
+            for u in &config.backend.upstreams {
+                *sizes.get_mut(u.size) += 1;
+            }
+            sizes
+        }
+    }
 }
