@@ -93,9 +93,11 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { config }) => check(config.as_deref()),
         Some(Command::Run(args)) => run(args),
-        Some(Command::Stats { admin, watch }) => {
-            client(elastic_lb::admin::stats_command(admin, watch))
-        }
+        Some(Command::Stats { admin, watch }) => client(async move {
+            elastic_lb::cli::stats::run(admin, watch)
+                .await
+                .map_err(|e| e.to_string())
+        }),
         Some(Command::Load(args)) => client(async move {
             elastic_lb::loadgen::run(args)
                 .await

@@ -1,5 +1,6 @@
 //! The HTTP admin endpoint (SPEC §6), served by axum on its own listener, and the other
-//! observability outputs: the `elastic-lb stats` command and the periodic summary log line.
+//! observability output: the periodic summary log line. (The `elastic-lb stats` command,
+//! a client of this endpoint, is `cli::stats`.)
 //!
 //! | route | handler |
 //! | --- | --- |
@@ -15,7 +16,6 @@
 //! through the same bounded command channel as everyone else.
 
 pub mod body;
-pub mod client;
 pub mod metrics;
 pub mod state;
 pub mod summary;
@@ -39,7 +39,6 @@ use crate::balancer::SwitchError;
 use crate::core::StrategyKind;
 
 pub use body::{AutoscalerLimits, StatsBody};
-pub use client::stats_command;
 pub use state::AdminState;
 
 /// The dashboard page, compiled into the binary (no files to deploy, no CDN).

@@ -1,63 +1,32 @@
 //! `elastic-lb stats [--admin ADDR] [--watch]`: fetch `GET /api/stats` from a running
-//! daemon and print it as an aligned table.
-//!
-//! The HTTP client is hyper's low-level `http1` connection (one request per connection):
-//! no pooling, TLS or redirects are needed to talk to our own admin endpoint.
+//! daemon (through [`super::http`]) and print it as an aligned table.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::header::{ACCEPT, HOST};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
-use super::body::StatsBody;
+use super::http::{fetch_stats, FetchError};
+use crate::admin::StatsBody;
 use crate::core::MachineState;
 use crate::telemetry::Snapshot;
 
-/// Bound on connecting to the daemon and reading one answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refresh period of `--watch`.
 const WATCH_PERIOD: Duration = Duration::from_secs(1);
-
-/// Why a fetch failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// Nothing answered HTTP at the address (refused, timed out, closed, not HTTP).
-    #[error("cannot reach the admin endpoint at {addr}: {reason} (is elastic-lb running? is the admin endpoint enabled?)")]
-    Unreachable {
-        /// The admin address.
-        addr: SocketAddr,
-        /// What went wrong, e.g. "Connection refused (os error 111)".
-        reason: String,
-    },
-    /// Something answered, but not with a stats document.
-    #[error("unexpected answer from the admin endpoint at {addr}: {reason}")]
-    BadAnswer {
-        /// The admin address.
-        addr: SocketAddr,
-        /// The status or parse error.
-        reason: String,
-    },
-}
 
 /// `elastic-lb stats`: prints a table of machines and totals from a running daemon; with
 /// `watch`, refreshes it every second (clearing a terminal screen) until Ctrl-C.
 ///
 /// # Errors
 ///
-/// A one-line message when the daemon cannot be reached or does not answer with stats.
-pub async fn stats_command(admin: SocketAddr, watch: bool) -> Result<(), String> {
+/// [`FetchError`] when the daemon cannot be reached or does not answer with stats; its
+/// message is one line.
+pub async fn run(admin: SocketAddr, watch: bool) -> Result<(), FetchError> {
     let terminal = std::io::stdout().is_terminal();
     let mut ticks = tokio::time::interval(WATCH_PERIOD);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let stats = fetch_stats(admin).await.map_err(|e| e.to_string())?;
+        let stats = fetch_stats(admin).await?;
         let mut text = String::new();
         if watch && terminal {
             // Cursor home + clear screen, then redraw.
@@ -87,55 +56,6 @@ pub async fn stats_command(admin: SocketAddr, watch: bool) -> Result<(), String>
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
-}
-
-/// `GET /api/stats` from the admin endpoint at `addr`.
-///
-/// # Errors
-///
-/// [`FetchError::Unreachable`] when no HTTP answer arrives within 5 s,
-/// [`FetchError::BadAnswer`] for a non-200 status or a body that is not a stats document.
-pub async fn fetch_stats(addr: SocketAddr) -> Result<StatsBody, FetchError> {
-    let unreachable = |reason: String| FetchError::Unreachable { addr, reason };
-    let (status, body) = match tokio::time::timeout(REQUEST_TIMEOUT, get(addr, "/api/stats")).await
-    {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(reason)) => return Err(unreachable(reason)),
-        Err(_) => return Err(unreachable(format!("no answer within {REQUEST_TIMEOUT:?}"))),
-    };
-    let bad = |reason: String| FetchError::BadAnswer { addr, reason };
-    if status != StatusCode::OK {
-        return Err(bad(format!("GET /api/stats answered {status}")));
-    }
-    serde_json::from_slice(&body).map_err(|e| bad(format!("GET /api/stats: {e}")))
-}
-
-/// One `GET path` over a fresh HTTP/1.1 connection; `Err` is a readable reason.
-async fn get(addr: SocketAddr, path: &str) -> Result<(StatusCode, Bytes), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    // The connection future drives the socket; it ends when the answer is read.
-    let driver = tokio::spawn(connection);
-    let request = Request::get(path)
-        .header(HOST, addr.to_string())
-        .header(ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    driver.abort();
-    Ok((status, body))
 }
 
 /// The table `elastic-lb stats` prints.
