@@ -9,7 +9,7 @@
 //! | backends | [`backend`] | the seam: simulated workers and real upstreams behind one factory trait |
 //! | balancing | [`balancer`] | the dispatcher actor: admission, autoscaling, drains |
 //! | serving | [`server`] | the accept loop and client sessions |
-//! | interfaces | [`admin`], [`cli`] (`load` still in [`loadgen`]) | the HTTP admin endpoint; the `stats` and `load` commands and their admin HTTP client |
+//! | interfaces | [`admin`], [`cli`] | the HTTP admin endpoint; the `stats` and `load` commands and their admin HTTP client |
 //! | daemon | [`daemon`] | [`Server`]: wires every layer into one running balancer |
 //!
 //! ```text
@@ -37,7 +37,6 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod daemon;
-pub mod loadgen;
 pub mod protocol;
 pub mod server;
 pub mod strategy;

@@ -45,7 +45,7 @@ enum Command {
         watch: bool,
     },
     /// Generate load against a balancer (see `elastic-lb load --help`).
-    Load(elastic_lb::loadgen::LoadArgs),
+    Load(elastic_lb::cli::load::LoadArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }),
         Some(Command::Load(args)) => client(async move {
-            elastic_lb::loadgen::run(args)
+            elastic_lb::cli::load::run(args)
                 .await
                 .map_err(|e| e.to_string())
         }),

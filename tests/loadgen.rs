@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{start_lb, test_config, within};
-use elastic_lb::loadgen::{self, LoadPlan, Mode};
+use elastic_lb::cli::load::{self as loadgen, LoadPlan, Mode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_loop_summary_adds_up() {

@@ -7,9 +7,11 @@
 //! | --- | --- |
 //! | [`http`] | the one admin HTTP client: `GET` with a time limit, [`http::fetch_stats`] |
 //! | [`stats`] | `elastic-lb stats`: the machines-and-totals table (SPEC §2) |
+//! | [`load`] | `elastic-lb load`: the load generator and its `--plot` (SPEC §7) |
 //!
 //! `cli` is the top layer of the crate: it may import the daemon's wire types (such as
 //! [`crate::admin::StatsBody`]), but nothing in the daemon imports `cli`.
 
 pub mod http;
+pub mod load;
 pub mod stats;

@@ -1,0 +1,280 @@
+//! `elastic-lb load`: the built-in load generator (SPEC §7).
+//!
+//! [`run`] is the command: it turns [`LoadArgs`] into a [`LoadPlan`], checks the target
+//! (and, with `--plot`, the admin endpoint) once, runs [`generate`] with a progress bar on
+//! a terminal, and prints a [`Summary`] as text or as one JSON object. Tests call
+//! [`generate`] directly and look at the returned [`Summary`].
+//!
+//! Four modes, each with `--connections` workers, one task per connection:
+//!
+//! | mode | what each worker does |
+//! | --- | --- |
+//! | closed loop (default) | one request outstanding: send, await the reply, send the next |
+//! | open loop (`--rate N/s`) | sends on a fixed schedule (`N / connections` per second each), replies are read as they come; latency counts from the *scheduled* send time, so a slow server cannot hide its queueing (no coordinated omission) |
+//! | `--connect-per-request` | connect, one request, close, again (reports connections/s) |
+//! | `--idle` | connect, `PING` (so the balancer has admitted it), then hold the connection silently |
+//!
+//! Every run is bounded: no request is sent after `--duration`; a reply still owed then is
+//! awaited for at most [`REPLY_GRACE`] and otherwise counted as a `no-reply` failure, so
+//! `requests_sent = requests_ok + requests_failed` always holds.
+//!
+//! With `--plot FILE.svg` a sampler polls `GET /api/stats` every [`SAMPLE_EVERY`] during
+//! the run and for `--cooldown` after it, and draws the number of machines and the average
+//! load over time with `plotters`. Only the SVG backend is built, without any font feature:
+//! the SVG backend writes text as `<text>` elements that the viewer renders with its own
+//! fonts, so no font file and no system font library is needed.
+//!
+//! The code: `args` (the command line), `mix` (`--mix`), `plan` ([`LoadPlan`]), `workers`
+//! (one task per connection), `tally` (what the workers count), `report` ([`Summary`] and its text form),
+//! `sampler` and `plot` (`--plot`, reading the admin API through [`crate::cli::http`]).
+
+mod args;
+mod mix;
+mod plan;
+mod plot;
+mod report;
+mod sampler;
+mod tally;
+mod workers;
+
+pub use args::LoadArgs;
+pub use mix::{Mix, MixError};
+pub use plan::{LoadPlan, Mode};
+pub use plot::PlotError;
+pub use report::{render_summary, Latency, MachineShare, Summary};
+pub use sampler::SAMPLE_EVERY;
+pub use workers::REPLY_GRACE;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::{timeout, Instant};
+
+use crate::cli::http::{fetch_stats, FetchError};
+use tally::{Live, Tally};
+use workers::{idle, Worker};
+
+/// Why a load run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The target does not accept connections.
+    #[error("cannot connect to {addr}: {source}")]
+    Unreachable {
+        /// The target.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--plot` was asked for but the admin API cannot be read.
+    #[error(
+        "cannot read http://{addr}/api/stats for --plot: {} (pass --admin ADDR)",
+        .source.reason()
+    )]
+    Admin {
+        /// The admin address tried.
+        addr: SocketAddr,
+        /// Why.
+        source: FetchError,
+    },
+    /// The plot could not be written.
+    #[error("cannot write the plot {path}: {source}")]
+    Plot {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: PlotError,
+    },
+    /// Bad argument values that the parser cannot catch.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+// === running ===
+
+/// Runs `elastic-lb load`: checks, generates, prints. See the module docs.
+///
+/// # Errors
+///
+/// [`LoadError`] when the target (or, with `--plot`, the admin API) cannot be reached, or
+/// the plot cannot be written.
+pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
+    if !args.cooldown.is_zero() && args.plot.is_none() {
+        return Err(LoadError::Invalid(
+            "--cooldown only applies with --plot FILE.svg".to_string(),
+        ));
+    }
+    let mode = match (args.rate, args.connect_per_request, args.idle) {
+        (Some(rate), _, _) => Mode::OpenLoop { rate },
+        (None, true, _) => Mode::ConnectPerRequest,
+        (None, false, true) => Mode::Idle,
+        (None, false, false) => Mode::ClosedLoop,
+    };
+    let plan = LoadPlan {
+        target: args.target,
+        connections: args.connections,
+        duration: args.duration,
+        mode,
+        mix: args.mix.clone(),
+        ramp: args.ramp,
+    };
+    let admin = args
+        .admin
+        .unwrap_or_else(|| SocketAddr::new(args.target.ip(), args.target.port().saturating_add(1)));
+
+    probe(plan.target).await?;
+    let sampler = match &args.plot {
+        Some(_) => {
+            // Fail before any load is sent if the plot could not be drawn.
+            fetch_stats(admin)
+                .await
+                .map_err(|source| LoadError::Admin {
+                    addr: admin,
+                    source,
+                })?;
+            let stop = Instant::now() + plan.duration + args.cooldown;
+            Some(tokio::spawn(sampler::sample(admin, Instant::now(), stop)))
+        }
+        None => None,
+    };
+
+    let live = Arc::new(Live::default());
+    let bar = progress_bar(&plan, live.clone());
+    let summary = generate_with(&plan, live).await;
+
+    let mut plot_note = None;
+    if let (Some(path), Some(sampler)) = (&args.plot, sampler) {
+        if let Some(bar) = &bar {
+            bar.set_message(format!("load done; sampling for {:?} more", args.cooldown));
+        }
+        let samples = sampler.await.unwrap_or_default();
+        plot::draw_plot(path, &samples, summary.duration_s).map_err(|source| LoadError::Plot {
+            path: path.clone(),
+            source,
+        })?;
+        plot_note = Some(format!(
+            "plot: {} ({} samples of http://{admin}/api/stats)",
+            path.display(),
+            samples.len()
+        ));
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+
+    if args.json {
+        match serde_json::to_string(&summary) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                return Err(LoadError::Invalid(format!(
+                    "cannot encode the summary: {e}"
+                )))
+            }
+        }
+    } else {
+        print!("{}", render_summary(&summary));
+    }
+    if let Some(note) = plot_note {
+        // The summary first, even when stdout and stderr go to the same place.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        eprintln!("{note}");
+    }
+    Ok(())
+}
+
+/// One connection attempt, so that a wrong address is one clear error before any load.
+async fn probe(target: SocketAddr) -> Result<(), LoadError> {
+    match timeout(Duration::from_secs(5), TcpStream::connect(target)).await {
+        Ok(Ok(_stream)) => Ok(()),
+        Ok(Err(source)) => Err(LoadError::Unreachable {
+            addr: target,
+            source,
+        }),
+        Err(_) => Err(LoadError::Unreachable {
+            addr: target,
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out after 5s"),
+        }),
+    }
+}
+
+/// A progress bar on a terminal (stderr), updated from `live`; `None` when stderr is not
+/// a terminal (scripts get the summary only).
+fn progress_bar(plan: &LoadPlan, live: Arc<Live>) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let total_ms = plan.duration.as_millis().max(1) as u64;
+    let bar = indicatif::ProgressBar::new(total_ms);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{elapsed:>4} {bar:30.cyan/blue} {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let ticker = bar.clone();
+    let start = Instant::now();
+    tokio::spawn(async move {
+        let mut last = (start, 0u64);
+        while !ticker.is_finished() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = Instant::now();
+            let elapsed = now.duration_since(start).as_millis() as u64;
+            if elapsed <= total_ms {
+                ticker.set_position(elapsed);
+                let ok = live.ok.load(Ordering::Relaxed);
+                let rate = (ok - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+                last = (now, ok);
+                ticker.set_message(format!(
+                    "{ok} ok, {} failed, {rate:.0} req/s, {} open",
+                    live.failed.load(Ordering::Relaxed),
+                    live.open.load(Ordering::Relaxed)
+                ));
+            }
+        }
+    });
+    Some(bar)
+}
+
+/// Runs `plan` and returns its summary. Bounded: it returns within
+/// `duration + REPLY_GRACE` plus connect time-outs.
+///
+/// # Errors
+///
+/// [`LoadError::Unreachable`] when the target refuses the first connection.
+pub async fn generate(plan: &LoadPlan) -> Result<Summary, LoadError> {
+    probe(plan.target).await?;
+    Ok(generate_with(plan, Arc::new(Live::default())).await)
+}
+
+async fn generate_with(plan: &LoadPlan, live: Arc<Live>) -> Summary {
+    let start = Instant::now();
+    let deadline = start + plan.duration;
+    let mut tally = Tally::new();
+    if plan.mode == Mode::Idle {
+        idle(plan, deadline, &live, &mut tally).await;
+    } else {
+        let mut workers = JoinSet::new();
+        for id in 0..plan.connections {
+            let worker = Worker {
+                plan: plan.clone(),
+                id,
+                start,
+                deadline,
+                live: live.clone(),
+            };
+            workers.spawn(worker.run());
+        }
+        while let Some(done) = workers.join_next().await {
+            if let Ok(t) = done {
+                tally.merge(t);
+            }
+        }
+    }
+    // The load phase ends at the deadline; replies awaited after it do not stretch it.
+    let elapsed = Instant::now().min(deadline).duration_since(start);
+    tally.summary(plan, elapsed)
+}
