@@ -10,7 +10,7 @@
 //! | balancing | [`balancer`] | the dispatcher actor: admission, autoscaling, drains |
 //! | serving | [`server`] | the accept loop and client sessions |
 //! | interfaces | [`admin`], [`cli`] | the HTTP admin endpoint; the `stats` and `load` commands and their admin HTTP client |
-//! | daemon | [`daemon`] | [`Server`]: wires every layer into one running balancer |
+//! | daemon | [`daemon`], [`error`] | [`Server`]: wires every layer into one running balancer; [`Error`]: what can end the process |
 //!
 //! ```text
 //!  client ─TCP─► listener ──admit──► dispatcher ──(strategy, factory, policy)
@@ -37,9 +37,11 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod error;
 pub mod protocol;
 pub mod server;
 pub mod strategy;
 pub mod telemetry;
 
 pub use daemon::Server;
+pub use error::{Error, Result};

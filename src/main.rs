@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use elastic_lb::config::{self, AdminAddress, Config};
 use elastic_lb::core::StrategyKind;
-use elastic_lb::Server;
+use elastic_lb::{Error, Result, Server};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
@@ -90,63 +90,43 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
+    let outcome = match cli.command {
         Some(Command::Check { config }) => check(config.as_deref()),
         Some(Command::Run(args)) => run(args),
-        Some(Command::Stats { admin, watch }) => client(async move {
-            elastic_lb::cli::stats::run(admin, watch)
-                .await
-                .map_err(|e| e.to_string())
-        }),
-        Some(Command::Load(args)) => client(async move {
-            elastic_lb::cli::load::run(args)
-                .await
-                .map_err(|e| e.to_string())
-        }),
+        Some(Command::Stats { admin, watch }) => {
+            client(async move { Ok(elastic_lb::cli::stats::run(admin, watch).await?) })
+        }
+        Some(Command::Load(args)) => {
+            client(async move { Ok(elastic_lb::cli::load::run(args).await?) })
+        }
         None => run(cli.run),
-    }
+    };
+    // Every error ends the process the same way: one line and status 1 (SPEC §2).
+    outcome.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
 }
 
-/// A multi-threaded tokio runtime, or `None` after printing why it could not start.
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
+/// A multi-threaded tokio runtime.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            None
-        }
-    }
+        .map_err(Error::Runtime)
 }
 
-/// Runs a client command (`stats`, `load`) on a runtime; prints its error on one line.
-fn client(command: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    match runtime.block_on(command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+/// Runs a client command (`stats`, `load`) on a runtime.
+fn client(command: impl std::future::Future<Output = Result<()>>) -> Result<ExitCode> {
+    runtime()?.block_on(command)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-/// `elastic-lb check`: exit 0 and print the effective configuration, or exit 1.
-fn check(path: Option<&Path>) -> ExitCode {
-    match load_config(path) {
-        Ok((config, _)) => {
-            print!("{}", config.to_toml());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+/// `elastic-lb check`: print the effective configuration (exit 0), or fail.
+fn check(path: Option<&Path>) -> Result<ExitCode> {
+    let (config, _) = load_config(path)?;
+    print!("{}", config.to_toml());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads `path`, or `config/elastic-lb.toml` when it exists, or the built-in defaults.
@@ -177,16 +157,10 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
+fn run(args: RunArgs) -> Result<ExitCode> {
     init_tracing(args.log_format);
     // The configuration is loaded and validated before any socket is bound.
-    let (mut config, path) = match load_config(args.config.as_deref()) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (mut config, path) = load_config(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.listener.address = listen;
     }
@@ -196,40 +170,24 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(strategy) = args.strategy {
         config.dispatcher.strategy = strategy;
     }
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    match runtime.block_on(serve(config, path)) {
-        Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime()?.block_on(serve(config, path))
 }
 
-/// Binds, runs until a signal, shuts down. `Err` is a one-line start-up problem.
-async fn serve(config: Config, path: Option<PathBuf>) -> Result<ExitCode, String> {
+/// Binds, runs until a signal, shuts down.
+async fn serve(config: Config, path: Option<PathBuf>) -> Result<ExitCode> {
     // Signal handlers are installed before the listener binds (SPEC §5).
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("signals: {e}"))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| format!("signals: {e}"))?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(|e| format!("signals: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
 
-    let listen = config.listener.address;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener = bind(config.listener.address, false).await?;
     let admin_listener = match config.admin.address {
         AdminAddress::Off => None,
-        AdminAddress::Addr(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?,
-        ),
+        AdminAddress::Addr(addr) => Some(bind(addr, true).await?),
     };
     let server = Server::start(config, listener, admin_listener)
         .await
-        .map_err(|e| format!("cannot start: {e}"))?;
+        .map_err(Error::Start)?;
     info!(
         addr = %server.local_addr(),
         strategy = %server.config().dispatcher.strategy,
@@ -257,6 +215,15 @@ async fn serve(config: Config, path: Option<PathBuf>) -> Result<ExitCode, String
             Ok(ExitCode::from(130))
         }
     }
+}
+
+/// Binds a listener (`admin` only changes the error message).
+async fn bind(addr: SocketAddr, admin: bool) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        addr,
+        admin,
+        source,
+    })
 }
 
 /// SIGHUP: read the file again; apply it, or keep the old configuration and log one error.

@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["backend"],
     &["balancer"],
     &["server", "admin"],
-    &["cli", "loadgen", "daemon"],
+    &["cli", "daemon", "error"],
     &["lib", "main"],
 ];
 

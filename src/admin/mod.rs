@@ -4,13 +4,13 @@
 //!
 //! | route | handler |
 //! | --- | --- |
-//! | `GET /api/stats` | JSON [`Snapshot`] plus the extra keys of [`StatsBody`] |
+//! | `GET /api/stats` | JSON [`Snapshot`](crate::telemetry::Snapshot) plus the extra keys of [`StatsBody`] |
 //! | `GET /metrics` | Prometheus text exposition 0.0.4 ([`metrics`]) |
 //! | `PUT /api/strategy` | switch the strategy; answers once the dispatcher uses it |
 //! | `GET /api/strategy` | the strategy in force |
 //! | `GET /` | the live dashboard (`dashboard.html`, embedded in the binary) |
 //!
-//! Every read handler works on a [`StatsHandle`] snapshot (atomics plus a `watch` borrow):
+//! Every read handler works on a [`StatsHandle`](crate::telemetry::StatsHandle) snapshot (atomics plus a `watch` borrow):
 //! the admin side never locks anything the request path uses, so a slow or busy admin
 //! client cannot slow the balancer down. Only `PUT /api/strategy` talks to the dispatcher,
 //! through the same bounded command channel as everyone else.
