@@ -43,7 +43,7 @@ fn pick(c: &mut Criterion) {
     for n in [10u32, 100, 1_000] {
         let machines = views(n);
         for kind in StrategyKind::ALL {
-            let mut strategy = strategy::build(kind, 42);
+            let strategy = strategy::build(kind, 42, 50.0);
             let mut client = 0u32;
             group.bench_with_input(BenchmarkId::new(kind.as_str(), n), &machines, |b, m| {
                 b.iter(|| {

@@ -73,16 +73,17 @@ impl Server {
             hard_stop: hard_stop.clone(),
         };
         let backend = backend::start(&config, backend_ctx, shutdown.clone()).await;
-        let (dispatcher, topology_rx) = balancer::spawn(
+        let balancer::Spawned {
+            handle: dispatcher,
+            topology,
+            router,
+        } = balancer::spawn(
             config.clone(),
             backend.factory,
             totals.clone(),
             shutdown.clone(),
         );
-        let stats = StatsHandle {
-            totals,
-            topology: topology_rx,
-        };
+        let stats = StatsHandle { totals, topology };
         admin::summary::spawn(stats.clone(), shutdown.clone());
 
         let tracker = TaskTracker::new();
@@ -90,6 +91,7 @@ impl Server {
             config: config_rx,
             stats: stats.clone(),
             dispatcher: dispatcher.clone(),
+            router,
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),
         });

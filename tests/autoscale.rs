@@ -202,6 +202,8 @@ async fn exhaustion_is_accounted_and_clears_when_capacity_frees() {
 async fn new_machine_takes_the_next_connection_under_least_connections() {
     let mut cfg = fixed_reservation(10.0);
     pool(&mut cfg, 0, 2, 0, 0);
+    // Without the scale-up rebalance (SPEC §9), which would move m1's connections to m2.
+    cfg.autoscaler.rebalance_tolerance = 0.0;
     let lb = start_lb(cfg).await;
     let mut clients = Vec::new();
     for _ in 0..6 {

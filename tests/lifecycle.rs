@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{connection_refused, err_code, fixed_reservation, start_lb, test_config, Lb, TIMEOUT};
-use elastic_lb::config::Config;
+use elastic_lb::config::{Config, Routing};
 use elastic_lb::core::StrategyKind;
 use elastic_lb::core::{MachineState, Size};
 use elastic_lb::telemetry::{ScaleEventKind, Snapshot};
@@ -23,6 +23,9 @@ fn scale_down_config() -> Config {
     cfg.autoscaler.scale_down_after = Duration::from_millis(200);
     cfg.autoscaler.interval = Duration::from_millis(10);
     cfg.autoscaler.min_machines = 1;
+    // These tests follow each connection's machine; the scale-up rebalance of SPEC §9
+    // (tested in tests/elasticity.rs) would move some of them when m2 joins.
+    cfg.autoscaler.rebalance_tolerance = 0.0;
     cfg
 }
 
@@ -137,6 +140,8 @@ async fn scale_down_drains_the_least_loaded_machine_and_moves_its_connections() 
 async fn draining_machine_finishes_its_queued_request_before_it_retires() {
     let mut cfg = scale_down_config();
     cfg.load.requests.service_ms_per_unit = 1000.0; // SMALL on a medium: 1 s
+                                                    // The request must queue on the connection's own machine (m1), which then drains.
+    cfg.dispatcher.routing = Routing::Connection;
     let lb = start_lb(cfg).await;
     let (mut on_m1, _seventh) = six_on_m1_one_on_m2(&lb).await;
     let mut eighth = lb.admitted().await;

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{fixed_reservation, start_lb, test_config, Client};
+use elastic_lb::config::Routing;
 use elastic_lb::core::RequestClass;
 
 /// The reply line's error code: `ERR <code> <message>` → `<code>`, with a message present.
@@ -331,7 +332,10 @@ async fn full_queue_answers_busy_in_order_and_keeps_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_pipelined_requests_are_answered_in_order() {
-    let lb = start_lb(test_config()).await;
+    // All on the connection's machine; tests/elasticity.rs pipelines across machines.
+    let mut cfg = test_config();
+    cfg.dispatcher.routing = Routing::Connection;
+    let lb = start_lb(cfg).await;
     let mut c = lb.connect().await;
     let mut batch = String::new();
     for i in 0..1000 {

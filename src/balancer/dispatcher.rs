@@ -10,16 +10,20 @@
 //!
 //! The tick runs inside this task's `select!`, first in a `biased` order, so a burst of
 //! admissions can never starve it: drains finish, the set is topped up and unhealthy
-//! machines are replaced on time however busy the command channel is.
+//! machines are replaced on time however busy the command channel is. Between ticks, a
+//! connection whose request found its machine past the scale-up point nudges the task
+//! ([`ScaleHint`]) for an immediate scale-up check.
 //!
 //! Whenever the machine set, the pool or the strategy changes, the dispatcher publishes a
-//! fresh [`Topology`] on a `watch` channel for the stats readers.
+//! fresh [`Topology`] on a `watch` channel for the stats readers, and a fresh
+//! [`RoutingTable`] (active machines + strategy) for per-request placement.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
@@ -29,7 +33,8 @@ use tracing::{debug, info, warn};
 
 use super::handle::{AdmitError, Command};
 use super::placement::{Placement, PlacementShared};
-use super::policy::{self, ScaleDownTimer};
+use super::policy::{self, ScaleDownTimer, StepBudget};
+use super::routing::{self, Router, RoutingTable, ScaleHint};
 use crate::backend::{Machine, MachineFactory};
 use crate::config::Config;
 use crate::core::{StrategyKind, Units};
@@ -42,7 +47,8 @@ pub struct Dispatcher {
     pub(super) config: Arc<Config>,
     /// Active and draining machines, creation order.
     pub(super) machines: Vec<Machine>,
-    pub(super) strategy: Box<dyn Strategy>,
+    /// Shared with every connection through the routing table.
+    pub(super) strategy: Arc<dyn Strategy>,
     pub(super) factory: Box<dyn MachineFactory>,
     /// Draws reservations.
     rng: SmallRng,
@@ -56,6 +62,12 @@ pub struct Dispatcher {
     /// Length of `placements` after the last prune.
     pruned_len: usize,
     pub(super) scale_down: ScaleDownTimer,
+    /// Acquisitions in the current interval (`autoscaler.max_step`).
+    pub(super) step: StepBudget,
+    /// What connections place requests with; republished by `publish`.
+    routes: Arc<ArcSwap<RoutingTable>>,
+    /// Connections nudge the task through it for a scale-up check between ticks.
+    hint: Arc<ScaleHint>,
     /// Recent scale events, oldest first (at most `telemetry::RECENT_EVENTS`).
     events: VecDeque<ScaleEvent>,
     /// Set when `events` changed since the last publish.
@@ -84,7 +96,16 @@ impl Dispatcher {
         };
         let mut rng = SmallRng::seed_from_u64(seed);
         let strategy_seed = rng.random();
-        let strategy = strategy::build(config.dispatcher.strategy, strategy_seed);
+        let strategy = strategy::build(
+            config.dispatcher.strategy,
+            strategy_seed,
+            config.autoscaler.scale_up_threshold,
+        );
+        let routes = Arc::new(ArcSwap::from_pointee(routing_table(
+            &config,
+            Vec::new(),
+            strategy.clone(),
+        )));
         let (topology_tx, topology_rx) = watch::channel(Arc::new(Topology {
             machines: Vec::new(),
             pool: factory.free(),
@@ -104,6 +125,9 @@ impl Dispatcher {
             placements: Vec::new(),
             pruned_len: 0,
             scale_down: ScaleDownTimer::default(),
+            step: StepBudget::default(),
+            routes,
+            hint: Arc::new(ScaleHint::new()),
             events: VecDeque::new(),
             events_dirty: false,
             booted: false,
@@ -124,6 +148,14 @@ impl Dispatcher {
         (dispatcher, topology_rx)
     }
 
+    /// The handle connections place requests with.
+    pub fn router(&self) -> Router {
+        Router {
+            table: self.routes.clone(),
+            hint: self.hint.clone(),
+        }
+    }
+
     /// Serves commands and runs the periodic tick until every handle is dropped. The tick
     /// stops when `shutdown` fires (no scaling while the process winds down).
     pub async fn run(
@@ -133,12 +165,17 @@ impl Dispatcher {
     ) {
         let mut period = tick_period(&self.config);
         let mut ticker = ticker(period);
+        let hint = self.hint.clone();
         loop {
             tokio::select! {
                 // NOTE: the tick comes first. Admissions arrive as fast as clients connect;
                 // checked in this order, one tick per period always gets its turn.
                 biased;
                 _ = ticker.tick(), if !shutdown.is_cancelled() => self.tick(Instant::now()),
+                _ = hint.notify.notified(), if !shutdown.is_cancelled() => {
+                    self.scale_up();
+                    self.publish();
+                }
                 command = commands_rx.recv() => {
                     let Some(command) = command else { break };
                     self.handle(command);
@@ -277,8 +314,9 @@ impl Dispatcher {
         self.replace_unhealthy();
         self.top_up();
         self.scale_up();
-        let avg = self.average_load();
-        if self.scale_down.observe(now, avg, &self.config.autoscaler) {
+        let (avg, active) = (self.average_load(), self.active_count());
+        let fewer = policy::wants_fewer(active, avg, &self.config.autoscaler);
+        if self.scale_down.observe(now, fewer, &self.config.autoscaler) {
             let infos: Vec<_> = self.machines.iter().map(|m| &*m.info).collect();
             if let Some(index) = policy::pick_retiree(&infos, &self.config.autoscaler) {
                 self.drain(index);
@@ -291,7 +329,11 @@ impl Dispatcher {
         if kind != self.strategy.kind() {
             info!(from = %self.strategy.kind(), to = %kind, "strategy switched");
         }
-        self.strategy = strategy::build(kind, self.strategy_seed);
+        self.strategy = strategy::build(
+            kind,
+            self.strategy_seed,
+            self.config.autoscaler.scale_up_threshold,
+        );
         self.publish();
     }
 
@@ -353,6 +395,7 @@ impl Dispatcher {
                     .zip(&self.machines)
                     .all(|(a, b)| Arc::ptr_eq(a, &b.info))
         };
+        self.publish_routes();
         // Machine states (draining) are read live from each MachineInfo, so only the set,
         // the pool, the strategy and the event list need a new Topology.
         if !same_set || self.events_dirty {
@@ -365,6 +408,37 @@ impl Dispatcher {
                 events: Arc::new(self.events.iter().cloned().collect()),
             }));
         }
+    }
+}
+
+impl Dispatcher {
+    /// Publishes a new routing table when the active machines, the strategy or the routing
+    /// settings changed.
+    pub(super) fn publish_routes(&mut self) {
+        let active = self
+            .machines
+            .iter()
+            .filter(|m| m.info.is_active())
+            .cloned()
+            .collect();
+        let table = routing_table(&self.config, active, self.strategy.clone());
+        if !routing::same_routes(&self.routes.load(), &table) {
+            self.routes.store(Arc::new(table));
+        }
+    }
+}
+
+/// The routing table for `machines` (active, creation order) under `config`.
+fn routing_table(
+    config: &Config,
+    machines: Vec<Machine>,
+    strategy: Arc<dyn Strategy>,
+) -> RoutingTable {
+    RoutingTable {
+        machines,
+        strategy,
+        routing: config.dispatcher.routing,
+        nudge_above: policy::scale_up_goal(&config.autoscaler),
     }
 }
 

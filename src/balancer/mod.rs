@@ -4,14 +4,17 @@
 //!   strategy switches, reloads. It alone owns the machines, the strategy and the factory.
 //! - [`scaling`] — the dispatcher's scale-up, drain, retire and replacement steps.
 //! - [`policy`] — the pure autoscale rules the dispatcher applies.
+//! - [`routing`] — per-request placement by connection tasks, off the dispatcher
+//!   ([`Router`]).
 //! - [`placement`] — a connection's binding to a machine ([`Placement`]), which releases
 //!   its reservation on drop from wherever the connection is at that moment.
 //!
 //! Everybody else talks to the actor through [`Command`]s on a bounded channel, via a
 //! cloneable [`DispatcherHandle`]. Serialising admission, ticks, switches and reloads
 //! through one task makes admission atomic (fits, reserve, scale-up are one step) without
-//! locks. The request path does NOT come through here: an admitted connection holds its
-//! [`Placement`] and submits jobs to its machine directly.
+//! locks. The request path does NOT come through the actor: a connection holds its
+//! [`Placement`] (home machine and reservation) and places each request itself through the
+//! [`Router`].
 //!
 //! Depends on `core`, `config`, `strategy`, `telemetry` and `backend`.
 
@@ -19,6 +22,7 @@ pub mod dispatcher;
 pub mod handle;
 pub mod placement;
 pub mod policy;
+pub mod routing;
 pub mod scaling;
 #[cfg(test)]
 mod tests;
@@ -35,18 +39,35 @@ use crate::telemetry::{Topology, Totals};
 pub use dispatcher::Dispatcher;
 pub use handle::{AdmitError, Command, DispatcherHandle, SwitchError};
 pub use placement::Placement;
+pub use routing::{RouteError, Router};
+
+/// What [`spawn`] returns: the ways to reach a running dispatcher.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Commands (admission, switches, reloads).
+    pub handle: DispatcherHandle,
+    /// The published topology, for stats readers.
+    pub topology: watch::Receiver<Arc<Topology>>,
+    /// Per-request placement, for connection tasks.
+    pub router: Router,
+}
 
 /// Builds the dispatcher (starting the initial machines), spawns it, and returns its
-/// handle and topology receiver. Its periodic tick stops when `shutdown` fires; the task
-/// itself ends when every [`DispatcherHandle`] is dropped.
+/// handle, topology receiver and router. Its periodic tick stops when `shutdown` fires; the
+/// task itself ends when every [`DispatcherHandle`] is dropped.
 pub fn spawn(
     config: Arc<Config>,
     factory: Box<dyn MachineFactory>,
     totals: Arc<Totals>,
     shutdown: CancellationToken,
-) -> (DispatcherHandle, watch::Receiver<Arc<Topology>>) {
-    let (dispatcher, topology_rx) = Dispatcher::new(config, factory, totals);
+) -> Spawned {
+    let (dispatcher, topology) = Dispatcher::new(config, factory, totals);
+    let router = dispatcher.router();
     let (commands_tx, commands_rx) = mpsc::channel(handle::COMMAND_QUEUE);
     tokio::spawn(dispatcher.run(commands_rx, shutdown));
-    (DispatcherHandle { commands_tx }, topology_rx)
+    Spawned {
+        handle: DispatcherHandle { commands_tx },
+        topology,
+        router,
+    }
 }

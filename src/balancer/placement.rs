@@ -95,6 +95,11 @@ impl Placement {
 }
 
 impl PlacementShared {
+    /// The machine the connection is on now; `None` once it closed.
+    pub(super) fn machine_id(&self) -> Option<crate::core::MachineId> {
+        self.lock().as_ref().map(|m| m.info.id)
+    }
+
     /// Moves the connection to `target` if it is still on `from`, with its reservation.
     /// False when it closed or is elsewhere already.
     ///

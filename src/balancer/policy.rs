@@ -1,8 +1,23 @@
 //! The autoscale policy: when to acquire and when to retire machines (SPEC §5).
 //!
-//! Pure functions and a small timer struct, unit-tested under paused time:
-//! [`size_preference`] (which size to try next), [`ScaleDownTimer`] (has the average stayed
-//! low long enough?) and [`pick_retiree`] (which machine may go).
+//! Pure functions and small state structs, unit-tested under paused time:
+//! [`wants_more`] / [`scale_up_goal`] (when to acquire, and up to where),
+//! [`wants_fewer`] with [`ScaleDownTimer`] (has the policy recommended fewer machines for
+//! the whole stabilization window?), [`StepBudget`] (at most `max(max_step, active)`
+//! acquisitions per interval), [`size_preference`] (which size to try next) and
+//! [`pick_retiree`] (which machine may go).
+//!
+//! Two policies (`autoscaler.policy`):
+//!
+//! - `threshold` — the seeds' rule: acquire while the average is above
+//!   `scale_up_threshold`; retire one machine once it has stayed below
+//!   `scale_down_threshold` for `scale_down_after`.
+//! - `target` — target tracking as in the Kubernetes HPA: with `ratio = average / target`,
+//!   nothing happens while `|ratio − 1| ≤ tolerance`; above the band, machines are acquired
+//!   until the average is back at `target`; below it, the recommendation is
+//!   `ceil(active × ratio)` machines, and one machine is retired once every recommendation
+//!   of the last `scale_down_after` was below the active count (the highest recommendation
+//!   in the window wins, so a dip never retires capacity that the next peak needs).
 //!
 //! The dispatcher applies them: on its periodic tick (every `autoscaler.interval`, inside
 //! the dispatcher task) and right after every admission, so scale-up reacts within the
@@ -10,7 +25,9 @@
 
 use tokio::time::Instant;
 
-use crate::config::AutoscalerConfig;
+use std::time::Duration;
+
+use crate::config::{AutoscalerConfig, ScalingPolicy};
 use crate::core::{Size, Units};
 use crate::telemetry::MachineInfo;
 
@@ -25,19 +42,95 @@ pub fn size_preference(preferred: Size) -> Vec<Size> {
         .collect()
 }
 
-/// Tracks how long the average load has stayed below `scale_down_threshold`.
+/// Whether the average load (percent) calls for more machines now.
+pub fn wants_more(avg_load: f64, cfg: &AutoscalerConfig) -> bool {
+    match cfg.policy {
+        ScalingPolicy::Threshold => avg_load > cfg.scale_up_threshold,
+        ScalingPolicy::Target => avg_load > cfg.target * (1.0 + cfg.tolerance),
+    }
+}
+
+/// Once [`wants_more`] said so, machines are acquired until the average is at or below this.
+pub fn scale_up_goal(cfg: &AutoscalerConfig) -> f64 {
+    match cfg.policy {
+        ScalingPolicy::Threshold => cfg.scale_up_threshold,
+        ScalingPolicy::Target => cfg.target,
+    }
+}
+
+/// The `target` policy's recommendation: `ceil(active × average / target)` machines, or
+/// `active` while the ratio is within the tolerance band (the HPA formula).
+pub fn desired_machines(active: usize, avg_load: f64, cfg: &AutoscalerConfig) -> usize {
+    let ratio = avg_load / cfg.target;
+    // The epsilon keeps the band's edges inside it despite rounding (55 / 50 − 1 > 0.1).
+    if !ratio.is_finite() || (ratio - 1.0).abs() <= cfg.tolerance + 1e-9 {
+        return active;
+    }
+    // Bounded by max_machines, so the cast cannot overflow.
+    let desired = (active as f64 * ratio).ceil().min(cfg.max_machines as f64);
+    desired.max(0.0) as usize
+}
+
+/// Whether the policy recommends fewer machines than `active` at this average.
+pub fn wants_fewer(active: usize, avg_load: f64, cfg: &AutoscalerConfig) -> bool {
+    match cfg.policy {
+        ScalingPolicy::Threshold => avg_load < cfg.scale_down_threshold,
+        ScalingPolicy::Target => desired_machines(active, avg_load, cfg) < active,
+    }
+}
+
+/// The average the remaining machines may reach when one retires: a retirement must not
+/// trigger a scale-up.
+pub fn retire_ceiling(cfg: &AutoscalerConfig) -> f64 {
+    match cfg.policy {
+        ScalingPolicy::Threshold => cfg.scale_up_threshold,
+        ScalingPolicy::Target => cfg.target * (1.0 + cfg.tolerance),
+    }
+}
+
+/// Counts acquisitions per `autoscaler.interval`: at most `max(max_step, active)` in one
+/// interval, so a burst doubles the set at most (or adds `max_step`) before the next look.
+#[derive(Debug, Default)]
+pub struct StepBudget {
+    /// When the current interval began.
+    since: Option<Instant>,
+    /// Acquisitions in it.
+    used: usize,
+}
+
+impl StepBudget {
+    /// Takes one acquisition from the budget at `now`; false when it is spent.
+    pub fn take(&mut self, now: Instant, active: usize, cfg: &AutoscalerConfig) -> bool {
+        let period = cfg.interval.max(Duration::from_millis(1));
+        match self.since {
+            Some(since) if now.duration_since(since) < period => {}
+            _ => {
+                self.since = Some(now);
+                self.used = 0;
+            }
+        }
+        if self.used >= cfg.max_step.max(active) {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
+}
+
+/// Tracks how long the policy has recommended fewer machines (a stabilization window).
 #[derive(Debug, Default)]
 pub struct ScaleDownTimer {
-    /// When the current low stretch began (None while the average is not low).
+    /// When the current low stretch began (None while the recommendation is not lower).
     low_since: Option<Instant>,
 }
 
 impl ScaleDownTimer {
-    /// Records the average at `now`; returns true when it has been below the threshold for
-    /// `scale_down_after` — then the stretch restarts, so retirements are spaced by at least
-    /// `scale_down_after` ("retire one machine, then wait again").
-    pub fn observe(&mut self, now: Instant, avg_load: f64, cfg: &AutoscalerConfig) -> bool {
-        if avg_load >= cfg.scale_down_threshold {
+    /// Records at `now` whether the policy recommends fewer machines ([`wants_fewer`]);
+    /// returns true when it has for `scale_down_after` — then the stretch restarts, so
+    /// retirements are spaced by at least `scale_down_after` ("retire one machine, then wait
+    /// again").
+    pub fn observe(&mut self, now: Instant, fewer: bool, cfg: &AutoscalerConfig) -> bool {
+        if !fewer {
             self.low_since = None;
             return false;
         }
@@ -60,7 +153,8 @@ impl ScaleDownTimer {
 /// `None` when none may go: the least-loaded active machine (ties: the newest, so the
 /// oldest machines stay), provided that at least `min_machines` active machines remain and
 /// that the average over the others — with the retiree's reservations moved onto them —
-/// stays at or below `scale_up_threshold` (SPEC §5).
+/// stays at or below [`retire_ceiling`] (`scale_up_threshold` for the threshold policy,
+/// SPEC §5).
 pub fn pick_retiree(machines: &[&MachineInfo], cfg: &AutoscalerConfig) -> Option<usize> {
     let active: Vec<usize> = (0..machines.len())
         .filter(|&i| machines[i].is_active())
@@ -83,7 +177,7 @@ pub fn pick_retiree(machines: &[&MachineInfo], cfg: &AutoscalerConfig) -> Option
             capacity = capacity + machines[i].capacity;
         }
     }
-    if used.percent_of(capacity) > cfg.scale_up_threshold {
+    if used.percent_of(capacity) > retire_ceiling(cfg) {
         return None;
     }
     Some(candidate)
@@ -119,16 +213,102 @@ mod tests {
         };
         let mut t = ScaleDownTimer::default();
         let start = Instant::now();
-        assert!(!t.observe(start, 5.0, &cfg));
-        assert!(!t.observe(start + Duration::from_secs(9), 5.0, &cfg));
+        assert!(!t.observe(start, wants_fewer(1, 5.0, &cfg), &cfg));
+        assert!(!t.observe(
+            start + Duration::from_secs(9),
+            wants_fewer(1, 5.0, &cfg),
+            &cfg
+        ));
         // A single high sample restarts the stretch.
-        assert!(!t.observe(start + Duration::from_secs(9), 30.0, &cfg));
-        assert!(!t.observe(start + Duration::from_secs(10), 5.0, &cfg));
-        assert!(!t.observe(start + Duration::from_secs(19), 5.0, &cfg));
-        assert!(t.observe(start + Duration::from_secs(20), 5.0, &cfg));
+        assert!(!t.observe(
+            start + Duration::from_secs(9),
+            wants_fewer(1, 30.0, &cfg),
+            &cfg
+        ));
+        assert!(!t.observe(
+            start + Duration::from_secs(10),
+            wants_fewer(1, 5.0, &cfg),
+            &cfg
+        ));
+        assert!(!t.observe(
+            start + Duration::from_secs(19),
+            wants_fewer(1, 5.0, &cfg),
+            &cfg
+        ));
+        assert!(t.observe(
+            start + Duration::from_secs(20),
+            wants_fewer(1, 5.0, &cfg),
+            &cfg
+        ));
         // ... then waits again.
-        assert!(!t.observe(start + Duration::from_secs(21), 5.0, &cfg));
-        assert!(t.observe(start + Duration::from_secs(30), 5.0, &cfg));
+        assert!(!t.observe(
+            start + Duration::from_secs(21),
+            wants_fewer(1, 5.0, &cfg),
+            &cfg
+        ));
+        assert!(t.observe(
+            start + Duration::from_secs(30),
+            wants_fewer(1, 5.0, &cfg),
+            &cfg
+        ));
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    fn target() -> AutoscalerConfig {
+        AutoscalerConfig {
+            policy: ScalingPolicy::Target,
+            ..AutoscalerConfig::default()
+        }
+    }
+
+    #[test]
+    fn target_does_nothing_inside_the_tolerance_band() {
+        let cfg = target();
+        for avg in [45.0, 50.0, 55.0] {
+            assert!(!wants_more(avg, &cfg), "{avg}");
+            assert!(!wants_fewer(4, avg, &cfg), "{avg}");
+            assert_eq!(desired_machines(4, avg, &cfg), 4);
+        }
+    }
+
+    #[test]
+    fn target_recommends_the_hpa_count_outside_the_band() {
+        let cfg = target();
+        assert!(wants_more(56.0, &cfg));
+        assert_eq!(scale_up_goal(&cfg), 50.0);
+        // 4 machines at 30 %: ceil(4 × 0.6) = 3.
+        assert_eq!(desired_machines(4, 30.0, &cfg), 3);
+        assert!(wants_fewer(4, 30.0, &cfg));
+        // 3 machines at 40 %: ceil(2.4) = 3, nothing to give back.
+        assert!(!wants_fewer(3, 40.0, &cfg));
+        // Never more than max_machines.
+        assert_eq!(desired_machines(10, 400.0, &cfg), 16);
+    }
+
+    #[test]
+    fn threshold_keeps_the_seed_rules() {
+        let cfg = AutoscalerConfig::default();
+        assert!(wants_more(50.1, &cfg) && !wants_more(50.0, &cfg));
+        assert!(wants_fewer(2, 19.9, &cfg) && !wants_fewer(2, 20.0, &cfg));
+        assert_eq!(retire_ceiling(&cfg), 50.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn step_budget_allows_max_of_step_and_active_per_interval() {
+        let cfg = AutoscalerConfig::default(); // max_step 4, interval 100 ms
+        let mut budget = StepBudget::default();
+        let t0 = Instant::now();
+        let taken = (0..10).filter(|_| budget.take(t0, 1, &cfg)).count();
+        assert_eq!(taken, 4);
+        // With 6 active machines the next interval allows 6.
+        let t1 = t0 + Duration::from_millis(100);
+        let taken = (0..10).filter(|_| budget.take(t1, 6, &cfg)).count();
+        assert_eq!(taken, 6);
+        assert!(!budget.take(t1 + Duration::from_millis(99), 6, &cfg));
     }
 }
 

@@ -4,14 +4,17 @@
 //! they see and change the machine table, the pool and the placements atomically. The
 //! rules that decide *when* live in [`super::policy`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::dispatcher::Dispatcher;
 use super::placement::PlacementShared;
 use super::policy;
+use crate::config::Routing;
 use crate::core::{MachineId, MachineState, Size, Units};
 use crate::strategy::PickRequest;
 use crate::telemetry::ScaleEventKind;
@@ -27,13 +30,91 @@ impl Dispatcher {
         }
     }
 
-    /// Acquires machines while the average load is above `scale_up_threshold`.
+    /// Acquires machines when the policy wants more ([`policy::wants_more`]), until the
+    /// average is back at [`policy::scale_up_goal`] — bounded by the step budget
+    /// (`autoscaler.max_step` per interval), by the pool and `max_machines`, and by the work
+    /// that could use a new machine: never more active machines than open connections plus
+    /// (with per-request routing) queued requests. Each newcomer is rebalanced at once.
     pub(super) fn scale_up(&mut self) {
-        let threshold = self.config.autoscaler.scale_up_threshold;
-        while self.average_load() > threshold {
-            if self.acquire_one().is_none() {
+        let config = self.config.clone();
+        let cfg = &config.autoscaler;
+        if !policy::wants_more(self.average_load(), cfg) {
+            return;
+        }
+        let goal = policy::scale_up_goal(cfg);
+        while self.average_load() > goal {
+            let active = self.active_count();
+            if active >= self.usable_work() || !self.step.take(Instant::now(), active, cfg) {
                 break;
             }
+            let Some(index) = self.acquire_one() else {
+                break;
+            };
+            self.rebalance_onto(index);
+        }
+    }
+
+    /// How many machines the current work could keep busy: each open connection can hold a
+    /// machine (its reservation can move), and under per-request routing each queued request
+    /// shows work that a new machine would take from now on.
+    fn usable_work(&self) -> usize {
+        let per_request = self.config.dispatcher.routing == Routing::Request;
+        let total: u64 = self
+            .machines
+            .iter()
+            .filter(|m| m.info.is_active())
+            .map(|m| m.info.connections() + if per_request { m.info.queued() } else { 0 })
+            .sum();
+        usize::try_from(total).unwrap_or(usize::MAX)
+    }
+
+    /// Scale-up rebalance (SPEC §9): moves connections, with their reservations, from the
+    /// machines more than `autoscaler.rebalance_tolerance` points above the average onto the
+    /// newcomer at `index`, hottest machine first, until none is that far above or the
+    /// newcomer reaches the average. Replies keep their order: a moved connection's queued
+    /// requests finish where they are (the session awaits each reply in order).
+    pub(super) fn rebalance_onto(&mut self, index: usize) {
+        let tolerance = self.config.autoscaler.rebalance_tolerance;
+        let newcomer = self.machines[index].clone();
+        if tolerance <= 0.0 || !newcomer.connections_can_move() {
+            return;
+        }
+        // The live connections per machine, found once.
+        let mut by_machine: HashMap<MachineId, Vec<Arc<PlacementShared>>> = HashMap::new();
+        for shared in self.placements.iter().filter_map(Weak::upgrade) {
+            if let Some(id) = shared.machine_id() {
+                by_machine.entry(id).or_default().push(shared);
+            }
+        }
+        let avg = self.average_load();
+        let mut moved = 0;
+        while newcomer.info.load_percent() < avg {
+            let hottest = self
+                .machines
+                .iter()
+                .filter(|m| m.info.is_active() && m.info.id != newcomer.info.id)
+                .filter(|m| by_machine.get(&m.info.id).is_some_and(|c| !c.is_empty()))
+                .max_by(|a, b| a.info.load_percent().total_cmp(&b.info.load_percent()))
+                .cloned();
+            let Some(hot) = hottest else { break };
+            if hot.info.load_percent() <= avg + tolerance {
+                break;
+            }
+            let Some(shared) = by_machine.get_mut(&hot.info.id).and_then(Vec::pop) else {
+                break;
+            };
+            if shared.move_from(&hot, || Some(newcomer.clone())) {
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            info!(
+                machine = %newcomer.info.name,
+                moved_connections = moved,
+                load = newcomer.info.load_percent(),
+                avg,
+                "scale up: connections rebalanced onto the new machine"
+            );
         }
     }
 

@@ -35,11 +35,11 @@ use diagnostics::{parse_error, validation_error};
 pub use schema::{
     AdminAddress, AdminConfig, AutoscalerConfig, BackendConfig, BackendMode, Config,
     DispatcherConfig, ListenerConfig, LoadConfig, MachinesConfig, PoolConfig, RequestsConfig,
-    ShutdownConfig, UpstreamConfig,
+    Routing, ScalingPolicy, ShutdownConfig, UpstreamConfig,
 };
 pub use validate::{
     ValidationError, MAX_CONNECTIONS, MAX_DURATION, MAX_LINE_BYTES, MAX_QUEUE_DEPTH,
-    MAX_SERVICE_MS_PER_UNIT, MAX_UNITS,
+    MAX_SERVICE_MS_PER_UNIT, MAX_STEP, MAX_UNITS,
 };
 
 /// The duration helpers under their original name (`#[serde(with = "duration_str")]`,

@@ -130,6 +130,8 @@ pub struct DispatcherConfig {
     pub strategy: StrategyKind,
     /// RNG seed; 0 = seed from the OS.
     pub seed: u64,
+    /// What the strategy places: every request line, or only each connection.
+    pub routing: Routing,
 }
 
 impl Default for DispatcherConfig {
@@ -137,8 +139,30 @@ impl Default for DispatcherConfig {
         DispatcherConfig {
             strategy: StrategyKind::LeastConnections,
             seed: 0,
+            routing: Routing::Request,
         }
     }
+}
+
+/// `dispatcher.routing` (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// Every request line is placed by the strategy among the active machines with queue
+    /// room; the connection's reservation stays on its home machine.
+    Request,
+    /// Every request goes to the connection's home machine (until that machine drains).
+    Connection,
+}
+
+/// `autoscaler.policy` (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScalingPolicy {
+    /// Acquire while the average load is above `scale_up_threshold`.
+    Threshold,
+    /// Target tracking: as many machines as keep the average at `autoscaler.target`.
+    Target,
 }
 
 /// `[load]`
@@ -331,6 +355,17 @@ pub struct AutoscalerConfig {
     /// Periodic check interval.
     #[serde(with = "duration")]
     pub interval: Duration,
+    /// How the number of machines is decided.
+    pub policy: ScalingPolicy,
+    /// `target` policy: the average load (percent) it steers towards.
+    pub target: f64,
+    /// `target` policy: no change while `|average / target − 1|` is within this.
+    pub tolerance: f64,
+    /// At most `max(max_step, active machines)` acquisitions per `interval`.
+    pub max_step: usize,
+    /// After a scale-up, connections move off machines more than this many points above
+    /// the average onto the newcomer; 0 = off.
+    pub rebalance_tolerance: f64,
 }
 
 impl Default for AutoscalerConfig {
@@ -344,6 +379,11 @@ impl Default for AutoscalerConfig {
             scale_down_threshold: 20.0,
             scale_down_after: Duration::from_secs(10),
             interval: Duration::from_millis(100),
+            policy: ScalingPolicy::Threshold,
+            target: 50.0,
+            tolerance: 0.1,
+            max_step: 4,
+            rebalance_tolerance: 10.0,
         }
     }
 }

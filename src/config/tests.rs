@@ -92,7 +92,7 @@ fn unknown_strategy_names_file_line_key_value_and_choices() {
     assert_eq!(
         msg,
         "x.toml:4: dispatcher.strategy: unknown strategy \"fastest\" (expected one of \
-         round-robin, random, least-connections, least-load, power-of-two, consistent-hash)"
+         round-robin, random, least-connections, least-load, power-of-two, consistent-hash, first)"
     );
 }
 

@@ -22,6 +22,8 @@ pub const MAX_QUEUE_DEPTH: u64 = 1 << 20;
 pub const MAX_UNITS: u64 = 1_000_000_000;
 /// Largest `load.requests.service_ms_per_unit` (one minute per unit).
 pub const MAX_SERVICE_MS_PER_UNIT: f64 = 60_000.0;
+/// Largest `autoscaler.max_step`.
+pub const MAX_STEP: usize = 10_000;
 
 /// A broken rule of SPEC §3, found by [`Config::validate`]: `<key> = <value>: <message>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -296,6 +298,34 @@ impl Config {
                 "autoscaler.interval",
                 quoted(duration::format(a.interval)),
                 "must be > 0",
+            ));
+        }
+        if !(a.target > 0.0 && a.target <= 100.0) {
+            return Err(ValidationError::new(
+                "autoscaler.target",
+                float(a.target),
+                "must be above 0 and at most 100 (percent of capacity)",
+            ));
+        }
+        if !(0.0..1.0).contains(&a.tolerance) {
+            return Err(ValidationError::new(
+                "autoscaler.tolerance",
+                float(a.tolerance),
+                "must be at least 0 and below 1 (a fraction of the target)",
+            ));
+        }
+        if a.max_step == 0 || a.max_step > MAX_STEP {
+            return Err(ValidationError::new(
+                "autoscaler.max_step",
+                a.max_step.to_string(),
+                format!("must be between 1 and {MAX_STEP}"),
+            ));
+        }
+        if !(0.0..=100.0).contains(&a.rebalance_tolerance) {
+            return Err(ValidationError::new(
+                "autoscaler.rebalance_tolerance",
+                float(a.rebalance_tolerance),
+                "must be between 0 (off) and 100 (percentage points)",
             ));
         }
 

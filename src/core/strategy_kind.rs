@@ -18,17 +18,20 @@ pub enum StrategyKind {
     PowerOfTwo,
     /// `consistent-hash`
     ConsistentHash,
+    /// `first`
+    First,
 }
 
 impl StrategyKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [StrategyKind; 6] = [
+    pub const ALL: [StrategyKind; 7] = [
         StrategyKind::RoundRobin,
         StrategyKind::Random,
         StrategyKind::LeastConnections,
         StrategyKind::LeastLoad,
         StrategyKind::PowerOfTwo,
         StrategyKind::ConsistentHash,
+        StrategyKind::First,
     ];
 
     /// The configuration name, e.g. `"least-connections"`.
@@ -40,6 +43,7 @@ impl StrategyKind {
             StrategyKind::LeastLoad => "least-load",
             StrategyKind::PowerOfTwo => "power-of-two",
             StrategyKind::ConsistentHash => "consistent-hash",
+            StrategyKind::First => "first",
         }
     }
 }
@@ -52,7 +56,7 @@ impl fmt::Display for StrategyKind {
 
 /// The error for a name that is not a strategy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown strategy \"{0}\" (expected one of round-robin, random, least-connections, least-load, power-of-two, consistent-hash)")]
+#[error("unknown strategy \"{0}\" (expected one of round-robin, random, least-connections, least-load, power-of-two, consistent-hash, first)")]
 pub struct UnknownStrategy(pub String);
 
 impl FromStr for StrategyKind {

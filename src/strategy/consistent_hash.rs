@@ -19,12 +19,18 @@
 //! builds. IPv4-mapped IPv6 addresses hash as their IPv4 form.
 //!
 //! The ring is rebuilt only when the list of machine ids changes (it is cached alongside the
-//! ids); load changes never move a client. There are no ties in the usual sense: two points
+//! ids, behind an `ArcSwap` so that many connection tasks read it without a lock and the
+//! first one to see a new machine set swaps in the new ring); load changes never move a
+//! client. There are no ties in the usual sense: two points
 //! with the same hash (vanishingly rare) are ordered by machine age, the older first.
 
 use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use super::pick::{MachineView, PickRequest, Strategy};
+use super::rng::mix64;
 use crate::core::MachineId;
 use crate::core::StrategyKind;
 
@@ -34,11 +40,18 @@ const VNODES_PER_MACHINE: u32 = 160;
 /// A consistent-hash ring keyed by client IP.
 #[derive(Debug, Default)]
 pub struct ConsistentHash {
+    /// The ring for the latest machine set seen.
+    ring: ArcSwap<Ring>,
+}
+
+/// A ring and the machine ids it was built from.
+#[derive(Debug, Default)]
+struct Ring {
     /// The machine ids the ring was built from, in the order of the views.
     ids: Vec<MachineId>,
     /// Ring points sorted by hash, each naming the index of its machine in the views. The
     /// indices stay valid exactly as long as the views list the same ids in the same order.
-    ring: Vec<RingPoint>,
+    points: Vec<RingPoint>,
 }
 
 /// One virtual node.
@@ -56,15 +69,16 @@ impl ConsistentHash {
         ConsistentHash::default()
     }
 
-    /// Rebuilds the ring if the machine ids differ from the ones it was built from.
-    fn refresh(&mut self, machines: &[MachineView]) {
-        let unchanged = self.ids.len() == machines.len()
-            && self.ids.iter().zip(machines).all(|(id, m)| *id == m.id);
+    /// The ring for `machines`: the cached one, or a new one (cached from now on) when the
+    /// machine ids differ from the ones it was built from.
+    fn ring_for(&self, machines: &[MachineView]) -> Arc<Ring> {
+        let ring = self.ring.load_full();
+        let unchanged = ring.ids.len() == machines.len()
+            && ring.ids.iter().zip(machines).all(|(id, m)| *id == m.id);
         if unchanged {
-            return;
+            return ring;
         }
-        self.ids = machines.iter().map(|m| m.id).collect();
-        self.ring = machines
+        let mut points: Vec<RingPoint> = machines
             .iter()
             .enumerate()
             .flat_map(|(index, m)| {
@@ -74,7 +88,14 @@ impl ConsistentHash {
                 })
             })
             .collect();
-        self.ring.sort_unstable();
+        points.sort_unstable();
+        let ring = Arc::new(Ring {
+            ids: machines.iter().map(|m| m.id).collect(),
+            points,
+        });
+        // Two tasks that see the new set at once build the same ring; either may win.
+        self.ring.store(ring.clone());
+        ring
     }
 }
 
@@ -83,16 +104,16 @@ impl Strategy for ConsistentHash {
         StrategyKind::ConsistentHash
     }
 
-    fn pick(&mut self, machines: &[MachineView], request: &PickRequest) -> Option<usize> {
+    fn pick(&self, machines: &[MachineView], request: &PickRequest) -> Option<usize> {
         // Also keeps the walk below from circling the whole ring for nothing.
         if !machines.iter().any(|m| m.fits) {
             return None;
         }
-        self.refresh(machines);
+        let ring = self.ring_for(machines);
         let key = key_hash(request.client_ip);
         // First point at or after the key; past the last point, wrap to the first.
-        let start = self.ring.partition_point(|p| p.hash < key);
-        let (wrapped, clockwise) = self.ring.split_at(start);
+        let start = ring.points.partition_point(|p| p.hash < key);
+        let (wrapped, clockwise) = ring.points.split_at(start);
         clockwise
             .iter()
             .chain(wrapped)
@@ -118,14 +139,6 @@ fn key_hash(ip: IpAddr) -> u64 {
     }
 }
 
-/// splitmix64: add the golden-ratio increment, then the output mixing function.
-fn mix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
@@ -138,12 +151,12 @@ mod tests {
         (0..n).map(|i| IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i)))
     }
 
-    fn pick(ch: &mut ConsistentHash, machines: &[MachineView], ip: IpAddr) -> Option<usize> {
+    fn pick(ch: &ConsistentHash, machines: &[MachineView], ip: IpAddr) -> Option<usize> {
         ch.pick(machines, &request_from(ip))
     }
 
     /// The machine id each address maps to.
-    fn placement(ch: &mut ConsistentHash, machines: &[MachineView], n: u32) -> Vec<MachineId> {
+    fn placement(ch: &ConsistentHash, machines: &[MachineView], n: u32) -> Vec<MachineId> {
         ips(n)
             .map(|ip| {
                 let i = pick(ch, machines, ip).expect("all machines fit");
@@ -154,29 +167,29 @@ mod tests {
 
     #[test]
     fn the_same_ip_keeps_its_machine() {
-        let mut ch = ConsistentHash::new();
+        let ch = ConsistentHash::new();
         let mut machines = idle(4);
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
-        let first = pick(&mut ch, &machines, ip);
+        let first = pick(&ch, &machines, ip);
         assert!(first.is_some());
         for round in 0..1000u64 {
             // Load changes (while it fits) never move a client.
             for m in &mut machines {
                 m.used = crate::core::Units::from_whole(round % 90);
             }
-            assert_eq!(pick(&mut ch, &machines, ip), first);
+            assert_eq!(pick(&ch, &machines, ip), first);
         }
         // A fresh ring over the same machines agrees: placement depends on ids alone.
-        assert_eq!(pick(&mut ConsistentHash::new(), &machines, ip), first);
+        assert_eq!(pick(&ConsistentHash::new(), &machines, ip), first);
     }
 
     #[test]
     fn spreads_clients_evenly() {
-        let mut ch = ConsistentHash::new();
+        let ch = ConsistentHash::new();
         let machines = idle(4);
         let mut counts = [0u32; 4];
         for ip in ips(10_000) {
-            counts[pick(&mut ch, &machines, ip).expect("all machines fit")] += 1;
+            counts[pick(&ch, &machines, ip).expect("all machines fit")] += 1;
         }
         for (i, &c) in counts.iter().enumerate() {
             assert!((1_000..=4_000).contains(&c), "machine {i}: {counts:?}");
@@ -185,11 +198,11 @@ mod tests {
 
     #[test]
     fn adding_a_machine_moves_only_a_minority_to_it() {
-        let mut ch = ConsistentHash::new();
+        let ch = ConsistentHash::new();
         let mut machines = idle(4);
-        let before = placement(&mut ch, &machines, 1000);
+        let before = placement(&ch, &machines, 1000);
         machines.push(view(5, 100, 0, true));
-        let after = placement(&mut ch, &machines, 1000);
+        let after = placement(&ch, &machines, 1000);
         let moved: Vec<_> = before.iter().zip(&after).filter(|(b, a)| b != a).collect();
         // About 1/5 is expected.
         assert!(moved.len() < 500, "{} of 1000 moved", moved.len());
@@ -200,13 +213,13 @@ mod tests {
 
     #[test]
     fn retiring_a_machine_moves_only_its_clients() {
-        let mut ch = ConsistentHash::new();
+        let ch = ConsistentHash::new();
         let machines = idle(4);
-        let before = placement(&mut ch, &machines, 1000);
+        let before = placement(&ch, &machines, 1000);
         // m2 retires: the views shift, and the ring must follow the ids, not the indices.
         let without_m2 = [machines[0], machines[2], machines[3]];
-        let after = placement(&mut ch, &without_m2, 1000);
-        assert_eq!(ch.ring.len(), 3 * VNODES_PER_MACHINE as usize);
+        let after = placement(&ch, &without_m2, 1000);
+        assert_eq!(ch.ring.load().points.len(), 3 * VNODES_PER_MACHINE as usize);
         for (b, a) in before.iter().zip(&after) {
             if *b == MachineId(2) {
                 assert_ne!(*a, MachineId(2));
@@ -218,9 +231,9 @@ mod tests {
 
     #[test]
     fn falls_through_clockwise_when_the_target_does_not_fit() {
-        let mut ch = ConsistentHash::new();
+        let ch = ConsistentHash::new();
         let mut machines = idle(4);
-        let before = placement(&mut ch, &machines, 1000);
+        let before = placement(&ch, &machines, 1000);
         let ip = ips(1000)
             .zip(&before)
             .find(|(_, id)| **id == MachineId(3))
@@ -228,32 +241,33 @@ mod tests {
             .expect("some client maps to m3");
 
         machines[2].fits = false; // m3
-        let got = pick(&mut ch, &machines, ip).expect("other machines fit");
+        let got = pick(&ch, &machines, ip).expect("other machines fit");
         // The owner of the first point clockwise from the key that is not m3's.
         let key = key_hash(ip);
-        let next = ch
-            .ring
+        let ring = ch.ring.load();
+        let next = ring
+            .points
             .iter()
             .filter(|p| p.hash >= key)
-            .chain(&ch.ring)
+            .chain(&ring.points)
             .find(|p| p.index != 2)
             .expect("the ring has other machines");
         assert_eq!(got, next.index);
         assert!(machines[got].fits);
 
         // Clients of other machines stay put, and m3's come back once it fits again.
-        let during = placement_allowing_unfit(&mut ch, &machines, 1000);
+        let during = placement_allowing_unfit(&ch, &machines, 1000);
         for (b, d) in before.iter().zip(&during) {
             if *b != MachineId(3) {
                 assert_eq!(b, d);
             }
         }
         machines[2].fits = true;
-        assert_eq!(placement(&mut ch, &machines, 1000), before);
+        assert_eq!(placement(&ch, &machines, 1000), before);
     }
 
     fn placement_allowing_unfit(
-        ch: &mut ConsistentHash,
+        ch: &ConsistentHash,
         machines: &[MachineView],
         n: u32,
     ) -> Vec<MachineId> {
@@ -264,50 +278,61 @@ mod tests {
 
     #[test]
     fn never_picks_a_machine_that_does_not_fit() {
-        let mut ch = ConsistentHash::new();
+        let ch = ConsistentHash::new();
         let mut machines = idle(6);
         for i in [0, 2, 3, 5] {
             machines[i].fits = false;
         }
         for ip in ips(2000) {
-            let i = pick(&mut ch, &machines, ip).expect("two machines fit");
+            let i = pick(&ch, &machines, ip).expect("two machines fit");
             assert!(machines[i].fits);
         }
     }
 
     #[test]
     fn returns_none_when_nothing_fits() {
-        let mut ch = ConsistentHash::new();
+        let ch = ConsistentHash::new();
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        assert_eq!(pick(&mut ch, &[], ip), None);
+        assert_eq!(pick(&ch, &[], ip), None);
         let mut machines = idle(3);
         for m in &mut machines {
             m.fits = false;
         }
-        assert_eq!(pick(&mut ch, &machines, ip), None);
+        assert_eq!(pick(&ch, &machines, ip), None);
     }
 
     #[test]
     fn builds_the_virtual_nodes_per_machine() {
-        let mut ch = ConsistentHash::new();
+        let ch = ConsistentHash::new();
         let machines = idle(5);
-        pick(&mut ch, &machines, IpAddr::V4(Ipv4Addr::LOCALHOST));
-        assert_eq!(ch.ring.len(), 5 * VNODES_PER_MACHINE as usize);
-        assert!(ch.ring.windows(2).all(|w| w[0].hash <= w[1].hash));
+        pick(&ch, &machines, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(ch.ring.load().points.len(), 5 * VNODES_PER_MACHINE as usize);
+        assert!(ch
+            .ring
+            .load()
+            .points
+            .windows(2)
+            .all(|w| w[0].hash <= w[1].hash));
         for i in 0..5 {
-            let owned = ch.ring.iter().filter(|p| p.index == i).count();
+            let owned = ch
+                .ring
+                .load()
+                .points
+                .iter()
+                .filter(|p| p.index == i)
+                .count();
             assert_eq!(owned, VNODES_PER_MACHINE as usize);
         }
     }
 
     #[test]
     fn ipv6_clients_are_sticky_and_mapped_ipv4_hashes_as_ipv4() {
-        let mut ch = ConsistentHash::new();
+        let ch = ConsistentHash::new();
         let machines = idle(4);
         let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
-        let first = pick(&mut ch, &machines, v6);
+        let first = pick(&ch, &machines, v6);
         for _ in 0..100 {
-            assert_eq!(pick(&mut ch, &machines, v6), first);
+            assert_eq!(pick(&ch, &machines, v6), first);
         }
         let v4 = Ipv4Addr::new(198, 51, 100, 23);
         assert_eq!(

@@ -26,7 +26,7 @@ impl Strategy for LeastConnections {
         StrategyKind::LeastConnections
     }
 
-    fn pick(&mut self, machines: &[MachineView], _request: &PickRequest) -> Option<usize> {
+    fn pick(&self, machines: &[MachineView], _request: &PickRequest) -> Option<usize> {
         let mut best: Option<(usize, &MachineView)> = None;
         for (i, m) in machines.iter().enumerate().filter(|(_, m)| m.fits) {
             match best {

@@ -1,11 +1,15 @@
-//! Placement strategies: which machine gets a new connection (SPEC §5).
+//! Placement strategies: which machine gets a new connection, or a request (SPEC §5, §9).
 //!
-//! The dispatcher owns exactly one `Box<dyn Strategy>` and calls [`Strategy::pick`] once per
-//! admission with a view of every *active* machine in creation order. Each view says whether
-//! the connection's reservation fits on that machine (`used + reservation ≤ capacity`); a
+//! One strategy instance (an `Arc<dyn Strategy>`) is shared by the dispatcher, which calls
+//! [`Strategy::pick`] once per admission, and by every connection task, which calls it once
+//! per request line under per-request routing. Both pass a view of every *active* machine in
+//! creation order. Each view says whether the work fits on that machine — for a connection,
+//! `used + reservation ≤ capacity`; for a request, room in the machine's queue — and a
 //! strategy must only ever return a fitting machine. Strategies never touch the machines
-//! themselves: they are pure functions of the views plus their own state (a round-robin
-//! cursor, an RNG, a hash ring), which keeps them unit-testable with fixed seeds.
+//! themselves: they are functions of the views plus their own state (a round-robin cursor,
+//! an RNG, a hash ring), held in atomics or behind an `ArcSwap` so that `pick` takes `&self`
+//! and never a lock ([`rng`] has the shared random source). Seeded, they stay reproducible
+//! for a single caller, which keeps them unit-testable with fixed seeds.
 //!
 //! Ties (equal free capacity or equal load) always go to the older machine, i.e. the one
 //! that comes first in the slice, so results are reproducible.
@@ -18,33 +22,41 @@
 //! | `least-load` | [`least_load`] | lowest load % |
 //! | `power-of-two` | [`power_of_two`] | two random fitting machines, the less loaded |
 //! | `consistent-hash` | [`consistent_hash`] | client IP on a hash ring, next fitting clockwise |
+//! | `first` | [`first`] | the oldest fitting machine below the scale-up threshold (packs load) |
 //!
 //! Power-of-two-choices follows Mitzenmacher, "The Power of Two Choices in Randomized Load
 //! Balancing" (2001), as tower's `balance::p2c` does: sampling two candidates gets most of the
 //! benefit of a full scan at O(1) cost.
 
+use std::sync::Arc;
+
 use crate::core::StrategyKind;
 
 pub mod consistent_hash;
+pub mod first;
 pub mod least_connections;
 pub mod least_load;
 pub mod pick;
 pub mod power_of_two;
 pub mod random;
+pub mod rng;
 pub mod round_robin;
 
 pub use pick::{MachineView, PickRequest, Strategy};
 
 /// Builds a strategy of `kind`. `seed` seeds its RNG (strategies without randomness ignore
 /// it); the dispatcher passes `dispatcher.seed`, or an OS-random seed when that is 0.
-pub fn build(kind: StrategyKind, seed: u64) -> Box<dyn Strategy> {
+/// `pack_below` is the load (percent) up to which `first` packs a machine: the scale-up
+/// threshold.
+pub fn build(kind: StrategyKind, seed: u64, pack_below: f64) -> Arc<dyn Strategy> {
     match kind {
-        StrategyKind::RoundRobin => Box::new(round_robin::RoundRobin::new()),
-        StrategyKind::Random => Box::new(random::Random::new(seed)),
-        StrategyKind::LeastConnections => Box::new(least_connections::LeastConnections::new()),
-        StrategyKind::LeastLoad => Box::new(least_load::LeastLoad::new()),
-        StrategyKind::PowerOfTwo => Box::new(power_of_two::PowerOfTwo::new(seed)),
-        StrategyKind::ConsistentHash => Box::new(consistent_hash::ConsistentHash::new()),
+        StrategyKind::RoundRobin => Arc::new(round_robin::RoundRobin::new()),
+        StrategyKind::Random => Arc::new(random::Random::new(seed)),
+        StrategyKind::LeastConnections => Arc::new(least_connections::LeastConnections::new()),
+        StrategyKind::LeastLoad => Arc::new(least_load::LeastLoad::new()),
+        StrategyKind::PowerOfTwo => Arc::new(power_of_two::PowerOfTwo::new(seed)),
+        StrategyKind::ConsistentHash => Arc::new(consistent_hash::ConsistentHash::new()),
+        StrategyKind::First => Arc::new(first::First::new(pack_below)),
     }
 }
 
@@ -111,7 +123,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "unknown strategy \"fastest\" (expected one of round-robin, random, \
-             least-connections, least-load, power-of-two, consistent-hash)"
+             least-connections, least-load, power-of-two, consistent-hash, first)"
         );
     }
 }

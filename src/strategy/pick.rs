@@ -41,7 +41,7 @@ pub struct PickRequest {
 }
 
 /// A placement algorithm. See the module docs for the contract.
-pub trait Strategy: Send + fmt::Debug {
+pub trait Strategy: Send + Sync + fmt::Debug {
     /// Which kind this is (for stats and the admin API).
     fn kind(&self) -> StrategyKind;
 
@@ -49,5 +49,5 @@ pub trait Strategy: Send + fmt::Debug {
     ///
     /// Returns the index into `machines` of a machine whose `fits` is true, or `None` when no
     /// machine fits. Must never return a non-fitting machine.
-    fn pick(&mut self, machines: &[MachineView], request: &PickRequest) -> Option<usize>;
+    fn pick(&self, machines: &[MachineView], request: &PickRequest) -> Option<usize>;
 }

@@ -12,29 +12,27 @@
 //! Loads are compared exactly with `cmp_load`; on a tie the older machine (lower index)
 //! wins.
 //!
-//! The RNG is a [`SmallRng`] seeded from `dispatcher.seed`, so picks are reproducible.
+//! The RNG is an [`AtomicRng`] seeded from `dispatcher.seed`, so picks are reproducible.
 
 use std::cmp::Ordering;
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-
 use super::least_load::cmp_load;
 use super::pick::{MachineView, PickRequest, Strategy};
+use super::rng::AtomicRng;
 use crate::core::StrategyKind;
 
 /// Power of two choices over the fitting machines; ties to the older machine.
 #[derive(Debug)]
 pub struct PowerOfTwo {
-    /// The source of the samples, owned by this strategy alone.
-    rng: SmallRng,
+    /// The source of the samples.
+    rng: AtomicRng,
 }
 
 impl PowerOfTwo {
     /// Creates the strategy with an RNG seeded from `seed`.
     pub fn new(seed: u64) -> Self {
         PowerOfTwo {
-            rng: SmallRng::seed_from_u64(seed),
+            rng: AtomicRng::new(seed),
         }
     }
 }
@@ -54,7 +52,7 @@ impl Strategy for PowerOfTwo {
         StrategyKind::PowerOfTwo
     }
 
-    fn pick(&mut self, machines: &[MachineView], _request: &PickRequest) -> Option<usize> {
+    fn pick(&self, machines: &[MachineView], _request: &PickRequest) -> Option<usize> {
         let count = machines.iter().filter(|m| m.fits).count();
         match count {
             0 => return None,
@@ -63,8 +61,8 @@ impl Strategy for PowerOfTwo {
         }
         // Two distinct ranks among the fitting machines: draw the second from the remaining
         // `count − 1` and shift it past the first.
-        let first = self.rng.random_range(0..count);
-        let mut second = self.rng.random_range(0..count - 1);
+        let first = self.rng.below(count);
+        let mut second = self.rng.below(count - 1);
         if second >= first {
             second += 1;
         }
@@ -84,7 +82,7 @@ mod tests {
     use super::*;
     use crate::strategy::testing::{request, views};
 
-    fn counts(p2c: &mut PowerOfTwo, machines: &[MachineView], n: usize) -> Vec<u32> {
+    fn counts(p2c: &PowerOfTwo, machines: &[MachineView], n: usize) -> Vec<u32> {
         let mut counts = vec![0u32; machines.len()];
         for _ in 0..n {
             let i = p2c.pick(machines, &request()).expect("some machine fits");
@@ -95,11 +93,11 @@ mod tests {
 
     #[test]
     fn prefers_less_loaded_machines() {
-        let mut p2c = PowerOfTwo::new(42);
+        let p2c = PowerOfTwo::new(42);
         // 10%, 50%, 90% loaded. Of the three equally likely pairs, the least loaded machine
         // is in two (2/3 of picks), the middle one wins one (1/3), the busiest never wins.
         let machines = views(&[(100, 50, true), (100, 90, true), (200, 20, true)]);
-        let got = counts(&mut p2c, &machines, 30_000);
+        let got = counts(&p2c, &machines, 30_000);
         assert_eq!(got[1], 0, "{got:?}");
         assert!((19_000..=21_000).contains(&got[2]), "{got:?}");
         assert!((9_000..=11_000).contains(&got[0]), "{got:?}");
@@ -107,28 +105,28 @@ mod tests {
 
     #[test]
     fn samples_two_distinct_machines() {
-        let mut p2c = PowerOfTwo::new(5);
+        let p2c = PowerOfTwo::new(5);
         // With exactly two fitting machines both are always compared, so the busier one
         // (which would win if it could be drawn twice) is never picked.
         let machines = views(&[(100, 80, true), (100, 100, false), (100, 20, true)]);
-        assert_eq!(counts(&mut p2c, &machines, 1_000), [0, 0, 1_000]);
+        assert_eq!(counts(&p2c, &machines, 1_000), [0, 0, 1_000]);
     }
 
     #[test]
     fn ties_go_to_the_older_machine() {
-        let mut p2c = PowerOfTwo::new(9);
+        let p2c = PowerOfTwo::new(9);
         // Same load (25%) on different sizes: the older machine wins every time.
         let machines = views(&[(100, 100, false), (400, 100, true), (100, 25, true)]);
-        assert_eq!(counts(&mut p2c, &machines, 1_000), [0, 1_000, 0]);
+        assert_eq!(counts(&p2c, &machines, 1_000), [0, 1_000, 0]);
         // All equal among three: the youngest is never the older of a pair.
         let machines = views(&[(100, 50, true), (100, 50, true), (100, 50, true)]);
-        let got = counts(&mut p2c, &machines, 3_000);
+        let got = counts(&p2c, &machines, 3_000);
         assert_eq!(got[2], 0, "{got:?}");
     }
 
     #[test]
     fn never_picks_a_machine_that_does_not_fit() {
-        let mut p2c = PowerOfTwo::new(11);
+        let p2c = PowerOfTwo::new(11);
         // The idle machines do not fit (big reservation); the fitting ones are busier.
         let machines = views(&[
             (10, 0, false),
@@ -138,21 +136,21 @@ mod tests {
             (100, 90, true),
             (10, 0, false),
         ]);
-        let got = counts(&mut p2c, &machines, 10_000);
+        let got = counts(&p2c, &machines, 10_000);
         assert_eq!((got[0], got[2], got[5]), (0, 0, 0), "{got:?}");
         assert_eq!(got[4], 0, "the busiest machine never wins: {got:?}");
     }
 
     #[test]
     fn returns_the_only_fitting_machine() {
-        let mut p2c = PowerOfTwo::new(2);
+        let p2c = PowerOfTwo::new(2);
         let machines = views(&[(100, 100, false), (100, 99, true), (100, 0, false)]);
-        assert_eq!(counts(&mut p2c, &machines, 100), [0, 100, 0]);
+        assert_eq!(counts(&p2c, &machines, 100), [0, 100, 0]);
     }
 
     #[test]
     fn returns_none_when_nothing_fits() {
-        let mut p2c = PowerOfTwo::new(2);
+        let p2c = PowerOfTwo::new(2);
         assert_eq!(p2c.pick(&[], &request()), None);
         let machines = views(&[(100, 100, false), (100, 100, false)]);
         assert_eq!(p2c.pick(&machines, &request()), None);
@@ -167,7 +165,7 @@ mod tests {
             (100, 5, true),
         ]);
         let run = |seed| {
-            let mut p2c = PowerOfTwo::new(seed);
+            let p2c = PowerOfTwo::new(seed);
             (0..1000)
                 .map(|_| p2c.pick(&machines, &request()))
                 .collect::<Vec<_>>()

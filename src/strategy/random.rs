@@ -5,27 +5,25 @@
 //! does not fit has none. Two passes over the views avoid allocating on the admission path.
 //! There are no ties to break.
 //!
-//! The RNG is a [`SmallRng`] seeded from `dispatcher.seed`, so a fixed seed gives a
+//! The RNG is an [`AtomicRng`] seeded from `dispatcher.seed`, so a fixed seed gives a
 //! reproducible sequence of picks for the same sequence of views.
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-
 use super::pick::{MachineView, PickRequest, Strategy};
+use super::rng::AtomicRng;
 use crate::core::StrategyKind;
 
 /// Uniformly random choice among the fitting machines.
 #[derive(Debug)]
 pub struct Random {
-    /// The source of the draws, owned by this strategy alone.
-    rng: SmallRng,
+    /// The source of the draws.
+    rng: AtomicRng,
 }
 
 impl Random {
     /// Creates the strategy with an RNG seeded from `seed`.
     pub fn new(seed: u64) -> Self {
         Random {
-            rng: SmallRng::seed_from_u64(seed),
+            rng: AtomicRng::new(seed),
         }
     }
 }
@@ -35,12 +33,12 @@ impl Strategy for Random {
         StrategyKind::Random
     }
 
-    fn pick(&mut self, machines: &[MachineView], _request: &PickRequest) -> Option<usize> {
+    fn pick(&self, machines: &[MachineView], _request: &PickRequest) -> Option<usize> {
         let count = machines.iter().filter(|m| m.fits).count();
         if count == 0 {
             return None;
         }
-        let k = self.rng.random_range(0..count);
+        let k = self.rng.below(count);
         machines
             .iter()
             .enumerate()
@@ -57,7 +55,7 @@ mod tests {
 
     #[test]
     fn spreads_uniformly_over_fitting_machines() {
-        let mut random = Random::new(42);
+        let random = Random::new(42);
         // Three fitting machines of different sizes and loads, and two that do not fit.
         let machines = views(&[
             (100, 0, true),
@@ -88,7 +86,7 @@ mod tests {
     fn same_seed_gives_the_same_picks() {
         let machines = views(&[(100, 0, true); 7]);
         let run = |seed| {
-            let mut random = Random::new(seed);
+            let random = Random::new(seed);
             (0..1000)
                 .map(|_| random.pick(&machines, &request()))
                 .collect::<Vec<_>>()
@@ -99,7 +97,7 @@ mod tests {
 
     #[test]
     fn never_picks_a_machine_that_does_not_fit() {
-        let mut random = Random::new(1);
+        let random = Random::new(1);
         let machines = views(&[
             (100, 100, false),
             (100, 0, true),
@@ -117,7 +115,7 @@ mod tests {
 
     #[test]
     fn returns_the_only_fitting_machine() {
-        let mut random = Random::new(3);
+        let random = Random::new(3);
         let machines = views(&[(100, 100, false), (100, 100, false), (100, 0, true)]);
         for _ in 0..100 {
             assert_eq!(random.pick(&machines, &request()), Some(2));
@@ -126,7 +124,7 @@ mod tests {
 
     #[test]
     fn returns_none_when_nothing_fits() {
-        let mut random = Random::new(3);
+        let random = Random::new(3);
         assert_eq!(random.pick(&[], &request()), None);
         let machines = views(&[(100, 100, false), (100, 100, false)]);
         assert_eq!(random.pick(&machines, &request()), None);

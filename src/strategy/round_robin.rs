@@ -9,21 +9,27 @@
 //! Machines that do not fit are skipped without consuming a turn. There are no ties: ids are
 //! unique, and the cycle runs from the older machines to the newer ones.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use super::pick::{MachineView, PickRequest, Strategy};
 use crate::core::MachineId;
 use crate::core::StrategyKind;
 
 /// Round-robin over the fitting machines, in id order.
+///
+/// NOTE: the cursor is one atomic. Two threads picking at the same instant may both start
+/// from the same cursor and pick the same machine; the rotation stays fair over many
+/// picks, which is all round-robin promises, and no lock is taken.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
-    /// The id of the last machine picked; `None` before the first pick.
-    last: Option<MachineId>,
+    /// The id of the last machine picked; 0 (no machine has it) before the first pick.
+    last: AtomicU32,
 }
 
 impl RoundRobin {
     /// Creates the strategy; the first pick goes to the oldest fitting machine.
     pub fn new() -> Self {
-        RoundRobin { last: None }
+        RoundRobin::default()
     }
 }
 
@@ -32,18 +38,16 @@ impl Strategy for RoundRobin {
         StrategyKind::RoundRobin
     }
 
-    fn pick(&mut self, machines: &[MachineView], _request: &PickRequest) -> Option<usize> {
+    fn pick(&self, machines: &[MachineView], _request: &PickRequest) -> Option<usize> {
         // NOTE: the views come in ascending id order, but taking the minimum id (rather than the
         // first match) keeps the rotation correct even if a caller passed them in another order.
         let fitting = || machines.iter().enumerate().filter(|(_, m)| m.fits);
-        let after_cursor = match self.last {
-            Some(last) => fitting()
-                .filter(|(_, m)| m.id > last)
-                .min_by_key(|(_, m)| m.id),
-            None => None,
-        };
+        let last = MachineId(self.last.load(Ordering::Relaxed));
+        let after_cursor = fitting()
+            .filter(|(_, m)| m.id > last)
+            .min_by_key(|(_, m)| m.id);
         let (index, machine) = after_cursor.or_else(|| fitting().min_by_key(|(_, m)| m.id))?;
-        self.last = Some(machine.id);
+        self.last.store(machine.id.0, Ordering::Relaxed);
         Some(index)
     }
 }
@@ -53,29 +57,29 @@ mod tests {
     use super::*;
     use crate::strategy::testing::{idle, request, view, views};
 
-    fn picks(rr: &mut RoundRobin, machines: &[MachineView], n: usize) -> Vec<Option<usize>> {
+    fn picks(rr: &RoundRobin, machines: &[MachineView], n: usize) -> Vec<Option<usize>> {
         (0..n).map(|_| rr.pick(machines, &request())).collect()
     }
 
     #[test]
     fn cycles_over_fitting_machines_in_id_order() {
-        let mut rr = RoundRobin::new();
-        let got = picks(&mut rr, &idle(3), 7);
+        let rr = RoundRobin::new();
+        let got = picks(&rr, &idle(3), 7);
         let want = [0, 1, 2, 0, 1, 2, 0].map(Some);
         assert_eq!(got, want);
     }
 
     #[test]
     fn skips_machines_that_do_not_fit() {
-        let mut rr = RoundRobin::new();
+        let rr = RoundRobin::new();
         let machines = views(&[(100, 0, true), (100, 100, false), (100, 0, true)]);
-        let got = picks(&mut rr, &machines, 4);
+        let got = picks(&rr, &machines, 4);
         assert_eq!(got, [0, 2, 0, 2].map(Some));
     }
 
     #[test]
     fn never_picks_a_machine_that_does_not_fit() {
-        let mut rr = RoundRobin::new();
+        let rr = RoundRobin::new();
         let machines = views(&[
             (100, 100, false),
             (100, 0, true),
@@ -91,7 +95,7 @@ mod tests {
 
     #[test]
     fn returns_none_when_nothing_fits() {
-        let mut rr = RoundRobin::new();
+        let rr = RoundRobin::new();
         assert_eq!(rr.pick(&[], &request()), None);
         let machines = views(&[(100, 100, false), (50, 50, false)]);
         assert_eq!(rr.pick(&machines, &request()), None);
@@ -99,39 +103,39 @@ mod tests {
 
     #[test]
     fn a_machine_that_fits_again_rejoins_the_cycle_in_its_place() {
-        let mut rr = RoundRobin::new();
+        let rr = RoundRobin::new();
         let mut machines = idle(3);
         machines[1].fits = false;
-        assert_eq!(picks(&mut rr, &machines, 2), [0, 2].map(Some));
+        assert_eq!(picks(&rr, &machines, 2), [0, 2].map(Some));
         machines[1].fits = true;
-        assert_eq!(picks(&mut rr, &machines, 3), [0, 1, 2].map(Some));
+        assert_eq!(picks(&rr, &machines, 3), [0, 1, 2].map(Some));
     }
 
     #[test]
     fn survives_a_machine_being_removed() {
-        let mut rr = RoundRobin::new();
+        let rr = RoundRobin::new();
         let machines = idle(3);
-        assert_eq!(picks(&mut rr, &machines, 2), [0, 1].map(Some)); // m1, m2
-                                                                    // m2 (the cursor) retires: the next turn is still m3, now at index 1.
+        assert_eq!(picks(&rr, &machines, 2), [0, 1].map(Some)); // m1, m2
+                                                                // m2 (the cursor) retires: the next turn is still m3, now at index 1.
         let without_m2 = [machines[0], machines[2]];
-        assert_eq!(picks(&mut rr, &without_m2, 3), [1, 0, 1].map(Some)); // m3, m1, m3
-                                                                         // m3 (the cursor, and the newest) retires: wrap around to m1.
-        assert_eq!(picks(&mut rr, &[machines[0]], 1), [Some(0)]);
+        assert_eq!(picks(&rr, &without_m2, 3), [1, 0, 1].map(Some)); // m3, m1, m3
+                                                                     // m3 (the cursor, and the newest) retires: wrap around to m1.
+        assert_eq!(picks(&rr, &[machines[0]], 1), [Some(0)]);
     }
 
     #[test]
     fn survives_a_machine_being_added() {
-        let mut rr = RoundRobin::new();
+        let rr = RoundRobin::new();
         let mut machines = idle(3);
-        assert_eq!(picks(&mut rr, &machines, 3), [0, 1, 2].map(Some)); // m1, m2, m3
-                                                                       // m4 joins after m3 picked: it is next, before the wrap to m1.
+        assert_eq!(picks(&rr, &machines, 3), [0, 1, 2].map(Some)); // m1, m2, m3
+                                                                   // m4 joins after m3 picked: it is next, before the wrap to m1.
         machines.push(view(4, 100, 0, true));
-        assert_eq!(picks(&mut rr, &machines, 5), [3, 0, 1, 2, 3].map(Some));
+        assert_eq!(picks(&rr, &machines, 5), [3, 0, 1, 2, 3].map(Some));
     }
 
     #[test]
     fn each_fitting_machine_gets_an_equal_share() {
-        let mut rr = RoundRobin::new();
+        let rr = RoundRobin::new();
         let machines = idle(4);
         let mut counts = [0u32; 4];
         for _ in 0..400 {

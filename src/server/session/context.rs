@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::balancer::DispatcherHandle;
+use crate::balancer::{DispatcherHandle, Router};
 use crate::config::Config;
 use crate::telemetry::StatsHandle;
 
@@ -18,6 +18,8 @@ pub struct SessionContext {
     pub stats: StatsHandle,
     /// Where connections ask for a machine.
     pub dispatcher: DispatcherHandle,
+    /// Where each request line is placed.
+    pub router: Router,
     /// Fires when graceful shutdown begins.
     pub shutdown: CancellationToken,
     /// Fires when the shutdown grace runs out (proxied streams are cut then).

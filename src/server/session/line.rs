@@ -34,8 +34,8 @@ use tracing::{debug, Instrument};
 use super::close::{far_future, linger, refuse, shutting_down};
 use super::context::SessionContext;
 use super::writer::{write_loop, InFlight, Pending};
-use crate::backend::{Job, SubmitError};
-use crate::balancer::{AdmitError, Placement};
+use crate::backend::Job;
+use crate::balancer::{AdmitError, Placement, RouteError};
 use crate::core::{RequestClass, Units};
 use crate::protocol::{self, ErrorCode, Frame, Request};
 
@@ -302,18 +302,13 @@ impl Reader<'_> {
             payload,
             reply_tx,
         };
-        let machine = self.placement.machine();
-        match machine.try_submit(job) {
+        match self.ctx.router.submit(self.placement, job) {
             Ok(()) => Pending::Waiting(reply_rx),
-            Err(SubmitError::QueueFull(_)) => {
+            Err(RouteError::Busy(_, message)) => {
                 self.ctx.stats.totals.request_failed(weight);
-                let msg = format!(
-                    "machine {} queue is full ({} waiting)",
-                    machine.info.name, machine.info.queue_depth
-                );
-                Pending::Ready(ErrorCode::Busy.reply(&msg))
+                Pending::Ready(ErrorCode::Busy.reply(&message))
             }
-            Err(SubmitError::MachineGone(_)) => {
+            Err(RouteError::Gone(_)) => {
                 self.ctx.stats.totals.request_failed(weight);
                 Pending::Ready(shutting_down())
             }
