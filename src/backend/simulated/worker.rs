@@ -35,24 +35,37 @@ pub fn spawn(info: MachineInfo, ctx: BackendContext) -> Machine {
 
 /// The machine task: FIFO service until the queue closes or the hard stop fires.
 async fn serve(info: Arc<MachineInfo>, mut jobs_rx: mpsc::Receiver<Job>, ctx: BackendContext) {
-    // NOTE: service is simulated on a virtual clock. Each job finishes `service time` after
-    // the later of its arrival and the previous job's finish, and we sleep until then. Timer
-    // granularity (1 ms in tokio) therefore delays individual replies a little but never
-    // lowers the machine's throughput below `capacity / (service_ms_per_unit × 100)` units/ms.
+    // NOTE: service is simulated on a virtual clock. A job that was already waiting starts
+    // when the previous one finished (`free_at`), one that finds the machine idle starts
+    // now, and the worker sleeps until the job's finish. Timer granularity (1 ms in tokio)
+    // therefore delays individual replies a little, but a late wake-up is made up by the
+    // jobs behind it: the machine's throughput stays `capacity / (service_ms_per_unit ×
+    // 100)` units per ms whatever the timer does.
     let mut free_at = Instant::now();
     loop {
-        let job = tokio::select! {
-            biased;
-            _ = ctx.hard_stop.cancelled() => break,
-            job = jobs_rx.recv() => match job {
-                Some(job) => job,
-                None => return, // every handle dropped and the queue is empty
+        if ctx.hard_stop.is_cancelled() {
+            break;
+        }
+        let (job, waited) = match jobs_rx.try_recv() {
+            Ok(job) => (job, true),
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                biased;
+                _ = ctx.hard_stop.cancelled() => break,
+                job = jobs_rx.recv() => match job {
+                    Some(job) => (job, false),
+                    None => return, // every handle dropped and the queue is empty
+                },
             },
         };
         let ms_per_unit = ctx.config.borrow().load.requests.service_ms_per_unit;
         let service = service_time(job.weight, info.capacity, ms_per_unit);
         if !service.is_zero() {
-            let start = free_at.max(Instant::now());
+            let start = if waited {
+                free_at
+            } else {
+                free_at.max(Instant::now())
+            };
             // Saturate far in the future instead of overflowing `Instant`.
             free_at = start
                 .checked_add(service)
