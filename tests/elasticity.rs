@@ -267,3 +267,17 @@ async fn a_flat_load_causes_no_scale_events_with_either_policy() {
         assert_eq!(events, 0, "{name}: {:#?}", snap.events);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_a_clients_requests_on_its_ring_machine() {
+    let mut cfg = test_config();
+    cfg.dispatcher.strategy = elastic_lb::core::StrategyKind::ConsistentHash;
+    cfg.autoscaler.initial = vec![elastic_lb::core::Size::Medium; 4];
+    let lb = start_lb(cfg).await;
+    let mut c = lb.admitted().await;
+    let home = c.info_field("machine").await;
+    for i in 0..50 {
+        c.send(&format!("SMALL {i}")).await;
+        assert_eq!(c.line().await, format!("OK {home} small {i}"));
+    }
+}
