@@ -1,17 +1,24 @@
 //! The benchmark ceiling: the line protocol of SPEC §4 with no balancing at all.
 //!
-//! One tokio task per connection, buffered line reading and writing, every request answered
-//! on the spot as machine `m1` (no dispatcher, no machine queue, no accounting). Whatever
-//! elastic-lb costs on top of this is the price of balancing. `scripts/bench.sh` runs both.
+//! One tokio task per connection. It waits for the socket to be readable, then reads whatever
+//! is there (up to 64 KiB) into its worker thread's scratch buffer, answers every complete
+//! line on the spot as machine `m1` (no dispatcher, no machine queue, no accounting, no
+//! allocation per request), and sends all the replies to one read in one write. An idle
+//! connection holds no buffer at all (as nginx and HAProxy release theirs), only a partial
+//! line when one is pending. Whatever elastic-lb costs on top of this — in throughput,
+//! latency and memory — is the price of balancing. `scripts/bench.sh` runs both.
 //!
 //! ```text
 //! cargo run --release --example bare_server -- 127.0.0.1:7080
 //! ```
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Bytes read at most per read call, and the longest line kept.
+const READ_CHUNK: usize = 64 * 1024;
 
 #[tokio::main]
 async fn main() {
@@ -37,60 +44,119 @@ async fn main() {
     }
 }
 
+thread_local! {
+    /// The read buffer, one per worker thread: a task reads into it and consumes it
+    /// without awaiting in between, so no connection owns a buffer while it waits.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// What one readable wake-up led to.
+enum Step {
+    /// Replies (maybe none) are in `output`; keep serving.
+    Continue,
+    /// The client closed, an error occurred, or it sent QUIT (its reply is in `output`).
+    Close,
+}
+
 async fn serve(socket: TcpStream, peer: SocketAddr) {
     let _ = socket.set_nodelay(true);
-    let (read_half, write_half) = socket.into_split();
-    let mut reader = BufReader::new(read_half);
-    let mut writer = BufWriter::new(write_half);
-    let mut line = Vec::with_capacity(256);
+    // The unfinished line carried from one read to the next (usually empty).
+    let mut partial: Vec<u8> = Vec::new();
+    let mut output: Vec<u8> = Vec::new();
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        if socket.readable().await.is_err() {
+            return;
         }
-        let quit = reply(&line, peer, &mut writer).await.is_err();
-        if quit {
-            break;
+        let step = SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            match socket.try_read(&mut buf) {
+                Ok(0) => Step::Close,
+                Ok(n) => answer(&buf[..n], &mut partial, peer, &mut output),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Step::Continue,
+                Err(_) => Step::Close,
+            }
+        });
+        if !output.is_empty() {
+            if write_all(&socket, &output).await.is_err() {
+                return;
+            }
+            output.clear();
+            if output.capacity() > READ_CHUNK {
+                output = Vec::new(); // a pipelining burst is over: give the memory back
+            }
         }
-        // Flush once nothing more is buffered, so pipelined requests share one write.
-        if reader.buffer().is_empty() && writer.flush().await.is_err() {
+        if matches!(step, Step::Close) {
             return;
         }
     }
-    let _ = writer.flush().await;
 }
 
-/// Writes the reply to one line. `Err(())` means close the connection (QUIT or a write
-/// error).
-async fn reply<W: AsyncWriteExt + Unpin>(
-    raw: &[u8],
-    peer: SocketAddr,
-    out: &mut W,
-) -> Result<(), ()> {
-    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+/// Answers every complete line of `partial` + `data`, keeping the unfinished tail.
+fn answer(data: &[u8], partial: &mut Vec<u8>, peer: SocketAddr, output: &mut Vec<u8>) -> Step {
+    let joined;
+    let input: &[u8] = if partial.is_empty() {
+        data
+    } else {
+        partial.extend_from_slice(data);
+        joined = std::mem::take(partial);
+        &joined
+    };
+    let mut consumed = 0;
+    while let Some(end) = input[consumed..].iter().position(|&b| b == b'\n') {
+        let line = &input[consumed..consumed + end];
+        consumed += end + 1;
+        if !reply(line, peer, output) {
+            return Step::Close;
+        }
+    }
+    let tail = &input[consumed..];
+    // An over-long line is dropped (the balancer answers too-long and closes instead).
+    if tail.len() <= READ_CHUNK {
+        partial.extend_from_slice(tail);
+    }
+    Step::Continue
+}
+
+/// Writes all of `bytes`, waiting for writability when the socket buffer is full.
+async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match socket.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Appends the reply to one line to `out`; false means close the connection (QUIT).
+fn reply(raw: &[u8], peer: SocketAddr, out: &mut Vec<u8>) -> bool {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
     if raw.is_empty() {
-        return Ok(());
+        return true;
     }
     let Ok(text) = std::str::from_utf8(raw) else {
-        return write(out, b"ERR bad-request line is not valid UTF-8\n").await;
+        out.extend_from_slice(b"ERR bad-request line is not valid UTF-8\n");
+        return true;
     };
     let trimmed = text.trim_matches(' ');
     if trimmed.eq_ignore_ascii_case("PING") {
-        return write(out, b"PONG\n").await;
+        out.extend_from_slice(b"PONG\n");
+        return true;
     }
     if trimmed.eq_ignore_ascii_case("INFO") {
         let info =
             format!("OK machine=m1 size=medium load=0.00 connection={peer} reservation=0.00\n");
-        return write(out, info.as_bytes()).await;
+        out.extend_from_slice(info.as_bytes());
+        return true;
     }
     if trimmed.eq_ignore_ascii_case("STATS") {
-        return write(out, b"[0.00%]\n").await;
+        out.extend_from_slice(b"[0.00%]\n");
+        return true;
     }
     if trimmed.eq_ignore_ascii_case("QUIT") {
-        let _ = write(out, b"BYE\n").await;
-        return Err(());
+        out.extend_from_slice(b"BYE\n");
+        return false;
     }
     let (first, rest) = match trimmed.split_once(' ') {
         Some((first, rest)) => (first, rest.trim_start_matches(' ')),
@@ -103,15 +169,12 @@ async fn reply<W: AsyncWriteExt + Unpin>(
         Some(class) => (class, rest),
         None => ("small", text),
     };
-    write(out, b"OK m1 ").await?;
-    write(out, class.as_bytes()).await?;
+    out.extend_from_slice(b"OK m1 ");
+    out.extend_from_slice(class.as_bytes());
     if !payload.is_empty() {
-        write(out, b" ").await?;
-        write(out, payload.as_bytes()).await?;
+        out.push(b' ');
+        out.extend_from_slice(payload.as_bytes());
     }
-    write(out, b"\n").await
-}
-
-async fn write<W: AsyncWriteExt + Unpin>(out: &mut W, bytes: &[u8]) -> Result<(), ()> {
-    out.write_all(bytes).await.map_err(|_| ())
+    out.push(b'\n');
+    true
 }

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # elastic-lb against the bare baseline server (examples/bare_server.rs), in one run, A B A B.
 #
+# elastic-lb runs the shipped default machine set and strategy (one medium machine at boot,
+# the default pool, least-connections, per-request routing), with instant service so that
+# the balancer, not the simulated service time, is measured.
+#
 #   (a) closed loop, 50 connections: requests/s and p99     (elastic-lb load --json)
+#   (a') the same with a second, independent generator       (examples/pingpong.rs: one
+#        thread, counting only), plus every run's CPU: server CPU per request and the
+#        generator's CPU use (a saturated generator compresses every ratio towards 1)
 #   (b) connect, one request, close: connections/s and p99  (load --connect-per-request)
 #   (c) RSS per idle connection at 5,000 open connections   (load --idle, /proc/PID/status)
 #   plus the scale-up reaction time (examples/scale_reaction.rs, in-process).
@@ -20,6 +27,7 @@ LB_ADDR=127.0.0.1:$PORT
 BARE_ADDR=127.0.0.1:$((PORT + 10))
 
 cargo build --release --examples --bins >&2
+command -v python3 >/dev/null || { echo "error: python3 is needed for the report" >&2; exit 1; }
 BIN=${CARGO_TARGET_DIR:-target}/release
 
 # 5,000 connections take 5,000 descriptors on each side.
@@ -45,20 +53,12 @@ max_connections = 20000
 idle_timeout = "0s"
 [admin]
 address = "off"
-[load]
-connection_min = 0.0
-connection_max = 0.0
 [load.requests]
 service_ms_per_unit = 0
-[pool]
-small = 0
-medium = 0
-large = 0
-xlarge = 16
-[autoscaler]
-initial = ["xlarge"]
-max_machines = 16
 TOML
+# (c) holds 5,000 idle connections: with the default reservations (1-11 units each) the
+# default pool (2,800 units) would refuse most of them, so they hold none here.
+{ cat "$tmp/lb.toml"; printf '[load]\nconnection_min = 0.0\nconnection_max = 0.0\n'; } >"$tmp/lb-idle.toml"
 
 wait_port() { # ADDR
     local host=${1%:*} port=${1##*:}
@@ -70,11 +70,11 @@ wait_port() { # ADDR
     exit 1
 }
 
-# start NAME -> sets SERVER_PID and SERVER_ADDR
+# start NAME [CONFIG] -> sets SERVER_PID and SERVER_ADDR
 start() {
     case $1 in
     lb)
-        RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lb.toml" 2>>"$tmp/lb.log" &
+        RUST_LOG=warn "$BIN/elastic-lb" --config "${2:-$tmp/lb.toml}" 2>>"$tmp/lb.log" &
         SERVER_ADDR=$LB_ADDR ;;
     bare)
         "$BIN/examples/bare_server" "$BARE_ADDR" 2>>"$tmp/bare.log" &
@@ -89,6 +89,24 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
+# CPU time (user + system) of a running process, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+# gen TEST SRV ROUND PID -- CMD...: runs a generator CMD with stdout to TEST-SRV-ROUND.json and
+# records the server's (PID) and the generator's CPU seconds in TEST-SRV-ROUND.cpu.
+gen() {
+    local test=$1 srv=$2 round=$3 pid=$4; shift 5
+    local before after
+    before=$(cpu_ticks "$pid")
+    TIMEFORMAT='%U %S %R'
+    { time "$@" >"$tmp/$test-$srv-$round.json"; } 2>"$tmp/$test-$srv-$round.time"
+    after=$(cpu_ticks "$pid")
+    read -r gu gs gr < <(tail -n 1 "$tmp/$test-$srv-$round.time")
+    python3 -c "import json,sys; print(json.dumps({'server_s': ($after - $before) / $TICK, 'gen_s': $gu + $gs, 'wall_s': $gr}))" \
+        >"$tmp/$test-$srv-$round.cpu"
+}
+
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" >&2
 
 # (a) and (b): both servers up; alternate the client between them.
@@ -96,10 +114,13 @@ start lb; LB_PID=$SERVER_PID
 start bare; BARE_PID=$SERVER_PID
 for round in $(seq "$ROUNDS"); do
     for srv in lb bare; do
-        addr=$LB_ADDR; [ "$srv" = bare ] && addr=$BARE_ADDR
+        addr=$LB_ADDR; pid=$LB_PID
+        [ "$srv" = bare ] && { addr=$BARE_ADDR; pid=$BARE_PID; }
         echo "round $round: $srv closed loop" >&2
-        "$BIN/elastic-lb" load --target "$addr" --connections 50 --duration "$RUN" \
-            --mix small=100 --json >"$tmp/a-$srv-$round.json"
+        gen a "$srv" "$round" "$pid" -- "$BIN/elastic-lb" load --target "$addr" \
+            --connections 50 --duration "$RUN" --mix small=100 --json
+        echo "round $round: $srv closed loop (pingpong)" >&2
+        gen p "$srv" "$round" "$pid" -- "$BIN/examples/pingpong" "$addr" 50 "${RUN%s}"
     done
     for srv in lb bare; do
         addr=$LB_ADDR; [ "$srv" = bare ] && addr=$BARE_ADDR
@@ -114,7 +135,7 @@ stop "$LB_PID"; stop "$BARE_PID"
 for round in $(seq "$ROUNDS"); do
     for srv in lb bare; do
         echo "round $round: $srv $IDLE idle connections" >&2
-        start "$srv"
+        start "$srv" "$tmp/lb-idle.toml"
         sleep 0.3
         before=$(rss_kib "$SERVER_PID")
         "$BIN/elastic-lb" load --target "$SERVER_ADDR" --connections "$IDLE" --idle \
@@ -146,8 +167,19 @@ def series(test, srv, key):
     out = []
     for r in range(1, rounds + 1):
         d = load(f"{test}-{srv}-{r}.json")
-        assert d["requests_failed"] == 0, f"{test}-{srv}-{r}: {d['errors']}"
+        if "requests_failed" in d:
+            assert d["requests_failed"] == 0, f"{test}-{srv}-{r}: {d['errors']}"
         out.append(d[key] if key != "p99" else d["latency_ms"]["p99"])
+    return out
+def cpu(test, srv, what):
+    out = []
+    for r in range(1, rounds + 1):
+        c, d = load(f"{test}-{srv}-{r}.cpu"), load(f"{test}-{srv}-{r}.json")
+        requests = d.get("requests") or d.get("requests_ok")
+        if what == "server_us_per_req":
+            out.append(1e6 * c["server_s"] / requests)
+        else:  # generator CPU use, % of one core
+            out.append(100.0 * c["gen_s"] / c["wall_s"])
     return out
 def rss(srv):
     out = []
@@ -166,8 +198,18 @@ def row(name, lb, bare, fmt, target=None, ratio=True):
     rows.append((name, fmt.format(a), fmt.format(b), f"{r:.2f}" if r is not None else "",
                  ok, " / ".join(fmt.format(x) for x in lb), " / ".join(fmt.format(x) for x in bare)))
 row("(a) 50 conns closed loop, req/s", series("a", "lb", "requests_per_s"),
-    series("a", "bare", "requests_per_s"), "{:.0f}", lambda a, r: r >= 0.80)
+    series("a", "bare", "requests_per_s"), "{:.0f}", lambda a, r: r >= 0.85)
 row("(a) p99 latency, ms", series("a", "lb", "p99"), series("a", "bare", "p99"), "{:.2f}")
+row("(a) server CPU per request, us", cpu("a", "lb", "server_us_per_req"),
+    cpu("a", "bare", "server_us_per_req"), "{:.2f}")
+row("(a) generator CPU, % of a core", cpu("a", "lb", "gen"), cpu("a", "bare", "gen"), "{:.0f}",
+    ratio=False)
+row("(a') pingpong closed loop, req/s", series("p", "lb", "requests_per_s"),
+    series("p", "bare", "requests_per_s"), "{:.0f}", lambda a, r: r >= 0.85)
+row("(a') server CPU per request, us", cpu("p", "lb", "server_us_per_req"),
+    cpu("p", "bare", "server_us_per_req"), "{:.2f}")
+row("(a') generator CPU, % of a core", cpu("p", "lb", "gen"), cpu("p", "bare", "gen"), "{:.0f}",
+    ratio=False)
 row("(b) connect+request+close, conn/s", series("b", "lb", "connections_per_s"),
     series("b", "bare", "connections_per_s"), "{:.0f}", lambda a, r: r >= 0.80)
 row("(b) p99 cycle latency, ms", series("b", "lb", "p99"), series("b", "bare", "p99"), "{:.2f}")
