@@ -201,7 +201,8 @@ async fn metrics_have_help_type_and_a_series_per_machine() {
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut parts = rest.split(' ');
             let (name, kind) = (parts.next().expect("name"), parts.next().expect("type"));
-            assert!(matches!(kind, "gauge" | "counter"), "{line}");
+            // Histograms arrived with SPEC §9 (request and connection latency).
+            assert!(matches!(kind, "gauge" | "counter" | "histogram"), "{line}");
             typed.insert(name.to_string(), kind.to_string());
         } else {
             assert!(line.starts_with("elastic_lb_"), "unprefixed sample: {line}");
@@ -210,6 +211,14 @@ async fn metrics_have_help_type_and_a_series_per_machine() {
                 .parse::<f64>()
                 .unwrap_or_else(|e| panic!("bad value in {line:?}: {e}"));
             let name = series.split('{').next().expect("name");
+            // A histogram's samples are <name>_bucket, <name>_sum and <name>_count.
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let base = name.strip_suffix(suffix)?;
+                    (typed.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+                })
+                .unwrap_or(name);
             assert!(helped.contains(name), "sample before its HELP: {line}");
             assert!(typed.contains_key(name), "sample before its TYPE: {line}");
         }
@@ -462,4 +471,59 @@ async fn stats_command_prints_a_table_or_one_clear_error_line() {
             && stderr.contains("(is elastic-lb running? is the admin endpoint enabled?)"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_build_info_and_latency_histograms() {
+    let lb = start_lb(test_config()).await;
+    let mut c = lb.admitted().await;
+    for i in 0..5 {
+        c.send(&format!("SMALL {i}")).await;
+        c.line().await;
+    }
+    c.send("LARGE x").await;
+    c.line().await;
+    c.send("QUIT").await;
+    c.line().await;
+    drop(c);
+    lb.wait_stats("the connection closed", |s| s.totals.connections_open == 0)
+        .await;
+    let text = get(lb.admin, "/metrics").await.body;
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        value(&format!("elastic_lb_build_info{{version=\"{version}\"}}")),
+        1.0
+    );
+    let small = "elastic_lb_request_duration_seconds";
+    assert_eq!(value(&format!("{small}_count{{class=\"small\"}}")), 5.0);
+    assert_eq!(value(&format!("{small}_count{{class=\"large\"}}")), 1.0);
+    assert_eq!(
+        value(&format!("{small}_bucket{{class=\"small\",le=\"+Inf\"}}")),
+        5.0
+    );
+    assert_eq!(value(&format!("{small}_count{{class=\"medium\"}}")), 0.0);
+    assert!(text.contains("# TYPE elastic_lb_request_duration_seconds histogram"));
+    assert_eq!(value("elastic_lb_connection_duration_seconds_count"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_events_carry_the_average_before_and_after() {
+    let mut cfg = common::fixed_reservation(10.0);
+    cfg.autoscaler.rebalance_tolerance = 0.0;
+    let lb = start_lb(cfg).await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(lb.admitted().await);
+    }
+    let body: Value = serde_json::from_str(&get(lb.admin, "/api/stats").await.body).expect("JSON");
+    let event = &body["events"][0];
+    assert_eq!(event["kind"], "up", "{body:#}");
+    // Six reservations of 10 on one capacity-100 machine, then on two.
+    assert_eq!(event["avg_before"], 60.0, "{body:#}");
+    assert_eq!(event["avg_after"], 30.0, "{body:#}");
 }

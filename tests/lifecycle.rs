@@ -103,7 +103,7 @@ async fn scale_down_drains_the_least_loaded_machine_and_moves_its_connections() 
         [
             (ScaleEventKind::Up, "m2"),
             (ScaleEventKind::Drain, "m2"),
-            (ScaleEventKind::Down, "m2"),
+            (ScaleEventKind::Retire, "m2"),
         ],
         "{s:#?}"
     );

@@ -53,6 +53,11 @@ impl Daemon {
     /// Writes `cfg` (with free ports) to a file and starts the daemon on it; waits for its
     /// "ready" log line. Retries with other ports if it fails to start (port taken).
     async fn start(name: &str, cfg: Config) -> Daemon {
+        Daemon::start_with(name, cfg, &[]).await
+    }
+
+    /// [`Daemon::start`] with extra command-line arguments.
+    async fn start_with(name: &str, cfg: Config, args: &[&str]) -> Daemon {
         let dir = scratch_dir(name);
         let config_path = dir.join("elastic-lb.toml");
         let mut last_stderr = Vec::new();
@@ -65,6 +70,7 @@ impl Daemon {
             let mut child = Command::new(BIN)
                 .arg("--config")
                 .arg(&config_path)
+                .args(args)
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
                 .env("RUST_BACKTRACE", "1")
@@ -272,4 +278,58 @@ async fn second_sigint_during_grace_exits_at_once() {
         "stderr:\n{}",
         d.lines().join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_json_line_per_connection_with_numbers() {
+    let d = Daemon::start_with("access", test_config(), &["--log-format", "json"]).await;
+    let mut c = Client::connect(d.addr).await;
+    c.send("SMALL a").await;
+    assert_eq!(c.line().await, "OK m1 small a");
+    c.send_raw(b"\xff\n").await;
+    assert_eq!(err_code(&c.line().await), "bad-request");
+    c.send("QUIT").await;
+    assert_eq!(c.line().await, "BYE");
+    d.wait_line("\"target\":\"access\"").await;
+    let line = d
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("\"target\":\"access\""))
+        .expect("an access line");
+    let json: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
+    assert_eq!(json["machine"], "m1", "{line}");
+    assert_eq!(json["requests_ok"], 1, "{line}");
+    assert_eq!(json["requests_failed"], 1, "{line}");
+    assert_eq!(json["bytes_in"], 8 + 2 + 5, "{line}");
+    assert_eq!(json["bytes_out"], 14 + 40 + 4, "{line}");
+    assert_eq!(json["reason"], "quit", "{line}");
+    assert!(json["duration_ms"].is_number(), "{line}");
+    assert_eq!(json["peer"], c.local.to_string(), "{line}");
+    // Numbers are numbers in the other JSON lines too.
+    let started = d
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("initial machine started"))
+        .expect("a start line");
+    let json: serde_json::Value = serde_json::from_str(&started).expect("JSON");
+    assert!(json["capacity"].is_number(), "{started}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_can_be_switched_off() {
+    let mut cfg = test_config();
+    cfg.log.access = false;
+    let d = Daemon::start("access-off", cfg).await;
+    let mut c = Client::connect(d.addr).await;
+    c.send("QUIT").await;
+    assert_eq!(c.line().await, "BYE");
+    drop(c);
+    // Once the stats show the connection closed, its access line would have been written.
+    let deadline = Instant::now() + WAIT;
+    while get_stats(d.admin).await.totals.connections_open > 0 {
+        assert!(Instant::now() < deadline, "the connection never closed");
+        tokio::time::sleep(common::POLL).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!d.has_line("access"), "{}", d.lines().join("\n"));
 }

@@ -1,7 +1,9 @@
 //! `GET /metrics`: the stats in the Prometheus text exposition format 0.0.4.
 //!
 //! Rendered by hand from the same [`StatsBody`] as `/api/stats` (one snapshot per scrape,
-//! so all series of a scrape agree with each other). Every name is prefixed `elastic_lb_`;
+//! so all series of a scrape agree with each other), plus the latency histograms
+//! ([`Latencies`]): `request_duration_seconds{class}` (queue wait + service of answered
+//! requests) and `connection_duration_seconds`, and `build_info{version}`. Every name is prefixed `elastic_lb_`;
 //! the process-wide totals are counters with the `_total` suffix; everything else is a
 //! gauge. Per-machine series carry the labels `machine`, `size` and `state`, so a draining
 //! machine shows up as a new series and a retired one disappears.
@@ -10,7 +12,7 @@ use std::fmt::Write as _;
 
 use super::body::StatsBody;
 use crate::core::{MachineState, Size};
-use crate::telemetry::MachineSnapshot;
+use crate::telemetry::{HistogramSnapshot, Latencies, MachineSnapshot};
 
 /// The `Content-Type` of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -21,7 +23,7 @@ type MachineValue = fn(&MachineSnapshot) -> f64;
 const SIZES: [Size; 4] = [Size::Small, Size::Medium, Size::Large, Size::Xlarge];
 
 /// Renders the whole exposition.
-pub fn render(body: &StatsBody) -> String {
+pub fn render(body: &StatsBody, latencies: &Latencies) -> String {
     let s = &body.snapshot;
     let t = &s.totals;
     let mut out = Exposition::default();
@@ -169,6 +171,26 @@ pub fn render(body: &StatsBody) -> String {
         "gauge",
     );
     out.sample("strategy_info", &[("strategy", &s.strategy)], 1.0);
+
+    out.header("build_info", "The running build (value always 1).", "gauge");
+    out.sample("build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+
+    let name = "request_duration_seconds";
+    out.header(
+        name,
+        "Time from queueing to the machine's answer (queue wait plus service), per class.",
+        "histogram",
+    );
+    for (class, h) in latencies.requests() {
+        out.histogram(name, &[("class", class.as_str())], &h);
+    }
+    let name = "connection_duration_seconds";
+    out.header(
+        name,
+        "How long admitted connections stayed open.",
+        "histogram",
+    );
+    out.histogram(name, &[], &latencies.connections());
     out.text
 }
 
@@ -199,6 +221,19 @@ impl Exposition {
             self.text.push('}');
         }
         let _ = writeln!(self.text, " {}", format_value(value));
+    }
+
+    /// `_bucket{le}` (cumulative), `_sum` and `_count` of one histogram.
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
+        let bucket = format!("{name}_bucket");
+        let bounds = h.bounds_s.iter().map(|b| format_value(*b));
+        for (le, count) in bounds.chain(["+Inf".to_string()]).zip(&h.cumulative) {
+            let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&bucket, &with_le, *count as f64);
+        }
+        self.sample(&format!("{name}_sum"), labels, h.sum_s);
+        self.sample(&format!("{name}_count"), labels, h.count as f64);
     }
 
     fn gauge(&mut self, name: &str, help: &str, value: f64) {

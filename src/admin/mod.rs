@@ -81,7 +81,7 @@ async fn api_stats(State(state): State<Arc<AdminState>>) -> Json<StatsBody> {
 }
 
 async fn prometheus(State(state): State<Arc<AdminState>>) -> Response {
-    let body = metrics::render(&StatsBody::new(&state));
+    let body = metrics::render(&StatsBody::new(&state), &state.stats.totals.latencies);
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }
 

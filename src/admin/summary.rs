@@ -49,7 +49,7 @@ fn log_summary(last: &Snapshot, now: &Snapshot) {
     info!(
         machines = now.machines.len() - draining,
         draining,
-        avg_load = format_args!("{:.1}", now.avg_load),
+        avg_load = crate::telemetry::round2(now.avg_load),
         open_connections = t1.connections_open,
         requests_ok = t1.requests_ok.saturating_sub(t0.requests_ok),
         requests_failed = t1.requests_failed.saturating_sub(t0.requests_failed),

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::upstream::health::Upstream;
 use crate::core::{RequestClass, Units};
@@ -115,4 +116,6 @@ pub struct Job {
     pub payload: Bytes,
     /// Where the reply line goes; the connection's writer awaits the other half in order.
     pub reply_tx: oneshot::Sender<Bytes>,
+    /// When it was queued (request latency = queue wait + service, for `/metrics`).
+    pub queued_at: Instant,
 }

@@ -246,7 +246,7 @@ impl Dispatcher {
     fn refuse(&mut self, peer: SocketAddr, reservation: Units) -> AdmitError {
         self.totals.connection_rejected(reservation);
         self.publish();
-        debug!(%peer, %reservation, "connection refused: pool exhausted");
+        debug!(%peer, reservation = reservation.as_f64(), "connection refused: pool exhausted");
         if let Some(refused) = self.exhausted_log.refused(Instant::now()) {
             warn!(
                 refused,
@@ -347,14 +347,15 @@ impl Dispatcher {
         self.publish();
     }
 
-    /// Remembers a scale event for machine `index` (for the admin API and dashboard).
-    pub(super) fn record(&mut self, kind: ScaleEventKind, index: usize) {
+    /// Remembers a scale event for machine `index` (for the admin API and dashboard);
+    /// `avg_before` is the average just before the change, the one after is read now.
+    pub(super) fn record(&mut self, kind: ScaleEventKind, index: usize, avg_before: f64) {
         let info = &self.machines[index].info;
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let machines = match kind {
-            ScaleEventKind::Down => self.machines.len() - 1,
+            ScaleEventKind::Retire => self.machines.len() - 1,
             _ => self.machines.len(),
         };
         let event = ScaleEvent {
@@ -363,7 +364,8 @@ impl Dispatcher {
             machine: info.name.clone(),
             size: info.size,
             machines,
-            avg_load: self.average_load(),
+            avg_before: telemetry::round2(avg_before),
+            avg_after: telemetry::round2(self.average_load()),
         };
         if self.events.len() == telemetry::RECENT_EVENTS {
             self.events.pop_front();

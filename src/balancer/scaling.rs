@@ -17,7 +17,7 @@ use super::policy;
 use crate::config::Routing;
 use crate::core::{MachineId, MachineState, Size, Units};
 use crate::strategy::PickRequest;
-use crate::telemetry::ScaleEventKind;
+use crate::telemetry::{self, ScaleEventKind};
 
 impl Dispatcher {
     /// Acquires machines until `min_machines` are active (at boot, and again whenever the
@@ -111,8 +111,8 @@ impl Dispatcher {
             info!(
                 machine = %newcomer.info.name,
                 moved_connections = moved,
-                load = newcomer.info.load_percent(),
-                avg,
+                load = telemetry::round2(newcomer.info.load_percent()),
+                avg = telemetry::round2(avg),
                 "scale up: connections rebalanced onto the new machine"
             );
         }
@@ -140,6 +140,7 @@ impl Dispatcher {
     }
 
     pub(super) fn acquire_sized(&mut self, size: Size) -> Option<usize> {
+        let avg_before = self.average_load();
         let id = MachineId(self.next_id);
         let machine = self.factory.acquire(size, id).ok()?;
         self.next_id += 1;
@@ -149,18 +150,18 @@ impl Dispatcher {
         self.scale_down.reset();
         let (name, capacity, machines) = (
             &machine.info.name,
-            machine.info.capacity,
+            machine.info.capacity.as_f64(),
             self.machines.len() + 1,
         );
         if self.booted {
-            info!(machine = %name, %size, %capacity, machines, "scale up: machine added");
+            info!(machine = %name, %size, capacity, machines, "scale up: machine added");
         } else {
-            info!(machine = %name, %size, %capacity, machines, "initial machine started");
+            info!(machine = %name, %size, capacity, machines, "initial machine started");
         }
         self.machines.push(machine);
         let index = self.machines.len() - 1;
         if self.booted {
-            self.record(ScaleEventKind::Up, index);
+            self.record(ScaleEventKind::Up, index, avg_before);
         }
         Some(index)
     }
@@ -169,6 +170,7 @@ impl Dispatcher {
     /// machines with their reservations (when they can move); its queued requests finish
     /// where they are.
     pub(super) fn drain(&mut self, index: usize) {
+        let avg_before = self.average_load();
         let leaving = self.machines[index].clone();
         leaving.info.set_state(MachineState::Draining);
         // A connection that cannot move keeps its reservation here until it closes; the
@@ -189,7 +191,7 @@ impl Dispatcher {
                 moved += 1;
             }
         }
-        self.record(ScaleEventKind::Drain, index);
+        self.record(ScaleEventKind::Drain, index, avg_before);
         info!(
             machine = %leaving.info.name,
             moved_connections = moved,
@@ -247,7 +249,10 @@ impl Dispatcher {
                 && info.connections() == 0
                 && info.queued() == 0;
             if done {
-                self.record(ScaleEventKind::Down, i);
+                // A draining machine no longer counts in the average: it is the same
+                // before and after its retirement.
+                let avg = self.average_load();
+                self.record(ScaleEventKind::Retire, i, avg);
                 let machine = self.machines.remove(i);
                 // Unlist it before marking it retired, so readers never see "retired".
                 self.publish();

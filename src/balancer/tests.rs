@@ -106,6 +106,7 @@ async fn drain_moves_connections_and_lets_queued_requests_finish() {
         weight: Units::from_whole(10),
         payload: bytes::Bytes::new(),
         reply_tx,
+        queued_at: tokio::time::Instant::now(),
     };
     p2.machine().try_submit(job).unwrap();
 

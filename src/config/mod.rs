@@ -34,8 +34,8 @@ pub use diagnostics::{locate, ConfigError};
 use diagnostics::{parse_error, validation_error};
 pub use schema::{
     AdminAddress, AdminConfig, AutoscalerConfig, BackendConfig, BackendMode, Config,
-    DispatcherConfig, ListenerConfig, LoadConfig, MachinesConfig, PoolConfig, RequestsConfig,
-    Routing, ScalingPolicy, ShutdownConfig, UpstreamConfig,
+    DispatcherConfig, ListenerConfig, LoadConfig, LogConfig, MachinesConfig, PoolConfig,
+    RequestsConfig, Routing, ScalingPolicy, ShutdownConfig, UpstreamConfig,
 };
 pub use validate::{
     ValidationError, MAX_CONNECTIONS, MAX_DURATION, MAX_LINE_BYTES, MAX_QUEUE_DEPTH,

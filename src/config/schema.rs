@@ -32,6 +32,8 @@ pub struct Config {
     pub autoscaler: AutoscalerConfig,
     /// `[shutdown]`
     pub shutdown: ShutdownConfig,
+    /// `[log]`
+    pub log: LogConfig,
     /// `[backend]`
     pub backend: BackendConfig,
 }
@@ -385,6 +387,20 @@ impl Default for AutoscalerConfig {
             max_step: 4,
             rebalance_tolerance: 10.0,
         }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// One access-log line (target `access`) per closed connection.
+    pub access: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { access: true }
     }
 }
 

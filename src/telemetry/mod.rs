@@ -9,6 +9,7 @@
 //!   name an event (`request_ok`, `connection_rejected`, …).
 //! - [`Topology`] and [`StatsHandle`] — what the dispatcher publishes and what the admin
 //!   API, `STATS` and the summary log read; [`Snapshot`] and friends are the plain copies.
+//! - [`Latencies`] — request latency (per class) and connection duration histograms.
 //! - [`RefusalLog`] — the rate limiter for refused-connection warnings.
 //!
 //! This layer depends on [`crate::core`] only. The balancer, the backends and the server
@@ -16,14 +17,16 @@
 //! never slows the request path.
 
 mod gauges;
+mod histogram;
 mod refusals;
 mod snapshot;
 mod totals;
 
 pub use gauges::{MachineInfo, MachineSnapshot, UnitsGauge};
+pub use histogram::{Histogram, HistogramSnapshot, Latencies};
 pub use refusals::RefusalLog;
 pub use snapshot::{
-    average_load, PoolSnapshot, ScaleEvent, ScaleEventKind, Snapshot, StatsHandle, Topology,
-    RECENT_EVENTS,
+    average_load, round2, PoolSnapshot, ScaleEvent, ScaleEventKind, Snapshot, StatsHandle,
+    Topology, RECENT_EVENTS,
 };
 pub use totals::{Totals, TotalsSnapshot};

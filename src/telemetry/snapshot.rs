@@ -23,7 +23,7 @@ pub enum ScaleEventKind {
     /// Started draining.
     Drain,
     /// Retired and returned to the pool.
-    Down,
+    Retire,
 }
 
 /// One scale event, as `GET /api/stats` lists it under `events` (newest last).
@@ -39,8 +39,15 @@ pub struct ScaleEvent {
     pub size: Size,
     /// Active + draining machines afterwards.
     pub machines: usize,
-    /// Average load (percent) when it happened.
-    pub avg_load: f64,
+    /// Average load (percent) just before it, rounded to 2 decimals.
+    pub avg_before: f64,
+    /// Average load (percent) just after it, rounded to 2 decimals.
+    pub avg_after: f64,
+}
+
+/// `x` rounded to 2 decimals (the precision every load is shown with).
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 /// How many recent scale events are kept.

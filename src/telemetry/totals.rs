@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::Units;
 
 use super::gauges::UnitsGauge;
+use super::histogram::Latencies;
 
 /// Process-wide totals. Each method names the event it counts, so the rules of SPEC §4 and
 /// §6 (`requests_ok + requests_failed = requests received`, what `weighted_failed` sums)
@@ -31,6 +32,8 @@ pub struct Totals {
     scale_ups: AtomicU64,
     /// Machines retired.
     scale_downs: AtomicU64,
+    /// Request latency and connection duration histograms (`/metrics`).
+    pub latencies: Latencies,
 }
 
 impl Totals {

@@ -94,6 +94,7 @@ fn finish(info: &MachineInfo, totals: &Totals, job: Job, served: bool) {
     info.finish(job.weight);
     let reply = if served {
         totals.request_ok(job.weight);
+        totals.latencies.request(job.class, job.queued_at.elapsed());
         ok_reply(&info.name, job.class, &job.payload)
     } else {
         totals.request_failed(job.weight);
@@ -158,6 +159,7 @@ mod tests {
             weight: Units::from_whole(weight),
             payload: Bytes::from_static(payload.as_bytes()),
             reply_tx,
+            queued_at: Instant::now(),
         };
         (job, reply_rx)
     }

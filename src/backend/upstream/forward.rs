@@ -26,7 +26,7 @@ pub async fn forward(
     upstream: &Upstream,
     idle: Duration,
     stop: &CancellationToken,
-) -> Result<(), (TcpStream, std::io::Error)> {
+) -> Result<Forwarded, (TcpStream, std::io::Error)> {
     let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream.address))
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
@@ -42,23 +42,43 @@ pub async fn forward(
     let activity = Activity::default();
     let mut client = Tracked::new(client, &activity);
     let mut server = Tracked::new(server, &activity);
-    tokio::select! {
+    let reason = tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, &mut server) => match copied {
-            Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "proxied connection closed"),
-            Err(e) => debug!(error = %e, "proxied connection ended"),
+            Ok(_) => "closed",
+            Err(e) => {
+                debug!(error = %e, "proxied connection ended");
+                "error"
+            }
         },
         _ = activity.idle_for(idle), if !idle.is_zero() => {
             debug!(?idle, "proxied connection idle; closing");
             let _ = client.inner.shutdown().await;
             let _ = server.inner.shutdown().await;
+            "idle timeout"
         }
         _ = stop.cancelled() => {
             // The shutdown grace is over: stop forwarding; both sides see an orderly close.
             let _ = client.inner.shutdown().await;
             let _ = server.inner.shutdown().await;
+            "shutdown"
         }
-    }
-    Ok(())
+    };
+    Ok(Forwarded {
+        bytes_in: client.bytes_read,
+        bytes_out: server.bytes_read,
+        reason,
+    })
+}
+
+/// How a proxied connection went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Bytes read from the client (and sent upstream).
+    pub bytes_in: u64,
+    /// Bytes read from the upstream (and sent to the client).
+    pub bytes_out: u64,
+    /// Why it ended: `closed` (either side), `error`, `idle timeout` or `shutdown`.
+    pub reason: &'static str,
 }
 
 /// When bytes last moved on a proxied connection, in either direction.
@@ -103,11 +123,17 @@ impl Activity {
 struct Tracked<'a> {
     inner: TcpStream,
     activity: &'a Activity,
+    /// Bytes read from `inner` so far.
+    bytes_read: u64,
 }
 
 impl<'a> Tracked<'a> {
     fn new(inner: TcpStream, activity: &'a Activity) -> Self {
-        Tracked { inner, activity }
+        Tracked {
+            inner,
+            activity,
+            bytes_read: 0,
+        }
     }
 }
 
@@ -119,7 +145,9 @@ impl AsyncRead for Tracked<'_> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.bytes_read += read as u64;
             self.activity.touch();
         }
         polled

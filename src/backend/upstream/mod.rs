@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::core::{MachineId, Size, SizeCounts, Units};
 use crate::telemetry::MachineInfo;
 
-pub use forward::forward;
+pub use forward::{forward, Forwarded};
 pub use health::{Upstream, CONNECT_TIMEOUT};
 
 // === impl UpstreamFactory ===

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
+use super::access::{self, ConnCounters};
 use super::close::{far_future, linger, refuse, shutting_down};
 use super::context::SessionContext;
 use super::writer::{write_loop, InFlight, Pending};
@@ -58,9 +59,15 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>
             return;
         }
     };
-    let span = tracing::debug_span!("conn", %peer, machine = %placement.machine().info.name);
+    let home = placement.machine().info.name.clone();
+    let span = tracing::debug_span!("conn", %peer, machine = %home);
     async move {
-        debug!(reservation = %placement.reservation(), "connection admitted");
+        debug!(
+            reservation = placement.reservation().as_f64(),
+            "connection admitted"
+        );
+        let started = Instant::now();
+        let counters = ConnCounters::default();
         let _ = socket.set_nodelay(true);
         let (read_half, write_half) = socket.into_split();
         let depth = ctx.config.borrow().machines.queue_depth;
@@ -72,16 +79,21 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>
             placement: &placement,
             pending_tx,
             in_flight: &in_flight,
+            counters: &counters,
         };
-        let (read_half, linger_after) = tokio::join!(
+        let ((read_half, end), wrote_all) = tokio::join!(
             reader.run(read_half),
-            write_loop(write_half, pending_rx, &in_flight, idle),
-        )
-        .0;
-        if linger_after {
+            write_loop(write_half, pending_rx, &in_flight, idle, &counters),
+        );
+        let reason = match end {
+            _ if !wrote_all => "write failed or client stopped reading",
+            ReadEnd::ServerClose(reason) => reason,
+            ReadEnd::ClientGone => "client closed",
+        };
+        if let ReadEnd::ServerClose(_) = end {
             linger(read_half).await;
         }
-        debug!("connection closed");
+        access::closed(&ctx, peer, &home, started, &counters, reason);
         // Dropping `placement` here releases the reservation from the current machine.
     }
     .instrument(span)
@@ -95,6 +107,8 @@ struct Reader<'a> {
     pending_tx: mpsc::Sender<Pending>,
     /// Replies owed and not yet written (shared with the writer).
     in_flight: &'a InFlight,
+    /// For the access log (shared with the writer).
+    counters: &'a ConnCounters,
 }
 
 /// What one frame calls for.
@@ -103,8 +117,8 @@ enum Step {
     Nothing,
     /// One reply slot.
     Reply(Pending),
-    /// This reply, then close the connection.
-    Last(Bytes),
+    /// This reply, then close the connection, for this reason.
+    Last(&'static str, Bytes),
 }
 
 /// Why the reader stopped.
@@ -112,14 +126,14 @@ enum ReadEnd {
     /// The client closed its side (or reset): let the writer finish, nothing to linger on.
     ClientGone,
     /// We decided to close after the replies owed (QUIT, too-long, timeout, shutdown).
-    ServerClose,
+    ServerClose(&'static str),
 }
 
 impl Reader<'_> {
-    /// Returns the read half (for lingering) and whether to linger.
-    async fn run(self, mut read_half: OwnedReadHalf) -> (OwnedReadHalf, bool) {
+    /// Returns the read half (for lingering) and why reading ended.
+    async fn run(self, mut read_half: OwnedReadHalf) -> (OwnedReadHalf, ReadEnd) {
         let end = self.read_loop(&mut read_half).await;
-        (read_half, matches!(end, ReadEnd::ServerClose))
+        (read_half, end)
     }
 
     async fn read_loop(&self, read_half: &mut OwnedReadHalf) -> ReadEnd {
@@ -164,11 +178,11 @@ impl Reader<'_> {
                             return ReadEnd::ClientGone;
                         }
                     }
-                    Step::Last(reply) => return self.close_with(Some(reply)).await,
+                    Step::Last(reason, reply) => return self.close_with(reason, Some(reply)).await,
                 }
             }
             if refused_late {
-                return self.close_with(None).await;
+                return self.close_with("shutdown", None).await;
             }
             if buf.capacity() - buf.len() < 512 {
                 buf.reserve(4096);
@@ -177,13 +191,13 @@ impl Reader<'_> {
                 biased;
                 _ = self.ctx.shutdown.cancelled(), if !stopping => {
                     if self.in_flight.is_zero() {
-                        return self.close_with(Some(shutting_down())).await;
+                        return self.close_with("shutdown", Some(shutting_down())).await;
                     }
                     stopping = true;
                 }
                 _ = self.in_flight.drained.notified(), if stopping => {
                     if self.in_flight.is_zero() {
-                        return self.close_with(Some(shutting_down())).await;
+                        return self.close_with("shutdown", Some(shutting_down())).await;
                     }
                 }
                 _ = self.pending_tx.closed() => return ReadEnd::ClientGone,
@@ -193,7 +207,10 @@ impl Reader<'_> {
                 }
                 read = read_half.read_buf(&mut buf) => match read {
                     Ok(0) => return ReadEnd::ClientGone,
-                    Ok(_) => last_read = Instant::now(),
+                    Ok(n) => {
+                        self.counters.bytes_in(n);
+                        last_read = Instant::now();
+                    }
                     Err(e) => {
                         debug!(error = %e, "read failed");
                         return ReadEnd::ClientGone;
@@ -202,7 +219,8 @@ impl Reader<'_> {
                 _ = tokio::time::sleep_until(last_read.checked_add(idle).unwrap_or_else(far_future)), if !idle.is_zero() => {
                     if self.in_flight.is_zero() {
                         let msg = format!("idle for {}", crate::config::duration_str::format(idle));
-                        return self.close_with(Some(ErrorCode::Timeout.reply(&msg))).await;
+                        let reply = ErrorCode::Timeout.reply(&msg);
+                        return self.close_with("idle timeout", Some(reply)).await;
                     }
                     // Work in flight is not idleness: count the silence from now on.
                     last_read = Instant::now();
@@ -211,15 +229,21 @@ impl Reader<'_> {
         }
     }
 
-    /// Queues `reply` (if any), then the close marker.
-    async fn close_with(&self, reply: Option<Bytes>) -> ReadEnd {
+    /// Queues `reply` (if any), then the close marker; `reason` goes to the access log.
+    async fn close_with(&self, reason: &'static str, reply: Option<Bytes>) -> ReadEnd {
         if let Some(reply) = reply {
             if !self.push(Pending::Ready(reply)).await {
                 return ReadEnd::ClientGone;
             }
         }
         let _ = self.pending_tx.send(Pending::Close).await;
-        ReadEnd::ServerClose
+        ReadEnd::ServerClose(reason)
+    }
+
+    /// Counts one failed request of `weight`, in the totals and for the access log.
+    fn fail(&self, weight: Units) {
+        self.ctx.stats.totals.request_failed(weight);
+        self.counters.request_failed();
     }
 
     /// Hands a reply slot to the writer; false when the writer is gone.
@@ -247,19 +271,18 @@ impl Reader<'_> {
             }
         };
         if let Some(weight) = weight {
-            self.ctx.stats.totals.request_failed(weight);
+            self.fail(weight);
         }
         Some(shutting_down())
     }
 
     /// Turns one frame into what the connection owes for it.
     fn handle(&self, frame: Frame, max_line: usize) -> Step {
-        let totals = &self.ctx.stats.totals;
         let line = match frame {
             Frame::TooLong => {
-                totals.request_failed(Units::ZERO);
+                self.fail(Units::ZERO);
                 let msg = format!("line exceeds {max_line} bytes");
-                return Step::Last(ErrorCode::TooLong.reply(&msg));
+                return Step::Last("too-long", ErrorCode::TooLong.reply(&msg));
             }
             Frame::Line(line) => line,
         };
@@ -267,7 +290,7 @@ impl Reader<'_> {
             return Step::Nothing;
         }
         if std::str::from_utf8(&line).is_err() {
-            totals.request_failed(Units::ZERO);
+            self.fail(Units::ZERO);
             let reply = ErrorCode::BadRequest.reply("line is not valid UTF-8");
             return Step::Reply(Pending::Ready(reply));
         }
@@ -285,7 +308,7 @@ impl Reader<'_> {
             Request::Ping => Bytes::from_static(b"PONG\n"),
             Request::Info => self.info_reply(),
             Request::Stats => protocol::stats_reply(self.ctx.stats.active_loads()),
-            Request::Quit => return Step::Last(Bytes::from_static(b"BYE\n")),
+            Request::Quit => return Step::Last("quit", Bytes::from_static(b"BYE\n")),
             Request::Work { class, payload } => {
                 let weight = Units::from_whole(weights.weight(class));
                 return Step::Reply(self.submit(class, weight, payload));
@@ -301,15 +324,16 @@ impl Reader<'_> {
             weight,
             payload,
             reply_tx,
+            queued_at: tokio::time::Instant::now(),
         };
         match self.ctx.router.submit(self.placement, job) {
             Ok(()) => Pending::Waiting(reply_rx),
             Err(RouteError::Busy(_, message)) => {
-                self.ctx.stats.totals.request_failed(weight);
+                self.fail(weight);
                 Pending::Ready(ErrorCode::Busy.reply(&message))
             }
             Err(RouteError::Gone(_)) => {
-                self.ctx.stats.totals.request_failed(weight);
+                self.fail(weight);
                 Pending::Ready(shutting_down())
             }
         }

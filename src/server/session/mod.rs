@@ -6,6 +6,7 @@
 //! which mode is on. Shared here: the context every session reads, refusals with a
 //! lingering close, and the `ERR shutting-down` line.
 
+mod access;
 mod close;
 mod context;
 pub mod line;

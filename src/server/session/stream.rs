@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::{warn, Instrument};
 
+use super::access::{self, ConnCounters};
 use super::context::SessionContext;
 use crate::backend::upstream;
 use crate::balancer::Command;
@@ -27,11 +29,19 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
         };
         let span = tracing::debug_span!("proxy", %peer, machine = %machine.info.name, upstream = %upstream.address);
         let idle = ctx.config.borrow().listener.idle_timeout;
+        let started = Instant::now();
         match upstream::forward(socket, &upstream, idle, &ctx.hard_stop)
             .instrument(span)
             .await
         {
-            Ok(()) => return,
+            Ok(done) => {
+                let counters = ConnCounters::default();
+                counters.bytes_in(usize::try_from(done.bytes_in).unwrap_or(usize::MAX));
+                counters.bytes_out(usize::try_from(done.bytes_out).unwrap_or(usize::MAX));
+                let reason = format!("{} (upstream {})", done.reason, upstream.address);
+                access::closed(ctx, peer, &machine.info.name, started, &counters, &reason);
+                return;
+            }
             Err((returned, e)) => {
                 // Never connected: not an admitted connection after all.
                 ctx.stats.totals.admission_withdrawn();

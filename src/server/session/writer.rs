@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::timeout;
 use tracing::debug;
 
+use super::access::ConnCounters;
 use super::close::shutting_down;
 
 /// Flush the write buffer once it holds this much, even if more replies are ready.
@@ -55,20 +56,24 @@ pub(super) enum Pending {
 }
 
 /// Writes owed replies in order until the reader is done (channel closed) or a close marker.
+///
+/// Returns false when the socket failed (or the client stopped reading) before everything
+/// owed was written.
 pub(super) async fn write_loop(
     mut write_half: OwnedWriteHalf,
     mut pending_rx: mpsc::Receiver<Pending>,
     in_flight: &InFlight,
     idle: Duration,
-) {
+    counters: &ConnCounters,
+) -> bool {
     let mut out = BytesMut::new();
     loop {
         let item = match pending_rx.try_recv() {
             Ok(item) => item,
             Err(mpsc::error::TryRecvError::Empty) => {
                 // Nothing more is ready: send what we have before waiting.
-                if !flush(&mut write_half, &mut out, idle).await {
-                    return;
+                if !flush(&mut write_half, &mut out, idle, counters).await {
+                    return false;
                 }
                 match pending_rx.recv().await {
                     Some(item) => item,
@@ -79,34 +84,49 @@ pub(super) async fn write_loop(
         };
         let line = match item {
             Pending::Ready(line) => line,
-            Pending::Waiting(mut reply_rx) => match reply_rx.try_recv() {
-                Ok(line) => line,
-                Err(oneshot::error::TryRecvError::Empty) => {
-                    if !flush(&mut write_half, &mut out, idle).await {
-                        return;
+            Pending::Waiting(mut reply_rx) => {
+                let line = match reply_rx.try_recv() {
+                    Ok(line) => line,
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        if !flush(&mut write_half, &mut out, idle, counters).await {
+                            return false;
+                        }
+                        // A machine always answers (worker::finish); a dropped oneshot
+                        // would be a bug, and still gets exactly one reply.
+                        reply_rx.await.unwrap_or_else(|_| shutting_down())
                     }
-                    // A machine always answers (machine::finish); a dropped oneshot would
-                    // be a bug, and still gets exactly one reply.
-                    reply_rx.await.unwrap_or_else(|_| shutting_down())
+                    Err(oneshot::error::TryRecvError::Closed) => shutting_down(),
+                };
+                if line.starts_with(b"OK ") {
+                    counters.request_ok();
+                } else {
+                    counters.request_failed();
                 }
-                Err(oneshot::error::TryRecvError::Closed) => shutting_down(),
-            },
+                line
+            }
             Pending::Close => break,
         };
         out.extend_from_slice(&line);
         in_flight.done();
-        if out.len() >= WRITE_BATCH && !flush(&mut write_half, &mut out, idle).await {
-            return;
+        if out.len() >= WRITE_BATCH && !flush(&mut write_half, &mut out, idle, counters).await {
+            return false;
         }
     }
-    if flush(&mut write_half, &mut out, idle).await {
-        let _ = write_half.shutdown().await;
+    if !flush(&mut write_half, &mut out, idle, counters).await {
+        return false;
     }
+    let _ = write_half.shutdown().await;
+    true
 }
 
 /// Writes `out` and clears it. A client that does not read for `idle` (when non-zero) is
 /// given up on, like HAProxy's `timeout client`. Returns false when the socket is unusable.
-async fn flush(write_half: &mut OwnedWriteHalf, out: &mut BytesMut, idle: Duration) -> bool {
+async fn flush(
+    write_half: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    idle: Duration,
+    counters: &ConnCounters,
+) -> bool {
     if out.is_empty() {
         return true;
     }
@@ -122,9 +142,13 @@ async fn flush(write_half: &mut OwnedWriteHalf, out: &mut BytesMut, idle: Durati
             }
         }
     };
+    let written = out.len();
     out.clear();
     match result {
-        Ok(()) => true,
+        Ok(()) => {
+            counters.bytes_out(written);
+            true
+        }
         Err(e) => {
             debug!(error = %e, "write failed");
             false
