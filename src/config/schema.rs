@@ -51,6 +51,9 @@ pub struct ListenerConfig {
     /// A client silent this long (with nothing in flight) is closed; zero = never.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
+    /// A line must be completed within this from its first byte; zero = no limit.
+    #[serde(with = "duration")]
+    pub line_timeout: Duration,
 }
 
 impl Default for ListenerConfig {
@@ -60,6 +63,7 @@ impl Default for ListenerConfig {
             max_connections: 10_000,
             max_line_bytes: 8192,
             idle_timeout: Duration::from_secs(60),
+            line_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -168,6 +168,7 @@ impl Config {
     fn validate_bounds(&self) -> Result<(), ValidationError> {
         let durations = [
             ("listener.idle_timeout", self.listener.idle_timeout),
+            ("listener.line_timeout", self.listener.line_timeout),
             (
                 "autoscaler.scale_down_after",
                 self.autoscaler.scale_down_after,
