@@ -17,7 +17,8 @@
 //! - `diagnostics` — [`ConfigError`], one line `file:line: key: message` per problem, and
 //!   the line scanner ([`locate`]) that finds where a key is set;
 //! - [`duration`] (also [`duration_str`]) — durations written as `"250ms"`, `"10s"`;
-//! - `addr` — [`resolve_addr`], for host names on the command line.
+//! - `addr` — [`resolve_addr`], for host names on the command line;
+//! - `token` — [`AdminToken`], the admin API's bearer token, compared in constant time.
 //!
 //! Everything public is re-exported here: other modules use `crate::config::X`.
 
@@ -27,6 +28,7 @@ mod addr;
 mod diagnostics;
 pub mod duration;
 mod schema;
+mod token;
 mod validate;
 
 pub use addr::{resolve_addr, ResolveAddrError};
@@ -37,9 +39,10 @@ pub use schema::{
     DispatcherConfig, ListenerConfig, LoadConfig, MachinesConfig, PoolConfig, RequestsConfig,
     ShutdownConfig, UpstreamConfig,
 };
+pub use token::{AdminToken, MAX_TOKEN_BYTES};
 pub use validate::{
-    ValidationError, MAX_CONNECTIONS, MAX_DURATION, MAX_LINE_BYTES, MAX_QUEUE_DEPTH,
-    MAX_SERVICE_MS_PER_UNIT, MAX_UNITS,
+    ValidationError, MAX_ADMIN_CONNECTIONS, MAX_BACKLOG, MAX_CONNECTIONS, MAX_DURATION,
+    MAX_LINE_BYTES, MAX_QUEUE_DEPTH, MAX_SERVICE_MS_PER_UNIT, MAX_UNITS,
 };
 
 /// The duration helpers under their original name (`#[serde(with = "duration_str")]`,
