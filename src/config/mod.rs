@@ -18,6 +18,8 @@
 //!   the line scanner ([`locate`]) that finds where a key is set;
 //! - [`duration`] (also [`duration_str`]) — durations written as `"250ms"`, `"10s"`;
 //! - `addr` — [`resolve_addr`], for host names on the command line;
+//! - `source` — [`ConfigSource`]: which file `main` reads (`--config`, then [`SEARCH_PATH`]),
+//!   or the built-in defaults;
 //! - `token` — [`AdminToken`], the admin API's bearer token, compared in constant time.
 //!
 //! Everything public is re-exported here: other modules use `crate::config::X`.
@@ -28,6 +30,7 @@ mod addr;
 mod diagnostics;
 pub mod duration;
 mod schema;
+mod source;
 mod token;
 mod validate;
 
@@ -39,6 +42,7 @@ pub use schema::{
     DispatcherConfig, ListenerConfig, LoadConfig, MachinesConfig, PoolConfig, RequestsConfig,
     ShutdownConfig, UpstreamConfig,
 };
+pub use source::{ConfigSource, DEFAULT_PATH, SEARCH_PATH, SYSTEM_PATH};
 pub use token::{AdminToken, MAX_TOKEN_BYTES};
 pub use validate::{
     ValidationError, MAX_ADMIN_CONNECTIONS, MAX_BACKLOG, MAX_CONNECTIONS, MAX_DURATION,
@@ -48,9 +52,6 @@ pub use validate::{
 /// The duration helpers under their original name (`#[serde(with = "duration_str")]`,
 /// `crate::config::duration_str::format`).
 pub use duration as duration_str;
-
-/// The path used when `--config` is not given and the file exists.
-pub const DEFAULT_PATH: &str = "config/elastic-lb.toml";
 
 impl Config {
     /// Reads and validates `path`.
