@@ -20,6 +20,7 @@
 //! - `addr` — [`resolve_addr`], for host names on the command line;
 //! - `source` — [`ConfigSource`]: which file `main` reads (`--config`, then [`SEARCH_PATH`]),
 //!   or the built-in defaults;
+//! - `restart` — [`keep_restart_keys`]: the keys a reload cannot change (sockets, `[backend]`);
 //! - `token` — [`AdminToken`], the admin API's bearer token, compared in constant time.
 //!
 //! Everything public is re-exported here: other modules use `crate::config::X`.
@@ -29,6 +30,7 @@ use std::path::Path;
 mod addr;
 mod diagnostics;
 pub mod duration;
+mod restart;
 mod schema;
 mod source;
 mod token;
@@ -37,6 +39,7 @@ mod validate;
 pub use addr::{resolve_addr, ResolveAddrError};
 pub use diagnostics::{locate, ConfigError};
 use diagnostics::{parse_error, validation_error};
+pub use restart::{keep_restart_keys, RestartChange};
 pub use schema::{
     AdminAddress, AdminConfig, AutoscalerConfig, BackendConfig, BackendMode, Config,
     DispatcherConfig, ListenerConfig, LoadConfig, MachinesConfig, PoolConfig, RequestsConfig,
