@@ -16,9 +16,30 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
+/// What `--help` adds after the options: how the daemon is driven and what it answers.
+const OPERATIONS_HELP: &str = "\
+Configuration:
+  --config PATH, else ./config/elastic-lb.toml, else /etc/elastic-lb/elastic-lb.toml,
+  else the built-in defaults. `elastic-lb check` prints the effective configuration.
+
+Signals (daemon):
+  SIGHUP           reload the configuration file (keys that need a restart are logged)
+  SIGINT, SIGTERM  graceful shutdown: stop accepting, answer what was read, wait up to
+                   shutdown.grace; a second SIGINT/SIGTERM exits at once with status 130
+
+Logs:
+  on stderr; RUST_LOG filters them (default info, e.g. RUST_LOG=debug), --log-format json
+  writes one JSON object per line
+
+Exit status:
+  0    clean exit: graceful shutdown, `check` accepted the file, `stats`/`load` finished
+  1    a start-up or usage error (bad flag, invalid configuration, port in use, admin
+       endpoint or target unreachable), printed on stderr
+  130  a second SIGINT/SIGTERM during a graceful shutdown";
+
 /// An asynchronous, elastic TCP load balancer.
 #[derive(Debug, Parser)]
-#[command(name = "elastic-lb", version, about)]
+#[command(name = "elastic-lb", version, about, after_help = OPERATIONS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -29,6 +50,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon (the default).
+    #[command(after_help = OPERATIONS_HELP)]
     Run(RunArgs),
     /// Validate the configuration and print the effective configuration as TOML.
     Check {
@@ -85,11 +107,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // One line naming the problem and status 1, like every start-up error (SPEC §2).
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid command line");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first} (see --help)");
+            // clap's own rendering: the problem, what is missing, a suggestion for a typo
+            // and the usage line. Status 1 like every start-up error (SPEC §2), where
+            // clap's `exit()` would use 2.
+            let _ = e.print();
             return ExitCode::FAILURE;
         }
     };
