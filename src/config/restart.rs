@@ -6,6 +6,11 @@
 //! [`keep_restart_keys`]: the new configuration keeps the running values of these keys, the
 //! rest applies at once, and each key that differs is reported so that `main` can log one
 //! warning per key ("changes only on restart").
+//!
+//! `dispatcher.seed` and `autoscaler.initial` are only read at start too (the RNG seed, the
+//! boot machines). A change to them is reported the same way, but their new values stay in
+//! the configuration: nothing reads them after start, and validation checks `initial`
+//! against the new pool.
 
 use toml::{Table, Value};
 
@@ -20,6 +25,8 @@ const RESTART_KEYS: [(&str, &str); 4] = [
     ("admin", "address"),
     ("admin", "max_connections"),
 ];
+/// Keys only read at start, whose new values are inert until then: reported, not reset.
+const START_ONLY_KEYS: [(&str, &str); 2] = [("dispatcher", "seed"), ("autoscaler", "initial")];
 
 /// A key whose new value waits for a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +39,9 @@ pub struct RestartChange {
     pub wanted: String,
 }
 
-/// Puts the running values of the restart-only keys back into `next` and returns, in key
-/// order, every such key whose value `next` wanted to change.
+/// Puts the running values of the restart-only keys back into `next` and returns every
+/// such key whose value `next` wanted to change (socket keys, then the start-only keys,
+/// then `[backend]` in key order).
 pub fn keep_restart_keys(running: &Config, next: &mut Config) -> Vec<RestartChange> {
     let changes = restart_changes(running, next);
     next.listener.address = running.listener.address;
@@ -51,6 +59,7 @@ fn restart_changes(running: &Config, next: &Config) -> Vec<RestartChange> {
     let (old, new) = (as_table(running), as_table(next));
     let mut keys: Vec<(String, String)> = RESTART_KEYS
         .iter()
+        .chain(&START_ONLY_KEYS)
         .map(|(t, k)| (t.to_string(), k.to_string()))
         .collect();
     for table in RESTART_TABLES {
@@ -138,6 +147,21 @@ mod tests {
             Duration::from_secs(5),
             "live key applied"
         );
+    }
+
+    #[test]
+    fn start_only_keys_are_reported_but_keep_their_new_values() {
+        let running = Config::default();
+        let mut next = Config::default();
+        next.dispatcher.seed = 9;
+        next.autoscaler.initial = vec![Size::Small];
+        let changes = keep_restart_keys(&running, &mut next);
+        let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["dispatcher.seed", "autoscaler.initial"]);
+        assert_eq!(changes[1].running, "[\"medium\"]");
+        assert_eq!(changes[1].wanted, "[\"small\"]");
+        assert_eq!(next.dispatcher.seed, 9);
+        assert_eq!(next.autoscaler.initial, vec![Size::Small]);
     }
 
     #[test]
