@@ -15,12 +15,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin;
 use crate::backend::{self, BackendContext};
 use crate::balancer::{self, Command, DispatcherHandle};
-use crate::config::Config;
+use crate::config::{AdminAddress, Config};
 use crate::core::StrategyKind;
 use crate::server::listener::Listener;
 use crate::server::session::SessionContext;
@@ -147,8 +147,15 @@ impl Server {
     }
 
     /// Applies an already-validated configuration at run time (SIGHUP). Listen addresses
-    /// are not changed.
+    /// are not changed (`main` keeps the running values of every key that needs a restart,
+    /// see [`crate::config::keep_restart_keys`]). Warns again when the admin endpoint is
+    /// open beyond loopback and the new configuration has no `admin.token`.
     pub async fn reload(&self, config: Config) {
+        if let Some(addr) = self.admin_addr {
+            if admin::auth::exposed(addr, &config.admin) {
+                warn!(%addr, "{}", admin::exposure_warning(AdminAddress::Addr(addr)));
+            }
+        }
         let config = Arc::new(config);
         self.config_tx.send_replace(config.clone());
         let _ = self.dispatcher.send(Command::Reconfigure(config)).await;

@@ -8,16 +8,38 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use elastic_lb::config::{self, AdminAddress, Config};
+use elastic_lb::config::{self, AdminAddress, Config, ConfigSource};
 use elastic_lb::core::StrategyKind;
+use elastic_lb::server::{bind, descriptors};
 use elastic_lb::{Error, Result, Server};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+/// What `--help` adds after the options: how the daemon is driven and what it answers.
+const OPERATIONS_HELP: &str = "\
+Configuration:
+  --config PATH, else ./config/elastic-lb.toml, else /etc/elastic-lb/elastic-lb.toml,
+  else the built-in defaults. `elastic-lb check` prints the effective configuration.
+
+Signals (daemon):
+  SIGHUP           reload the configuration file (keys that need a restart are logged)
+  SIGINT, SIGTERM  graceful shutdown: stop accepting, answer what was read, wait up to
+                   shutdown.grace; a second SIGINT/SIGTERM exits at once with status 130
+
+Logs:
+  on stderr; RUST_LOG filters them (default info, e.g. RUST_LOG=debug), --log-format json
+  writes one JSON object per line
+
+Exit status:
+  0    clean exit: graceful shutdown, `check` accepted the file, `stats`/`load` finished
+  1    a start-up or usage error (bad flag, invalid configuration, port in use, admin
+       endpoint or target unreachable), printed on stderr
+  130  a second SIGINT/SIGTERM during a graceful shutdown";
 
 /// An asynchronous, elastic TCP load balancer.
 #[derive(Debug, Parser)]
-#[command(name = "elastic-lb", version, about)]
+#[command(name = "elastic-lb", version, about, after_help = OPERATIONS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -28,10 +50,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon (the default).
+    #[command(after_help = OPERATIONS_HELP)]
     Run(RunArgs),
     /// Validate the configuration and print the effective configuration as TOML.
     Check {
-        /// Configuration file (default: config/elastic-lb.toml if present, else built-in).
+        /// Configuration file [default: ./config/elastic-lb.toml, else
+        /// /etc/elastic-lb/elastic-lb.toml, else built-in]
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
@@ -50,7 +74,8 @@ enum Command {
 
 #[derive(Debug, Clone, clap::Args)]
 struct RunArgs {
-    /// Configuration file (default: config/elastic-lb.toml if present, else built-in).
+    /// Configuration file [default: ./config/elastic-lb.toml, else
+    /// /etc/elastic-lb/elastic-lb.toml, else built-in]
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Address to listen on (overrides listener.address).
@@ -82,11 +107,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // One line naming the problem and status 1, like every start-up error (SPEC §2).
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid command line");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first} (see --help)");
+            // clap's own rendering: the problem, what is missing, a suggestion for a typo
+            // and the usage line. Status 1 like every start-up error (SPEC §2), where
+            // clap's `exit()` would use 2.
+            let _ = e.print();
             return ExitCode::FAILURE;
         }
     };
@@ -124,21 +148,28 @@ fn client(command: impl std::future::Future<Output = Result<()>>) -> Result<Exit
 
 /// `elastic-lb check`: print the effective configuration (exit 0), or fail.
 fn check(path: Option<&Path>) -> Result<ExitCode> {
-    let (config, _) = load_config(path)?;
+    let config = ConfigSource::find(path, config::SEARCH_PATH).load()?;
     print!("{}", config.to_toml());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Loads `path`, or `config/elastic-lb.toml` when it exists, or the built-in defaults.
-/// Returns the file it read, if any (for SIGHUP reloads).
-fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), config::ConfigError> {
-    let path = match path {
-        Some(p) => Some(p.to_path_buf()),
-        None => Some(PathBuf::from(config::DEFAULT_PATH)).filter(|p| p.exists()),
-    };
-    match path {
-        Some(p) => Ok((Config::load(&p)?, Some(p))),
-        None => Ok((Config::default(), None)),
+/// The `run` flags that override the file, kept so that a reload applies them again.
+#[derive(Debug, Clone, Copy)]
+struct Overrides {
+    listen: Option<SocketAddr>,
+    admin: Option<AdminAddress>,
+}
+
+impl Overrides {
+    /// The addresses given on the command line win over the file's. (`--strategy` is
+    /// applied at start only: a reload applies the file's strategy again, SPEC §6.)
+    fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.listener.address = listen;
+        }
+        if let Some(admin) = self.admin {
+            config.admin.address = admin;
+        }
     }
 }
 
@@ -160,36 +191,54 @@ fn init_tracing(format: LogFormat) {
 fn run(args: RunArgs) -> Result<ExitCode> {
     init_tracing(args.log_format);
     // The configuration is loaded and validated before any socket is bound.
-    let (mut config, path) = load_config(args.config.as_deref())?;
-    if let Some(listen) = args.listen {
-        config.listener.address = listen;
-    }
-    if let Some(admin) = args.admin {
-        config.admin.address = admin;
-    }
+    let source = ConfigSource::find(args.config.as_deref(), config::SEARCH_PATH);
+    let mut config = source.load()?;
+    let overrides = Overrides {
+        listen: args.listen,
+        admin: args.admin,
+    };
+    overrides.apply(&mut config);
     if let Some(strategy) = args.strategy {
         config.dispatcher.strategy = strategy;
     }
-    runtime()?.block_on(serve(config, path))
+    runtime()?.block_on(serve(config, source, overrides))
 }
 
 /// Binds, runs until a signal, shuts down.
-async fn serve(config: Config, path: Option<PathBuf>) -> Result<ExitCode> {
+async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Result<ExitCode> {
     // Signal handlers are installed before the listener binds (SPEC §5).
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
 
-    let listener = bind(config.listener.address, false).await?;
+    let requested = config.listener.backlog;
+    let backlog = bind::effective_backlog(requested, bind::somaxconn());
+    let listener = listen(config.listener.address, backlog, false)?;
     let admin_listener = match config.admin.address {
         AdminAddress::Off => None,
-        AdminAddress::Addr(addr) => Some(bind(addr, true).await?),
+        AdminAddress::Addr(addr) => Some(listen(addr, backlog, true)?),
     };
+    // Warnings come after the binds, so that a start-up error stays the only line.
+    if backlog < requested {
+        warn!(
+            requested,
+            granted = backlog,
+            "listener.backlog is capped by the kernel (net.core.somaxconn)"
+        );
+    }
+    descriptors::raise_and_check(&config);
     let server = Server::start(config, listener, admin_listener)
         .await
         .map_err(Error::Start)?;
+    let admin = server
+        .admin_addr()
+        .map_or(AdminAddress::Off, AdminAddress::Addr);
     info!(
-        addr = %server.local_addr(),
+        version = %env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        config = %source,
+        listen = %server.local_addr(),
+        %admin,
         strategy = %server.config().dispatcher.strategy,
         "elastic-lb ready"
     );
@@ -198,7 +247,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> Result<ExitCode> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => reload(&server, path.as_deref()).await,
+            _ = sighup.recv() => reload(&server, source.path(), overrides).await,
         }
     }
 
@@ -217,9 +266,9 @@ async fn serve(config: Config, path: Option<PathBuf>) -> Result<ExitCode> {
     }
 }
 
-/// Binds a listener (`admin` only changes the error message).
-async fn bind(addr: SocketAddr, admin: bool) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+/// Binds a listener with `backlog` (`admin` only changes the error message).
+fn listen(addr: SocketAddr, backlog: u32, admin: bool) -> Result<TcpListener> {
+    bind::bind(addr, backlog).map_err(|source| Error::Bind {
         addr,
         admin,
         source,
@@ -227,7 +276,8 @@ async fn bind(addr: SocketAddr, admin: bool) -> Result<TcpListener> {
 }
 
 /// SIGHUP: read the file again; apply it, or keep the old configuration and log one error.
-async fn reload(server: &Server, path: Option<&Path>) {
+/// Keys that need a restart keep their running values, with one warning per changed key.
+async fn reload(server: &Server, path: Option<&Path>, overrides: Overrides) {
     let Some(path) = path else {
         info!("reload: no configuration file in use; nothing to reload");
         return;
@@ -241,21 +291,42 @@ async fn reload(server: &Server, path: Option<&Path>) {
                 "reload task failed: {e}"
             )))
         });
-    match loaded {
-        Ok(config) if config.backend != server.config().backend => {
-            error!(
-                "reload failed, keeping the old configuration: [backend] changes need a restart"
-            );
+    let mut config = match loaded {
+        Ok(config) => config,
+        Err(e) => {
+            error!("reload failed, keeping the old configuration: {e}");
+            return;
         }
-        Ok(mut config) => {
-            // Listen addresses change only on restart; command-line overrides stay, except
-            // the strategy: a reload applies the file's strategy again (SPEC §6).
-            let current = server.config();
-            config.listener.address = current.listener.address;
-            config.admin.address = current.admin.address;
-            info!(path = %path.display(), strategy = %config.dispatcher.strategy, "configuration reloaded");
-            server.reload(config).await;
-        }
-        Err(e) => error!("reload failed, keeping the old configuration: {e}"),
+    };
+    // What a restart would run: the file with the command line's addresses. The strategy
+    // is the file's again, also after --strategy or a switch through the admin API.
+    overrides.apply(&mut config);
+    let current = server.config();
+    let waiting = config::keep_restart_keys(&current, &mut config);
+    // The file was valid on its own; with the running [backend] kept it must still be
+    // (e.g. `autoscaler.initial` against the running upstreams).
+    if let Err(e) = config.validate() {
+        error!(
+            "reload failed, keeping the old configuration: {}: {e} (with the running \
+             [backend], which changes only on restart)",
+            path.display()
+        );
+        return;
     }
+    for change in &waiting {
+        warn!(
+            key = %change.key,
+            running = %change.running,
+            file = %change.wanted,
+            "reload: {} changes only on restart; keeping the running value",
+            change.key
+        );
+    }
+    info!(
+        path = %path.display(),
+        strategy = %config.dispatcher.strategy,
+        restart_pending = waiting.len(),
+        "configuration reloaded"
+    );
+    server.reload(config).await;
 }

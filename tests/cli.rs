@@ -225,3 +225,114 @@ fn unknown_strategy_flag_is_refused_naming_it() {
     let lower = out.stderr.to_lowercase();
     assert!(!lower.contains("panicked"), "no panic:\n{}", out.stderr);
 }
+
+/// Asserts clap's full rendering of a usage error: the problem on the first line, the
+/// usage, a pointer to `--help`; exit status 1; no panic.
+fn usage_error(out: &Output, first_line: &str) {
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
+    let first = out.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("error: ") && first.contains(first_line),
+        "first line {first:?} should contain {first_line:?}; stderr:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("\nUsage: elastic-lb"),
+        "usage line:\n{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--help"), "{}", out.stderr);
+    assert!(
+        !out.stderr.to_lowercase().contains("panicked"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn usage_errors_show_what_is_wrong_with_suggestions_and_exit_1() {
+    let dir = scratch_dir("usage");
+    let out = run(&["stat"], &dir);
+    usage_error(&out, "unrecognized subcommand 'stat'");
+    assert!(
+        out.stderr.contains("a similar subcommand exists: 'stats'"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run(
+        &["load", "--target", "127.0.0.1:1", "--conections", "5"],
+        &dir,
+    );
+    usage_error(&out, "unexpected argument '--conections' found");
+    assert!(
+        out.stderr
+            .contains("a similar argument exists: '--connections'"),
+        "{}",
+        out.stderr
+    );
+
+    // What is missing is listed, not cut off.
+    let out = run(&["load"], &dir);
+    usage_error(&out, "the following required arguments were not provided");
+    assert!(out.stderr.contains("--target <ADDR>"), "{}", out.stderr);
+
+    let out = run(&["--bogus"], &dir);
+    usage_error(&out, "unexpected argument '--bogus' found");
+}
+
+#[test]
+fn help_documents_signals_logs_config_lookup_and_exit_status() {
+    let dir = scratch_dir("help");
+    for args in [&["--help"][..], &["run", "--help"]] {
+        let out = run(args, &dir);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", out.stderr);
+        for needle in [
+            "SIGHUP",
+            "SIGINT, SIGTERM",
+            "status 130",
+            "RUST_LOG",
+            "Exit status",
+            "./config/elastic-lb.toml",
+            "/etc/elastic-lb/elastic-lb.toml",
+        ] {
+            assert!(
+                out.stdout.contains(needle),
+                "{args:?}: missing {needle:?} in:\n{}",
+                out.stdout
+            );
+        }
+    }
+}
+
+#[test]
+fn version_prints_the_name_and_version() {
+    let dir = scratch_dir("version");
+    for flag in ["--version", "-V"] {
+        let out = run(&[flag], &dir);
+        assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+        assert_eq!(
+            out.stdout,
+            format!("elastic-lb {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
+
+#[test]
+fn check_reads_config_elastic_lb_toml_of_the_working_directory() {
+    let dir = scratch_dir("lookup");
+    std::fs::create_dir_all(dir.join("config")).expect("mkdir");
+    std::fs::write(
+        dir.join("config/elastic-lb.toml"),
+        "[dispatcher]\nstrategy = \"random\"\n",
+    )
+    .expect("write config");
+    let out = run(&["check"], &dir);
+    assert!(out.status.success(), "stderr:\n{}", out.stderr);
+    assert!(
+        out.stdout.contains("strategy = \"random\""),
+        "{}",
+        out.stdout
+    );
+}

@@ -14,9 +14,16 @@
 //! the admin side never locks anything the request path uses, so a slow or busy admin
 //! client cannot slow the balancer down. Only `PUT /api/strategy` talks to the dispatcher,
 //! through the same bounded command channel as everyone else.
+//!
+//! Around the routes: [`auth`] asks for `admin.token` on every request but `GET` and
+//! `HEAD`, request bodies are limited to [`MAX_BODY_BYTES`], and [`serve`](mod@serve) runs
+//! each connection itself, with `admin.max_connections` as a cap and header, keep-alive and
+//! request timeouts, so that no admin client can hold descriptors or memory for long.
 
+pub mod auth;
 pub mod body;
 pub mod metrics;
+pub mod serve;
 pub mod state;
 pub mod summary;
 
@@ -25,8 +32,9 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
+use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -36,7 +44,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::balancer::SwitchError;
+use crate::config::AdminAddress;
 use crate::core::StrategyKind;
+use auth::AuthState;
+use serve::Limits;
 
 pub use body::{AutoscalerLimits, StatsBody};
 pub use state::AdminState;
@@ -48,28 +59,44 @@ pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 /// answering 503 (nothing is switched then). Once queued, the switch is always awaited.
 const STRATEGY_SWITCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The admin routes.
+/// Largest request body accepted (413 beyond); the API's bodies are a few bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The admin routes, behind the token check and the body limit.
 pub fn router(state: AdminState) -> Router {
+    let auth = AuthState::new(state.config.clone());
     Router::new()
         .route("/", get(dashboard))
         .route("/api/stats", get(api_stats))
         .route("/api/strategy", get(get_strategy).put(put_strategy))
         .route("/metrics", get(prometheus))
+        .layer(middleware::from_fn_with_state(auth, auth::require_token))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::new(state))
 }
 
-/// Serves the admin API on `listener` until `shutdown` fires.
+/// Serves the admin API on `listener` until `shutdown` fires, with `admin.max_connections`
+/// and the default timeouts of [`serve`](mod@serve). Warns when the endpoint is reachable
+/// beyond loopback without `admin.token`.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    let admin = state.config.borrow().admin.clone();
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin interface on http://{addr}/");
+        info!(%addr, max_connections = admin.max_connections, "admin interface on http://{addr}/");
+        if auth::exposed(addr, &admin) {
+            warn!(%addr, "{}", exposure_warning(AdminAddress::Addr(addr)));
+        }
     }
-    let app = router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
-        warn!(error = %e, "admin server failed");
-    }
+    let limits = Limits::new(admin.max_connections);
+    serve::run(listener, router(state), limits, shutdown).await;
+}
+
+/// The warning for an admin endpoint open beyond loopback without a token.
+pub fn exposure_warning(addr: AdminAddress) -> String {
+    format!(
+        "the admin endpoint on {addr} is reachable beyond loopback and admin.token is not \
+         set: anyone who can connect can change the strategy; set admin.token or bind it to \
+         127.0.0.1"
+    )
 }
 
 async fn dashboard() -> Response {

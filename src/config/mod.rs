@@ -17,7 +17,11 @@
 //! - `diagnostics` — [`ConfigError`], one line `file:line: key: message` per problem, and
 //!   the line scanner ([`locate`]) that finds where a key is set;
 //! - [`duration`] (also [`duration_str`]) — durations written as `"250ms"`, `"10s"`;
-//! - `addr` — [`resolve_addr`], for host names on the command line.
+//! - `addr` — [`resolve_addr`], for host names on the command line;
+//! - `source` — [`ConfigSource`]: which file `main` reads (`--config`, then [`SEARCH_PATH`]),
+//!   or the built-in defaults;
+//! - `restart` — [`keep_restart_keys`]: the keys a reload cannot change (sockets, `[backend]`);
+//! - `token` — [`AdminToken`], the admin API's bearer token, compared in constant time.
 //!
 //! Everything public is re-exported here: other modules use `crate::config::X`.
 
@@ -26,28 +30,31 @@ use std::path::Path;
 mod addr;
 mod diagnostics;
 pub mod duration;
+mod restart;
 mod schema;
+mod source;
+mod token;
 mod validate;
 
 pub use addr::{resolve_addr, ResolveAddrError};
 pub use diagnostics::{locate, ConfigError};
 use diagnostics::{parse_error, validation_error};
+pub use restart::{keep_restart_keys, RestartChange};
 pub use schema::{
     AdminAddress, AdminConfig, AutoscalerConfig, BackendConfig, BackendMode, Config,
     DispatcherConfig, ListenerConfig, LoadConfig, LogConfig, MachinesConfig, PoolConfig,
     RequestsConfig, Routing, ScalingPolicy, ShutdownConfig, UpstreamConfig,
 };
+pub use source::{ConfigSource, DEFAULT_PATH, SEARCH_PATH, SYSTEM_PATH};
+pub use token::{AdminToken, MAX_TOKEN_BYTES};
 pub use validate::{
-    ValidationError, MAX_CONNECTIONS, MAX_DURATION, MAX_LINE_BYTES, MAX_QUEUE_DEPTH,
-    MAX_SERVICE_MS_PER_UNIT, MAX_STEP, MAX_UNITS,
+    ValidationError, MAX_ADMIN_CONNECTIONS, MAX_BACKLOG, MAX_CONNECTIONS, MAX_DURATION,
+    MAX_LINE_BYTES, MAX_QUEUE_DEPTH, MAX_SERVICE_MS_PER_UNIT, MAX_STEP, MAX_UNITS,
 };
 
 /// The duration helpers under their original name (`#[serde(with = "duration_str")]`,
 /// `crate::config::duration_str::format`).
 pub use duration as duration_str;
-
-/// The path used when `--config` is not given and the file exists.
-pub const DEFAULT_PATH: &str = "config/elastic-lb.toml";
 
 impl Config {
     /// Reads and validates `path`.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration;
+use super::token::AdminToken;
 use crate::core::{RequestClass, Size, SizeCounts, StrategyKind};
 
 /// The whole configuration (SPEC §3). Every key is optional.
@@ -54,6 +55,9 @@ pub struct ListenerConfig {
     /// A line must be completed within this from its first byte; zero = no limit.
     #[serde(with = "duration")]
     pub line_timeout: Duration,
+    /// Listen backlog of the main and the admin listener (the kernel caps it at
+    /// `net.core.somaxconn`). Read once at start.
+    pub backlog: u32,
 }
 
 impl Default for ListenerConfig {
@@ -64,6 +68,7 @@ impl Default for ListenerConfig {
             max_line_bytes: 8192,
             idle_timeout: Duration::from_secs(60),
             line_timeout: Duration::from_secs(10),
+            backlog: 1024,
         }
     }
 }
@@ -74,12 +79,20 @@ impl Default for ListenerConfig {
 pub struct AdminConfig {
     /// HTTP admin address, or off.
     pub address: AdminAddress,
+    /// Admin connections served at once; more wait in the kernel backlog. Read once at start.
+    pub max_connections: usize,
+    /// When set, mutating requests (`PUT`, `POST`, `DELETE`, …) need
+    /// `Authorization: Bearer <token>`. Read live, so a reload can set or rotate it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<AdminToken>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             address: AdminAddress::Addr(SocketAddr::from(([127, 0, 0, 1], 7071))),
+            max_connections: 256,
+            token: None,
         }
     }
 }

@@ -102,7 +102,7 @@ fn unknown_key_is_reworded() {
     assert_eq!(
         err(text),
         "x.toml:3: listener.colour: unknown key (expected one of address, \
-         max_connections, max_line_bytes, idle_timeout)"
+         max_connections, max_line_bytes, idle_timeout, line_timeout, backlog)"
     );
 }
 
@@ -431,4 +431,52 @@ fn read_error_names_the_file() {
         e.to_string().starts_with("/nonexistent/elastic-lb.toml: "),
         "{e}"
     );
+}
+
+#[test]
+fn backlog_and_admin_limits_have_bounds_naming_the_key() {
+    rejects(
+        "[listener]\nbacklog = 0\n",
+        &["x.toml:2: listener.backlog = 0: must be between 1 and 65535"],
+    );
+    rejects(
+        "[listener]\nbacklog = 70000\n",
+        &["x.toml:2: listener.backlog = 70000: must be between 1 and 65535"],
+    );
+    rejects(
+        "[admin]\nmax_connections = 0\n",
+        &["x.toml:2: admin.max_connections = 0: must be between 1 and 10000"],
+    );
+    rejects(
+        "[admin]\n\nmax_connections = 10001\n",
+        &["x.toml:3: admin.max_connections = 10001: must be between 1"],
+    );
+    rejects(
+        "[listener]\nbacklog = -1\n",
+        &["x.toml:2: listener.backlog"],
+    );
+    let ok = Config::from_toml(
+        "[listener]\nbacklog = 16\n[admin]\nmax_connections = 2\n",
+        "x.toml",
+    )
+    .expect("valid");
+    assert_eq!((ok.listener.backlog, ok.admin.max_connections), (16, 2));
+}
+
+#[test]
+fn admin_token_is_optional_round_trips_and_is_never_echoed_in_errors() {
+    assert_eq!(Config::default().admin.token, None);
+    assert!(!Config::default().to_toml().contains("token"));
+    let c = Config::from_toml("[admin]\ntoken = \"s3cret\"\n", "x.toml").expect("valid");
+    assert_eq!(c.admin.token, Some(AdminToken::new("s3cret")));
+    let back = Config::from_toml(&c.to_toml(), "check").expect("round trip");
+    assert_eq!(back, c);
+    for bad in ["\"\"", "\"two words\"", "\"tab\\there\""] {
+        let msg = rejects(
+            &format!("[admin]\ntoken = {bad}\n"),
+            &["x.toml:2: admin.token = \"<hidden>\": must"],
+        );
+        assert!(!msg.contains("words") && !msg.contains("here"), "{msg}");
+    }
+    rejects("[admin]\ntoken = 42\n", &["x.toml:2: admin.token"]);
 }

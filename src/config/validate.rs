@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::duration;
 use super::schema::{AdminAddress, BackendMode, Config};
+use super::token::AdminToken;
 use crate::core::{Size, SizeCounts};
 
 /// Longest duration any key accepts.
@@ -24,6 +25,10 @@ pub const MAX_UNITS: u64 = 1_000_000_000;
 pub const MAX_SERVICE_MS_PER_UNIT: f64 = 60_000.0;
 /// Largest `autoscaler.max_step`.
 pub const MAX_STEP: usize = 10_000;
+/// Largest `listener.backlog` (the kernel caps it further at `net.core.somaxconn`).
+pub const MAX_BACKLOG: u32 = 65_535;
+/// Largest `admin.max_connections`.
+pub const MAX_ADMIN_CONNECTIONS: usize = 10_000;
 
 /// A broken rule of SPEC §3, found by [`Config::validate`]: `<key> = <value>: <message>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +94,8 @@ impl Config {
                 .related("listener.address"));
             }
         }
+
+        self.validate_sockets()?;
 
         let load = &self.load;
         for (key, v) in [
@@ -367,6 +374,34 @@ impl Config {
                     error.related(&format!("pool.{size}"))
                 });
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// `listener.backlog` and the `[admin]` keys beyond the address: the connection cap and
+    /// the token.
+    fn validate_sockets(&self) -> Result<(), ValidationError> {
+        let backlog = self.listener.backlog;
+        if !(1..=MAX_BACKLOG).contains(&backlog) {
+            return Err(ValidationError::new(
+                "listener.backlog",
+                backlog.to_string(),
+                format!("must be between 1 and {MAX_BACKLOG}"),
+            ));
+        }
+        let admin = &self.admin;
+        if !(1..=MAX_ADMIN_CONNECTIONS).contains(&admin.max_connections) {
+            return Err(ValidationError::new(
+                "admin.max_connections",
+                admin.max_connections.to_string(),
+                format!("must be between 1 and {MAX_ADMIN_CONNECTIONS}"),
+            ));
+        }
+        if let Some(problem) = admin.token.as_ref().and_then(AdminToken::problem) {
+            // The value is a secret: the message names the key, never the token.
+            return Err(ValidationError::new("admin.token", "\"<hidden>\"", problem));
         }
         Ok(())
     }

@@ -119,7 +119,7 @@ impl Listener {
 }
 
 /// Refusals (`ERR overloaded` being written) in progress at once, at most.
-const MAX_REFUSING: usize = 256;
+pub const MAX_REFUSING: usize = 256;
 
 /// One of `max_connections`; released on drop.
 #[derive(Debug)]
