@@ -38,15 +38,15 @@ pub async fn refuse(mut socket: TcpStream, reply: Bytes) {
 ///
 /// Closing a socket with unread input makes the kernel send a reset, which can destroy the
 /// last reply before the client reads it; nginx's `lingering_close` exists for the same
-/// reason. Bounded in time and bytes, so it cannot be abused.
+/// reason. Bounded in time only — however much a client keeps sending (say, after
+/// `ERR too-long`), it is drained for [`LINGER`] and its last reply is not lost — so it
+/// cannot be abused for longer than that.
 pub(super) async fn linger(mut read_half: OwnedReadHalf) {
     let mut sink = [0u8; 4096];
-    let mut budget: usize = 1 << 20;
     let deadline = Instant::now() + LINGER;
-    while budget > 0 {
-        match tokio::time::timeout_at(deadline, read_half.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => budget = budget.saturating_sub(n),
-            _ => break,
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, read_half.read(&mut sink)).await {
+        if n == 0 {
+            break;
         }
     }
 }

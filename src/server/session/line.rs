@@ -24,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -34,7 +33,7 @@ use tracing::{debug, Instrument};
 use super::access::{self, ConnCounters};
 use super::close::{far_future, linger, refuse, shutting_down};
 use super::context::SessionContext;
-use super::writer::{write_loop, InFlight, Pending};
+use super::writer::{write_loop, InFlight, Pending, MEMORY_CAP};
 use crate::backend::Job;
 use crate::balancer::{AdmitError, Placement, RouteError};
 use crate::core::{RequestClass, Units};
@@ -42,6 +41,8 @@ use crate::protocol::{self, ErrorCode, Frame, Request};
 
 /// Replies a connection may owe beyond a full machine queue before it stops reading.
 const PIPELINE_SLACK: usize = 1024;
+/// Bytes read at most per read call.
+const READ_CHUNK: usize = 4096;
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
@@ -145,11 +146,17 @@ impl Reader<'_> {
         let mut buf = BytesMut::new();
         let mut scanned = 0;
         let mut last_read = Instant::now();
+        // When the line now being received began (its first byte arrived); `None` while
+        // no partial line is buffered.
+        let mut line_started: Option<Instant> = None;
+        // The client half-closed: answer what it sent, then stop reading.
+        let mut eof = false;
         loop {
             // Read per round so that a reload applies to open connections too.
-            let (max_line, idle) = {
+            let (max_line, idle, line_timeout) = {
                 let config = self.ctx.config.borrow();
-                (config.listener.max_line_bytes, config.listener.idle_timeout)
+                let l = &config.listener;
+                (l.max_line_bytes, l.idle_timeout, l.line_timeout)
             };
             // Everything already buffered is "read": handle it before looking at timers or
             // shutdown, so that requests read before shutdown began are answered.
@@ -171,6 +178,7 @@ impl Reader<'_> {
                     }
                     continue;
                 }
+                line_started = None;
                 match self.handle(frame, max_line) {
                     Step::Nothing => {}
                     Step::Reply(item) => {
@@ -184,9 +192,26 @@ impl Reader<'_> {
             if refused_late {
                 return self.close_with("shutdown", None).await;
             }
-            if buf.capacity() - buf.len() < 512 {
-                buf.reserve(4096);
+            if eof {
+                return ReadEnd::ClientGone;
             }
+            if buf.is_empty() {
+                // Hold no read buffer while waiting for the next line (it is allocated
+                // when bytes arrive), as nginx and HAProxy release theirs when idle.
+                buf = BytesMut::new();
+                scanned = 0;
+            } else if line_started.is_none() {
+                line_started = Some(last_read);
+            }
+            let line_deadline = match line_started {
+                Some(start) if !line_timeout.is_zero() => start.checked_add(line_timeout),
+                _ => None,
+            };
+            // Owed replies plus unread input past the cap: stop reading until the writer
+            // catches up (TCP pushes back on the client meanwhile). With nothing owed the
+            // reader always reads: one line is bounded by `max_line_bytes` on its own.
+            let capped = !self.in_flight.is_zero()
+                && self.in_flight.bytes() + buf.len() >= MEMORY_CAP;
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled(), if !stopping => {
@@ -205,17 +230,43 @@ impl Reader<'_> {
                     // Loop round to re-read the limits; a closed channel means no more reloads.
                     watching_config = changed.is_ok();
                 }
-                read = read_half.read_buf(&mut buf) => match read {
-                    Ok(0) => return ReadEnd::ClientGone,
-                    Ok(n) => {
-                        self.counters.bytes_in(n);
-                        last_read = Instant::now();
-                    }
-                    Err(e) => {
+                _ = self.in_flight.room.notified(), if capped => {}
+                ready = read_half.readable(), if !capped => {
+                    if let Err(e) = ready {
                         debug!(error = %e, "read failed");
                         return ReadEnd::ClientGone;
                     }
+                    buf.reserve(READ_CHUNK);
+                    match read_half.try_read_buf(&mut buf) {
+                        Ok(0) if buf.is_empty() => return ReadEnd::ClientGone,
+                        // A last line without its newline before the half-close is still
+                        // a line: frame it, answer it, then stop.
+                        Ok(0) => {
+                            buf.extend_from_slice(b"\n");
+                            eof = true;
+                        }
+                        Ok(n) => {
+                            self.counters.bytes_in(n);
+                            last_read = Instant::now();
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            debug!(error = %e, "read failed");
+                            return ReadEnd::ClientGone;
+                        }
+                    }
                 },
+                _ = tokio::time::sleep_until(line_deadline.unwrap_or_else(far_future)), if line_deadline.is_some() => {
+                    // Slowloris: a line that never completes. Like too-long, it counts as
+                    // a failed request of weight 0.
+                    self.fail(Units::ZERO);
+                    let msg = format!(
+                        "line not completed within {}",
+                        crate::config::duration_str::format(line_timeout)
+                    );
+                    let reply = ErrorCode::Timeout.reply(&msg);
+                    return self.close_with("line timeout", Some(reply)).await;
+                }
                 _ = tokio::time::sleep_until(last_read.checked_add(idle).unwrap_or_else(far_future)), if !idle.is_zero() => {
                     if self.in_flight.is_zero() {
                         let msg = format!("idle for {}", crate::config::duration_str::format(idle));
@@ -248,7 +299,7 @@ impl Reader<'_> {
 
     /// Hands a reply slot to the writer; false when the writer is gone.
     async fn push(&self, item: Pending) -> bool {
-        self.in_flight.add();
+        self.in_flight.add(item.size());
         self.pending_tx.send(item).await.is_ok()
     }
 
@@ -318,6 +369,7 @@ impl Reader<'_> {
     }
 
     fn submit(&self, class: RequestClass, weight: Units, payload: Bytes) -> Pending {
+        let payload_len = payload.len();
         let (reply_tx, reply_rx) = oneshot::channel();
         let job = Job {
             class,
@@ -327,7 +379,8 @@ impl Reader<'_> {
             queued_at: tokio::time::Instant::now(),
         };
         match self.ctx.router.submit(self.placement, job) {
-            Ok(()) => Pending::Waiting(reply_rx),
+            // `OK <machine> <class> <payload>\n`: the payload plus a few dozen bytes.
+            Ok(()) => Pending::Waiting(reply_rx, payload_len + 32),
             Err(RouteError::Busy(_, message)) => {
                 self.fail(weight);
                 Pending::Ready(ErrorCode::Busy.reply(&message))
