@@ -323,7 +323,7 @@ impl Config {
                 let supply = if proxy {
                     format!("[[backend.upstreams]] has {available} of size {size}")
                 } else {
-                    format!("[pool] {size} = {available}")
+                    format!("pool.{size} = {available}")
                 };
                 let error = ValidationError::new(
                     "autoscaler.initial",
