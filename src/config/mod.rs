@@ -38,7 +38,7 @@ pub use schema::{
     ShutdownConfig, UpstreamConfig,
 };
 pub use validate::{
-    ValidationError, MAX_CONNECTIONS, MAX_DURATION, MAX_LINE_BYTES, MAX_QUEUE_DEPTH,
+    ValidationError, MAX_CONNECTIONS, MAX_DURATION, MAX_LINE_BYTES, MAX_MACHINES, MAX_QUEUE_DEPTH,
     MAX_SERVICE_MS_PER_UNIT, MAX_UNITS,
 };
 

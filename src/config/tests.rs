@@ -381,6 +381,26 @@ fn rejects_values_the_daemon_cannot_run_with() {
     }
 }
 
+/// Regression (found while writing tests/config_props.rs, which now finds it when the
+/// bound is removed): `max_machines` had no upper bound, so `min_machines = 100000` with a
+/// pool that large was accepted, and the daemon took two minutes to start its boot
+/// machines (start-up is quadratic in their number).
+#[test]
+fn max_machines_is_bounded() {
+    rejects(
+        "[autoscaler]\nmin_machines = 100000\nmax_machines = 100000\n[pool]\nsmall = 100000\n",
+        &["x.toml:3: autoscaler.max_machines = 100000: must be at most 1024"],
+    );
+    rejects(
+        "[autoscaler]\nmax_machines = 18446744073709551615\n",
+        &["autoscaler.max_machines = 18446744073709551615: must be at most 1024"],
+    );
+    let at_the_bound = "[autoscaler]\nmin_machines = 1024\nmax_machines = 1024\n\
+                        [pool]\nsmall = 4294967295\n";
+    let config = Config::from_toml(at_the_bound, "x.toml").expect("1024 machines");
+    assert_eq!(config.autoscaler.min_machines as u64, MAX_MACHINES);
+}
+
 #[test]
 fn rejects_proxy_mode_without_upstreams() {
     rejects(
