@@ -8,6 +8,11 @@
 //!
 //! Decoding is separate from framing: [`parse`] turns one line (already checked to be
 //! UTF-8) into a [`Request`].
+//!
+//! Both apply the same clean-up before a line is classified: the line ending (`\n` or
+//! `\r\n`) goes, then a lone trailing `\r` that is left (`PING\r\r\n` is `PING`), and a
+//! line of only ASCII whitespace (spaces, tabs, …) counts as empty. Keywords are matched
+//! after trimming ASCII whitespace, not only spaces.
 
 use bytes::{Bytes, BytesMut};
 
@@ -18,7 +23,8 @@ use crate::core::RequestClass;
 /// One framed unit of input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// A complete line without its `\n` or `\r\n` (may be empty; may be invalid UTF-8).
+    /// A complete line without its `\n` or `\r\n` and without a lone trailing `\r`
+    /// after that; empty when it held only ASCII whitespace (may be invalid UTF-8).
     Line(Bytes),
     /// The line passes `max_line_bytes` before its newline: answer `too-long` and close.
     TooLong,
@@ -28,7 +34,8 @@ pub enum Frame {
 ///
 /// `scanned` remembers how far a previous call already looked for a newline, so a long line
 /// arriving in many small reads is scanned once (reset to 0 whenever a frame is returned).
-/// A trailing `\r` does not count toward `max_line_bytes` (SPEC §4).
+/// The `\r` of a `\r\n` ending does not count toward `max_line_bytes` (SPEC §4); a second
+/// `\r` before it does, and is then stripped from the line handed out (see [`clean_line`]).
 pub fn next_frame(buf: &mut BytesMut, scanned: &mut usize, max_line_bytes: usize) -> Option<Frame> {
     let start = (*scanned).min(buf.len());
     match buf[start..].iter().position(|&b| b == b'\n') {
@@ -43,16 +50,17 @@ pub fn next_frame(buf: &mut BytesMut, scanned: &mut usize, max_line_bytes: usize
             if line.len() > max_line_bytes {
                 Some(Frame::TooLong)
             } else {
-                Some(Frame::Line(line.freeze()))
+                Some(Frame::Line(clean_line(line.freeze())))
             }
         }
         None => {
             *scanned = buf.len();
             // Without a newline yet, the line is already too long once it holds more than
-            // the limit — plus one byte of grace for a `\r` that may end it.
+            // the limit — plus one byte of grace for a `\r` that may end it. (Written without
+            // `max_line_bytes + 1`, which overflows for `usize::MAX`.)
             let len = buf.len();
-            let over = len > max_line_bytes + 1
-                || (len == max_line_bytes + 1 && buf.last() != Some(&b'\r'));
+            let over =
+                len > max_line_bytes && !(len - 1 == max_line_bytes && buf.last() == Some(&b'\r'));
             if over {
                 *scanned = 0;
                 Some(Frame::TooLong)
@@ -61,6 +69,18 @@ pub fn next_frame(buf: &mut BytesMut, scanned: &mut usize, max_line_bytes: usize
             }
         }
     }
+}
+
+/// A line as it is classified, its ending already removed: the lone `\r` left at its end
+/// stripped (`PING\r\r\n` → `PING`; several are all stripped, so that no reply echoes a raw
+/// `\r`), and a line of only ASCII whitespace made empty (no reply, not a request).
+/// Idempotent: [`parse`] cleans again what [`next_frame`] has cleaned, to the same line.
+pub fn clean_line(line: Bytes) -> Bytes {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Bytes::new();
+    }
+    let kept = line.iter().rposition(|&b| b != b'\r').map_or(0, |i| i + 1);
+    line.slice(..kept)
 }
 
 // === requests ===
@@ -85,17 +105,21 @@ pub enum Request {
     },
 }
 
-/// Decodes one UTF-8 line. Returns `None` for an empty line (ignored, no reply).
+/// Decodes one UTF-8 line. Returns `None` for an empty line, a line of only ASCII whitespace
+/// or a lone `\r` (ignored, no reply), and for a line that is not UTF-8.
 ///
-/// Keywords are commands only when they are the whole line (surrounding spaces trimmed) and
-/// match case-insensitively; a class keyword may be followed by a space and a payload; any
-/// other line is a `default_class` request whose payload is the whole line.
+/// The line is first cleaned as [`next_frame`] cleans it ([`clean_line`]). Keywords are
+/// commands only when they are the whole line (surrounding ASCII whitespace trimmed) and
+/// match case-insensitively; a class keyword may be followed by ASCII whitespace and a
+/// payload; any other line is a `default_class` request whose payload is the whole
+/// (cleaned) line.
 pub fn parse(line: &Bytes, default_class: RequestClass) -> Option<Request> {
+    let line = clean_line(line.clone());
     if line.is_empty() {
         return None;
     }
-    let text = std::str::from_utf8(line).ok()?;
-    let trimmed = text.trim_matches(' ');
+    let text = std::str::from_utf8(&line).ok()?;
+    let trimmed = text.trim_ascii();
     for (word, request) in [
         ("PING", Request::Ping),
         ("INFO", Request::Info),
@@ -106,8 +130,8 @@ pub fn parse(line: &Bytes, default_class: RequestClass) -> Option<Request> {
             return Some(request);
         }
     }
-    let (first, rest) = match trimmed.split_once(' ') {
-        Some((first, rest)) => (first, rest.trim_start_matches(' ')),
+    let (first, rest) = match trimmed.split_once(|c: char| c.is_ascii_whitespace()) {
+        Some((first, rest)) => (first, rest.trim_ascii_start()),
         None => (trimmed, ""),
     };
     if let Ok(class) = first.parse::<RequestClass>() {
@@ -121,7 +145,7 @@ pub fn parse(line: &Bytes, default_class: RequestClass) -> Option<Request> {
     }
     Some(Request::Work {
         class: default_class,
-        payload: line.clone(),
+        payload: line,
     })
 }
 
@@ -228,57 +252,6 @@ mod tests {
         assert_eq!(frames(b"abcd", 4), vec![]);
     }
 
-    /// Feeds `input` to the framer in chunks, the way reads deliver it.
-    fn frames_chunked(input: &[u8], chunks: &[usize], max: usize) -> Vec<Frame> {
-        let mut buf = BytesMut::new();
-        let mut scanned = 0;
-        let mut out = Vec::new();
-        let mut rest = input;
-        for &n in chunks.iter().chain(std::iter::once(&usize::MAX)) {
-            let (now, later) = rest.split_at(n.min(rest.len()));
-            buf.extend_from_slice(now);
-            rest = later;
-            while let Some(f) = next_frame(&mut buf, &mut scanned, max) {
-                let stop = f == Frame::TooLong;
-                out.push(f);
-                if stop {
-                    return out;
-                }
-            }
-            if rest.is_empty() {
-                break;
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn framing_does_not_depend_on_how_reads_split_the_input() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
-        let alphabet = b"ab \r\n\xff";
-        for _ in 0..2000 {
-            let len = rng.random_range(0..64);
-            let input: Vec<u8> = (0..len)
-                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
-                .collect();
-            let max = rng.random_range(1..12);
-            let whole = frames(&input, max);
-            let chunks: Vec<usize> = (0..8).map(|_| rng.random_range(1..6)).collect();
-            assert_eq!(
-                frames_chunked(&input, &chunks, max),
-                whole,
-                "input {input:?} max {max} chunks {chunks:?}"
-            );
-            // Every frame respects the bound.
-            for f in &whole {
-                if let Frame::Line(l) = f {
-                    assert!(l.len() <= max && !l.contains(&b'\n'));
-                }
-            }
-        }
-    }
-
     #[test]
     fn keywords_are_whole_line_and_case_insensitive() {
         let p = |s: &str| parse(&Bytes::copy_from_slice(s.as_bytes()), RequestClass::Small);
@@ -319,6 +292,110 @@ mod tests {
             Some(Request::Work {
                 class: RequestClass::Medium,
                 payload: Bytes::from_static(b"SMALLER x")
+            })
+        );
+    }
+
+    /// Regression (found by tests/codec_props.rs): `max_line_bytes + 1` overflowed, a
+    /// panic in debug builds and "every line is too long" in release ones.
+    #[test]
+    fn the_largest_limit_does_not_overflow() {
+        assert_eq!(frames(b"abc", usize::MAX), vec![]);
+        assert_eq!(frames(b"abc\r", usize::MAX), vec![]);
+        assert_eq!(frames(b"abc\r\n", usize::MAX), vec![line("abc")]);
+        assert_eq!(frames(b"", 0), vec![]);
+        assert_eq!(frames(b"\r", 0), vec![]);
+        assert_eq!(frames(b"a", 0), vec![Frame::TooLong]);
+        assert_eq!(frames(b"\r\n", 0), vec![line("")]);
+    }
+
+    #[test]
+    fn a_lone_trailing_cr_is_stripped_before_classifying() {
+        // `PING\r\r\n`: the `\r\n` ending goes, then the lone `\r` left before it.
+        assert_eq!(frames(b"PING\r\r\n", 16), vec![line("PING")]);
+        assert_eq!(frames(b"hello\r\r\n", 16), vec![line("hello")]);
+        assert_eq!(frames(b"hello\r\r\r\n", 16), vec![line("hello")]);
+        // Only at the end: a `\r` inside the line stays.
+        assert_eq!(frames(b"a\rb\r\r\n", 16), vec![line("a\rb")]);
+        let p = |s: &[u8]| parse(&Bytes::copy_from_slice(s), RequestClass::Small);
+        assert_eq!(p(b"PING\r"), Some(Request::Ping));
+        assert_eq!(
+            p(b"hello\r"),
+            Some(Request::Work {
+                class: RequestClass::Small,
+                payload: Bytes::from_static(b"hello")
+            })
+        );
+        assert_eq!(
+            p(b"LARGE x\r"),
+            Some(Request::Work {
+                class: RequestClass::Large,
+                payload: Bytes::from_static(b"x")
+            })
+        );
+        assert_eq!(p(b"\r"), None);
+    }
+
+    #[test]
+    fn the_lone_cr_counts_toward_the_limit_only_the_ending_does_not() {
+        assert_eq!(frames(b"abc\r\r\n", 4), vec![line("abc")]);
+        assert_eq!(frames(b"abcd\r\r\n", 4), vec![Frame::TooLong]);
+        assert_eq!(frames(b"abcd\r\r", 4), vec![Frame::TooLong]);
+    }
+
+    #[test]
+    fn a_line_of_only_whitespace_is_empty() {
+        let mut want = vec![line(""); 5];
+        want.push(line("PING"));
+        assert_eq!(frames(b"   \n\t\n \t \r\n\r\r\n\x0c\nPING\n", 16), want);
+        let p = |s: &str| parse(&Bytes::copy_from_slice(s.as_bytes()), RequestClass::Small);
+        assert_eq!(p("   "), None);
+        assert_eq!(p("\t"), None);
+        assert_eq!(p(" \t \r"), None);
+        // Not whitespace: an ordinary request, its payload the whole line.
+        assert_eq!(
+            p(" . "),
+            Some(Request::Work {
+                class: RequestClass::Small,
+                payload: Bytes::from_static(b" . ")
+            })
+        );
+    }
+
+    #[test]
+    fn keywords_are_trimmed_of_ascii_whitespace() {
+        let p = |s: &str| parse(&Bytes::copy_from_slice(s.as_bytes()), RequestClass::Small);
+        assert_eq!(p("\tPING"), Some(Request::Ping));
+        assert_eq!(p(" \tquit\t "), Some(Request::Quit));
+        assert_eq!(p("STATS\x0c"), Some(Request::Stats));
+        assert_eq!(
+            p("\tmedium\t hello world \t"),
+            Some(Request::Work {
+                class: RequestClass::Medium,
+                payload: Bytes::from_static(b"hello world")
+            })
+        );
+        assert_eq!(
+            p("SMALL\t"),
+            Some(Request::Work {
+                class: RequestClass::Small,
+                payload: Bytes::new()
+            })
+        );
+        // A default-class line keeps its whitespace: the payload is the whole line.
+        assert_eq!(
+            p("\tPING x "),
+            Some(Request::Work {
+                class: RequestClass::Small,
+                payload: Bytes::from_static(b"\tPING x ")
+            })
+        );
+        // Not ASCII whitespace: U+00A0 is part of the word.
+        assert_eq!(
+            p("PING\u{a0}"),
+            Some(Request::Work {
+                class: RequestClass::Small,
+                payload: Bytes::from("PING\u{a0}")
             })
         );
     }

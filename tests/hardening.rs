@@ -101,5 +101,9 @@ async fn whitespace_lines_are_empty_and_stray_carriage_returns_are_stripped() {
     assert_eq!(c.line().await, "PONG");
     assert_eq!(c.line().await, "OK m1 small a");
     c.send("PING").await;
-    assert_eq!(c.line().await, "PONG", "nothing was owed for the blank lines");
+    assert_eq!(
+        c.line().await,
+        "PONG",
+        "nothing was owed for the blank lines"
+    );
 }

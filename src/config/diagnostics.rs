@@ -110,7 +110,7 @@ pub(super) fn validation_error(error: ValidationError, text: &str, origin: &str)
 pub(super) fn parse_error(e: &toml::de::Error, text: &str, origin: &str) -> ConfigError {
     let line = e.span().map(|span| line_of(text, span.start));
     let message = one_line(e.message());
-    let mut key = line.and_then(|line| key_at(text, line));
+    let mut key = e.span().and_then(|span| key_at_offset(text, span.start));
     let message = match reword(&message) {
         Reworded::UnknownKey { name, message } => {
             // The span of an unknown key inside an inline table (`listener = { colour = 1 }`)
@@ -121,6 +121,16 @@ pub(super) fn parse_error(e: &toml::de::Error, text: &str, origin: &str) -> Conf
                 None => Some(name),
             };
             message
+        }
+        // serde's own words for a bad `SocketAddr` name no value: quote it from the text.
+        Reworded::Other(message) if message == "invalid socket address syntax" => {
+            match e.span().and_then(|span| text.get(span)) {
+                Some(value) => format!(
+                    "invalid address {} (expected ip:port, e.g. \"127.0.0.1:7070\")",
+                    value.trim()
+                ),
+                None => message,
+            }
         }
         Reworded::Other(message) => message,
     };
@@ -288,6 +298,137 @@ fn key_at(text: &str, line: usize) -> Option<String> {
     last
 }
 
+/// The dotted key whose value holds byte `offset` of `text`: [`key_at`] of its line, and,
+/// when that key's value is an inline table (or an array of them), the keys inside it down
+/// to `offset` — `listener.max_line_bytes` for an offset in the value of
+/// `listener = { max_line_bytes = "x" }`, `backend.upstreams.address` in
+/// `upstreams = [{ address = "x" }]`.
+fn key_at_offset(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line = line_of(text, offset);
+    let key = key_at(text, line)?;
+    // The line that set `key`: the last key or header line at or above `line`.
+    let mut start = 0;
+    let mut set_at = None;
+    for (n, l) in text.split_inclusive('\n').enumerate() {
+        if n >= line {
+            break;
+        }
+        match classify(l) {
+            LineKind::Key(..) => set_at = Some((start, l)),
+            LineKind::Header(_) => set_at = None,
+            LineKind::Other => {}
+        }
+        start += l.len();
+    }
+    let Some((line_start, l)) = set_at else {
+        return Some(key);
+    };
+    let value_start = line_start + l.find('=').map_or(l.len(), |i| i + 1);
+    let path = match text.get(value_start..offset) {
+        Some(prefix) => inline_path(prefix),
+        None => Vec::new(),
+    };
+    if path.is_empty() {
+        Some(key)
+    } else {
+        Some(format!("{key}.{}", path.join(".")))
+    }
+}
+
+/// One open `{` or `[` while scanning a value.
+enum Open {
+    /// An inline table: the key being read (or whose value is being read) and which.
+    Table { key: String, in_value: bool },
+    /// An array: its elements have no keys.
+    Array,
+}
+
+/// The keys of the inline tables that the value text `prefix` ends inside, outermost first:
+/// `["requests", "small"]` for ` { requests = { small = ` (a key still being read when the
+/// prefix ends is left out). Arrays add nothing; strings and `#` comments are skipped.
+fn inline_path(prefix: &str) -> Vec<String> {
+    let mut open: Vec<Open> = Vec::new();
+    let mut quote = None;
+    let mut escaped = false;
+    let mut comment = false;
+    for c in prefix.chars() {
+        let reading_key = matches!(
+            open.last(),
+            Some(Open::Table {
+                in_value: false,
+                ..
+            })
+        );
+        if let Some(q) = quote {
+            if reading_key {
+                if let Some(Open::Table { key, .. }) = open.last_mut() {
+                    key.push(c);
+                }
+            }
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && q == '"' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        if comment {
+            comment = c != '\n';
+            continue;
+        }
+        match c {
+            '"' | '\'' => {
+                quote = Some(c);
+                if let Some(Open::Table {
+                    key,
+                    in_value: false,
+                }) = open.last_mut()
+                {
+                    key.push(c);
+                }
+            }
+            '#' => comment = true,
+            '{' => open.push(Open::Table {
+                key: String::new(),
+                in_value: false,
+            }),
+            '[' if !reading_key => open.push(Open::Array),
+            '}' | ']' => {
+                open.pop();
+            }
+            '=' if reading_key => {
+                if let Some(Open::Table { in_value, .. }) = open.last_mut() {
+                    *in_value = true;
+                }
+            }
+            ',' => {
+                if let Some(Open::Table { key, in_value }) = open.last_mut() {
+                    key.clear();
+                    *in_value = false;
+                }
+            }
+            c if reading_key => {
+                if let Some(Open::Table { key, .. }) = open.last_mut() {
+                    key.push(c);
+                }
+            }
+            _ => {}
+        }
+    }
+    open.iter()
+        .filter_map(|o| match o {
+            Open::Table {
+                key,
+                in_value: true,
+            } => Some(normalise_key(key)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The 1-based line where `key` of `table` is set in `text` (`table` is dotted, `""` for
 /// the top level), whether written under `[table]`, as a dotted key (`table.key = …`) or in
 /// an inline table (`table = { key = … }`). `None` when the text does not set it.
@@ -398,6 +539,39 @@ address = \"127.0.0.1:1\"
         assert_eq!(locate_table(text, "load.requests"), Some(7));
         assert_eq!(locate_table(text, "autoscaler"), Some(2));
         assert_eq!(locate_table(text, "pool"), None);
+    }
+
+    /// Regression (found by tests/config_props.rs): a bad value inside an inline table was
+    /// reported under the table's name only (`listener: invalid type …`).
+    #[test]
+    fn key_at_offset_names_keys_inside_inline_tables() {
+        let at = |text: &str, needle: &str| {
+            let offset = text.find(needle).expect("needle in text");
+            key_at_offset(text, offset)
+        };
+        let text = "listener = { max_line_bytes = \"0ns\" }\n";
+        assert_eq!(
+            at(text, "\"0ns").as_deref(),
+            Some("listener.max_line_bytes")
+        );
+        let text = "x = 1\nload = { requests = { small = -1 }, connection_min = nan }\n";
+        assert_eq!(at(text, "-1").as_deref(), Some("load.requests.small"));
+        assert_eq!(at(text, "nan").as_deref(), Some("load.connection_min"));
+        let text = "load = { requests.\"large\" = -1 }\n";
+        assert_eq!(at(text, "-1").as_deref(), Some("load.requests.large"));
+        let text = "[backend]\nupstreams = [\n  { address = \"a,{b\" }, # {\n  { size = 1 },\n]\n";
+        assert_eq!(
+            at(text, "\"a,").as_deref(),
+            Some("backend.upstreams.address")
+        );
+        assert_eq!(at(text, "1 }").as_deref(), Some("backend.upstreams.size"));
+        assert_eq!(at(text, "{ size").as_deref(), Some("backend.upstreams"));
+        // Not inline: the key of the line.
+        let text = "[listener]\nmax_line_bytes = \"x\"\n";
+        assert_eq!(at(text, "\"x").as_deref(), Some("listener.max_line_bytes"));
+        assert_eq!(at(text, "[listener]").as_deref(), Some("listener"));
+        let text = "[autoscaler]\ninitial = [\n  \"huge\",\n]\n";
+        assert_eq!(at(text, "\"huge").as_deref(), Some("autoscaler.initial"));
     }
 
     #[test]

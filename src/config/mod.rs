@@ -49,7 +49,7 @@ pub use source::{ConfigSource, DEFAULT_PATH, SEARCH_PATH, SYSTEM_PATH};
 pub use token::{AdminToken, MAX_TOKEN_BYTES};
 pub use validate::{
     ValidationError, MAX_ADMIN_CONNECTIONS, MAX_BACKLOG, MAX_CONNECTIONS, MAX_DURATION,
-    MAX_LINE_BYTES, MAX_QUEUE_DEPTH, MAX_SERVICE_MS_PER_UNIT, MAX_STEP, MAX_UNITS,
+    MAX_LINE_BYTES, MAX_MACHINES, MAX_QUEUE_DEPTH, MAX_SERVICE_MS_PER_UNIT, MAX_STEP, MAX_UNITS,
 };
 
 /// The duration helpers under their original name (`#[serde(with = "duration_str")]`,

@@ -320,7 +320,7 @@ fn rejects_initial_machines_the_pool_cannot_supply() {
     assert_eq!(
         err("[pool]\nlarge = 1\n\n[autoscaler]\ninitial = [\"large\", \"medium\", \"large\"]\n"),
         "x.toml:5: autoscaler.initial = [\"large\", \"medium\", \"large\"]: \
-         2 large machines requested but [pool] large = 1"
+         2 large machines requested but pool.large = 1"
     );
     let proxy = "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\n\
                  address = \"127.0.0.1:9001\"\nsize = \"small\"\n";
@@ -381,6 +381,26 @@ fn rejects_values_the_daemon_cannot_run_with() {
     }
 }
 
+/// Regression (found while writing tests/config_props.rs, which now finds it when the
+/// bound is removed): `max_machines` had no upper bound, so `min_machines = 100000` with a
+/// pool that large was accepted, and the daemon took two minutes to start its boot
+/// machines (start-up is quadratic in their number).
+#[test]
+fn max_machines_is_bounded() {
+    rejects(
+        "[autoscaler]\nmin_machines = 100000\nmax_machines = 100000\n[pool]\nsmall = 100000\n",
+        &["x.toml:3: autoscaler.max_machines = 100000: must be at most 1024"],
+    );
+    rejects(
+        "[autoscaler]\nmax_machines = 18446744073709551615\n",
+        &["autoscaler.max_machines = 18446744073709551615: must be at most 1024"],
+    );
+    let at_the_bound = "[autoscaler]\nmin_machines = 1024\nmax_machines = 1024\n\
+                        [pool]\nsmall = 4294967295\n";
+    let config = Config::from_toml(at_the_bound, "x.toml").expect("1024 machines");
+    assert_eq!(config.autoscaler.min_machines as u64, MAX_MACHINES);
+}
+
 #[test]
 fn rejects_proxy_mode_without_upstreams() {
     rejects(
@@ -406,11 +426,40 @@ fn validation_without_a_text_has_no_line() {
     let e = Config::from_toml("pool.small = 0\nmachines.small = 0\n", "x.toml");
     let e = e.expect_err("small = 0");
     assert_eq!(e.line(), Some(2));
-    // The rule's other key is: its line.
+    // The rule's other key is: its line. (Regression, found by tests/config_props.rs: the
+    // message said `[pool] medium = 0`, not the key's path.)
     assert_eq!(
         err("[pool]\nmedium = 0\n"),
         "x.toml:2: autoscaler.initial = [\"medium\"]: 1 medium machines requested \
-         but [pool] medium = 0"
+         but pool.medium = 0"
+    );
+}
+
+#[test]
+fn bad_addresses_are_quoted() {
+    assert_eq!(
+        err("[listener]\naddress = \"localhost:80\"\n"),
+        "x.toml:2: listener.address: invalid address \"localhost:80\" \
+         (expected ip:port, e.g. \"127.0.0.1:7070\")"
+    );
+    assert_eq!(
+        err("[backend]\nupstreams = [{ address = \"\" }]\n"),
+        "x.toml:2: backend.upstreams.address: invalid address \"\" \
+         (expected ip:port, e.g. \"127.0.0.1:7070\")"
+    );
+}
+
+/// Regression (found by tests/config_props.rs): a value inside an inline table was named
+/// by its table only.
+#[test]
+fn keys_inside_inline_tables_are_named() {
+    rejects(
+        "listener = { max_line_bytes = \"0ns\" }\n",
+        &["x.toml:1: listener.max_line_bytes: invalid type: string \"0ns\""],
+    );
+    rejects(
+        "load = { requests = { small = -1 } }\n",
+        &["x.toml:1: load.requests.small: invalid value: integer `-1`"],
     );
 }
 

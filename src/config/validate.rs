@@ -19,6 +19,11 @@ pub const MAX_CONNECTIONS: u64 = 1_000_000;
 pub const MAX_LINE_BYTES: u64 = 64 << 20;
 /// Largest `machines.queue_depth`.
 pub const MAX_QUEUE_DEPTH: u64 = 1 << 20;
+/// Largest `autoscaler.max_machines` (and so `min_machines` and the number of `initial`
+/// machines). The dispatcher starts `min_machines` machines at boot, and start-up grows
+/// with the square of that number (10,000 machines: 1.4 s in a debug build, 100,000: two
+/// minutes), so an unbounded value let `check` accept a daemon that never comes up.
+pub const MAX_MACHINES: u64 = 1024;
 /// Largest capacity or request weight, load units.
 pub const MAX_UNITS: u64 = 1_000_000_000;
 /// Largest `load.requests.service_ms_per_unit` (one minute per unit).
@@ -212,6 +217,11 @@ impl Config {
                 self.machines.queue_depth as u64,
                 MAX_QUEUE_DEPTH,
             ),
+            (
+                "autoscaler.max_machines",
+                self.autoscaler.max_machines as u64,
+                MAX_MACHINES,
+            ),
             ("load.requests.small", self.load.requests.small, MAX_UNITS),
             ("load.requests.medium", self.load.requests.medium, MAX_UNITS),
             ("load.requests.large", self.load.requests.large, MAX_UNITS),
@@ -361,7 +371,7 @@ impl Config {
                 let supply = if proxy {
                     format!("[[backend.upstreams]] has {available} of size {size}")
                 } else {
-                    format!("[pool] {size} = {available}")
+                    format!("pool.{size} = {available}")
                 };
                 let error = ValidationError::new(
                     "autoscaler.initial",

@@ -210,8 +210,8 @@ impl Reader<'_> {
             // Owed replies plus unread input past the cap: stop reading until the writer
             // catches up (TCP pushes back on the client meanwhile). With nothing owed the
             // reader always reads: one line is bounded by `max_line_bytes` on its own.
-            let capped = !self.in_flight.is_zero()
-                && self.in_flight.bytes() + buf.len() >= MEMORY_CAP;
+            let capped =
+                !self.in_flight.is_zero() && self.in_flight.bytes() + buf.len() >= MEMORY_CAP;
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled(), if !stopping => {
