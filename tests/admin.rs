@@ -527,3 +527,47 @@ async fn scale_events_carry_the_average_before_and_after() {
     assert_eq!(event["avg_before"], 60.0, "{body:#}");
     assert_eq!(event["avg_after"], 30.0, "{body:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_never_mix_two_configurations_during_reloads() {
+    use elastic_lb::core::StrategyKind;
+    let mut a = test_config();
+    a.dispatcher.strategy = StrategyKind::RoundRobin;
+    a.autoscaler.scale_up_threshold = 50.0;
+    let mut b = a.clone();
+    b.dispatcher.strategy = StrategyKind::Random;
+    b.autoscaler.scale_up_threshold = 60.0;
+    let lb = start_lb(a.clone()).await;
+    let admin = lb.admin;
+    let sampler = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..300 {
+            let body: Value =
+                serde_json::from_str(&get(admin, "/api/stats").await.body).expect("JSON");
+            seen.push((
+                body["strategy"].as_str().expect("strategy").to_string(),
+                body["autoscaler"]["scale_up_threshold"]
+                    .as_f64()
+                    .expect("threshold"),
+            ));
+        }
+        seen
+    });
+    // Reload back and forth for as long as the sampler runs (bounded).
+    for i in 0..20_000 {
+        if sampler.is_finished() {
+            break;
+        }
+        let cfg = if i % 2 == 0 { b.clone() } else { a.clone() };
+        lb.server.reload(cfg).await;
+        tokio::task::yield_now().await;
+    }
+    let seen = sampler.await.expect("sampler");
+    for (strategy, threshold) in &seen {
+        assert!(
+            (strategy == "round-robin" && *threshold == 50.0)
+                || (strategy == "random" && *threshold == 60.0),
+            "a mix of two configurations: {strategy} with {threshold}"
+        );
+    }
+}

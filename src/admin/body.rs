@@ -34,9 +34,10 @@ pub struct StatsBody {
 impl StatsBody {
     /// The body for the current state.
     pub fn new(state: &AdminState) -> StatsBody {
-        let config = state.config.borrow().clone();
+        // One published topology: the strategy, the machines and the thresholds shown all
+        // belong to the same configuration, even while reloads come in.
+        let (snapshot, pool_size, config) = state.stats.consistent_snapshot();
         let a = &config.autoscaler;
-        let (snapshot, pool_size) = state.stats.snapshot_with_pool_size();
         StatsBody {
             snapshot,
             autoscaler: AutoscalerLimits {

@@ -112,6 +112,7 @@ impl Dispatcher {
             pool_size: factory.pool_size(),
             strategy: config.dispatcher.strategy,
             events: Arc::default(),
+            config: config.clone(),
         }));
         let mut dispatcher = Dispatcher {
             config,
@@ -390,6 +391,7 @@ impl Dispatcher {
             current.pool == pool
                 && current.pool_size == pool_size
                 && current.strategy == strategy
+                && Arc::ptr_eq(&current.config, &self.config)
                 && current.machines.len() == self.machines.len()
                 && current
                     .machines
@@ -408,6 +410,7 @@ impl Dispatcher {
                 pool_size,
                 strategy,
                 events: Arc::new(self.events.iter().cloned().collect()),
+                config: self.config.clone(),
             }));
         }
     }

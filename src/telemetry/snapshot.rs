@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::config::Config;
 use crate::core::{Size, SizeCounts, StrategyKind, Units};
 
 use super::gauges::{MachineInfo, MachineSnapshot};
@@ -85,6 +86,9 @@ pub struct Topology {
     pub strategy: StrategyKind,
     /// Recent scale events, oldest first.
     pub events: Arc<Vec<ScaleEvent>>,
+    /// The configuration the dispatcher runs with, published together with the rest so
+    /// that one answer never mixes two configurations (a reload in between).
+    pub config: Arc<Config>,
 }
 
 /// Read-only access to everything observable: totals plus the published [`Topology`].
@@ -121,6 +125,13 @@ impl StatsHandle {
 
     /// [`Self::snapshot`] plus the pool size per size, read from the same topology.
     pub fn snapshot_with_pool_size(&self) -> (Snapshot, PoolSnapshot) {
+        let (snapshot, pool_size, _) = self.consistent_snapshot();
+        (snapshot, pool_size)
+    }
+
+    /// [`Self::snapshot`], the pool size and the configuration in force, all read from one
+    /// published topology: one configuration per answer.
+    pub fn consistent_snapshot(&self) -> (Snapshot, PoolSnapshot, Arc<Config>) {
         let topology = self.topology();
         let machines: Vec<MachineSnapshot> =
             topology.machines.iter().map(|m| m.snapshot()).collect();
@@ -132,7 +143,7 @@ impl StatsHandle {
             totals: self.totals.snapshot(),
             events: topology.events.to_vec(),
         };
-        (snapshot, topology.pool_size)
+        (snapshot, topology.pool_size, topology.config.clone())
     }
 }
 
