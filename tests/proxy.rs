@@ -234,3 +234,188 @@ async fn machines_come_back_to_min_machines_when_an_upstream_recovers() {
     let mut c = TcpStream::connect(lb.addr).await.expect("connect");
     assert_eq!(round_trip(&mut c, b"back").await, b"back");
 }
+
+/// An echo upstream whose listener can be closed and opened again on the same port while
+/// the connections it accepted stay up (an outage of new connections only).
+struct Flaky {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    listening: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Flaky {
+    async fn start() -> Flaky {
+        let mut f = Flaky {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            accepted: Arc::default(),
+            listening: None,
+        };
+        f.open().await;
+        f
+    }
+
+    async fn open(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.expect("bind flaky");
+        self.addr = listener.local_addr().expect("addr");
+        let count = self.accepted.clone();
+        self.listening = Some(tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                // Detached: the connection outlives a closed listener.
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        }));
+    }
+
+    fn close(&mut self) {
+        if let Some(task) = self.listening.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Flaky {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
+    let mut up = Flaky::start().await;
+    let mut cfg = fixed_reservation(10.0);
+    cfg.backend.mode = BackendMode::Proxy;
+    cfg.backend.upstreams = vec![UpstreamConfig {
+        address: up.addr,
+        size: Size::Medium,
+    }];
+    let interval = Duration::from_millis(200);
+    cfg.backend.health_check_interval = interval;
+    cfg.backend.health_check_timeout = Duration::from_millis(100);
+    let lb = start_lb(cfg).await;
+    // A long-lived client holds the only machine through the outage.
+    let mut holder = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut holder, b"hold").await, b"hold");
+
+    // The upstream stops accepting for 0.8 s: three failed probes take it down.
+    up.close();
+    lb.wait_stats("the machine drains", |s| {
+        s.machines
+            .iter()
+            .any(|m| m.state == elastic_lb::core::MachineState::Draining)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    up.open().await;
+    let back = tokio::time::Instant::now();
+
+    // Every new client is served within 2 × health_check_interval of the recovery.
+    let deadline = back + 2 * interval + Duration::from_millis(100);
+    loop {
+        let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+        let mut got = [0u8; 2];
+        let served = c.write_all(b"hi").await.is_ok()
+            && matches!(
+                tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut got)).await,
+                Ok(Ok(_))
+            );
+        if served {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no client served {:?} after the upstream came back: {:#?}",
+            back.elapsed(),
+            lb.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..12u8 {
+        let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+        assert_eq!(round_trip(&mut c, &[i; 4]).await, vec![i; 4], "client {i}");
+    }
+    // The machine never retired: it is active again with the holder still on it.
+    let s = lb.snapshot();
+    assert_eq!(s.machines.len(), 1, "{s:#?}");
+    assert_eq!(s.machines[0].state, elastic_lb::core::MachineState::Active);
+    assert_eq!(round_trip(&mut holder, b"still").await, b"still");
+}
+
+/// An upstream that accepts connections and never answers (a frozen process: its kernel
+/// still completes handshakes, so probes pass).
+async fn frozen() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind frozen");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (addr, accepted, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_upstream_is_ejected_and_gets_no_new_clients() {
+    let good = Echo::start().await;
+    let (frozen_addr, frozen_accepted, frozen_task) = frozen().await;
+    let mut cfg = fixed_reservation(10.0);
+    cfg.backend.mode = BackendMode::Proxy;
+    cfg.dispatcher.strategy = elastic_lb::core::StrategyKind::RoundRobin;
+    cfg.autoscaler.initial = vec![Size::Medium, Size::Medium];
+    cfg.backend.upstreams = [good.addr, frozen_addr]
+        .into_iter()
+        .map(|address| UpstreamConfig {
+            address,
+            size: Size::Medium,
+        })
+        .collect();
+    let interval = Duration::from_millis(100);
+    cfg.backend.health_check_interval = interval;
+    let server_timeout = Duration::from_millis(300);
+    cfg.backend.server_timeout = server_timeout;
+    let lb = start_lb(cfg).await;
+
+    // Clients alternate between the two; those on the frozen one are closed after the
+    // server timeout, and after three of them it is ejected.
+    let mut clients = JoinSet::new();
+    for i in 0..8u8 {
+        let addr = lb.addr;
+        clients.spawn(async move {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            c.write_all(&[i; 2]).await.expect("write");
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut got)).await;
+            got
+        });
+    }
+    while clients.join_next().await.is_some() {}
+    tokio::time::sleep(server_timeout + interval).await;
+    let frozen_before = frozen_accepted.load(Ordering::SeqCst);
+    assert!(
+        frozen_before >= 3,
+        "the frozen upstream got its share first"
+    );
+    for i in 0..10u8 {
+        let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+        assert_eq!(round_trip(&mut c, &[i; 3]).await, vec![i; 3], "client {i}");
+    }
+    // Probes keep connecting (they are not clients); proxied clients would be answered by
+    // nobody. Every client above was served, so none went there.
+    assert!(good.accepted() >= 10);
+    let s = lb.snapshot();
+    assert!(
+        s.machines
+            .iter()
+            .filter(|m| m.state == elastic_lb::core::MachineState::Active)
+            .count()
+            >= 1
+    );
+    frozen_task.abort();
+}

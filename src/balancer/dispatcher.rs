@@ -18,7 +18,7 @@
 //! fresh [`Topology`] on a `watch` channel for the stats readers, and a fresh
 //! [`RoutingTable`] (active machines + strategy) for per-request placement.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -37,7 +37,7 @@ use super::policy::{self, ScaleDownTimer, StepBudget};
 use super::routing::{self, Router, RoutingTable, ScaleHint};
 use crate::backend::{Machine, MachineFactory};
 use crate::config::Config;
-use crate::core::{StrategyKind, Units};
+use crate::core::{MachineId, StrategyKind, Units};
 use crate::strategy::{self, MachineView, PickRequest, Strategy};
 use crate::telemetry::{self, RefusalLog, ScaleEvent, ScaleEventKind, Topology, Totals};
 
@@ -64,6 +64,9 @@ pub struct Dispatcher {
     pub(super) scale_down: ScaleDownTimer,
     /// Acquisitions in the current interval (`autoscaler.max_step`).
     pub(super) step: StepBudget,
+    /// Draining machines that drain because their upstream went down (not scale-down):
+    /// they become active again when it recovers.
+    pub(super) health_drained: HashSet<MachineId>,
     /// What connections place requests with; republished by `publish`.
     routes: Arc<ArcSwap<RoutingTable>>,
     /// Connections nudge the task through it for a scale-up check between ticks.
@@ -127,6 +130,7 @@ impl Dispatcher {
             pruned_len: 0,
             scale_down: ScaleDownTimer::default(),
             step: StepBudget::default(),
+            health_drained: HashSet::new(),
             routes,
             hint: Arc::new(ScaleHint::new()),
             events: VecDeque::new(),
@@ -193,8 +197,12 @@ impl Dispatcher {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Admit { peer, reply_tx } => {
-                let result = self.admit(peer);
+            Command::Admit {
+                peer,
+                avoid,
+                reply_tx,
+            } => {
+                let result = self.admit(peer, &avoid);
                 if let Err(Ok(placement)) = reply_tx.send(result) {
                     // The connection went away while waiting; dropping the placement
                     // releases its reservation again.
@@ -216,13 +224,26 @@ impl Dispatcher {
     /// Places a connection from `peer`: draw a reservation, let the strategy pick among the
     /// machines it fits on, acquire a machine on the spot when it fits nowhere, then run the
     /// scale-up check.
-    pub(super) fn admit(&mut self, peer: SocketAddr) -> Result<Placement, AdmitError> {
+    pub(super) fn admit(
+        &mut self,
+        peer: SocketAddr,
+        avoid: &[MachineId],
+    ) -> Result<Placement, AdmitError> {
+        if !self.health_drained.is_empty() {
+            // An upstream that came back takes this client already, not a tick later.
+            self.recover_healthy();
+        }
         let reservation = self.draw_reservation();
         let request = PickRequest {
             client_ip: peer.ip(),
             reservation,
         };
         self.fill_views(reservation);
+        for view in &mut self.views {
+            if avoid.contains(&view.id) {
+                view.fits = false;
+            }
+        }
         let picked = self
             .strategy
             .pick(&self.views, &request)
@@ -280,7 +301,9 @@ impl Dispatcher {
                     id: m.info.id,
                     capacity: m.info.capacity,
                     used: m.info.used(),
-                    fits: fits(m, reservation),
+                    // A machine whose upstream is down takes nobody, from the moment it is
+                    // known, not only from the next tick's drain.
+                    fits: fits(m, reservation) && m.is_healthy(),
                 });
                 self.view_index.push(i);
             }
@@ -312,6 +335,7 @@ impl Dispatcher {
         // handle just before the migration has submitted by then, so nothing lands on a
         // machine that is already back in the pool.
         self.finish_drains();
+        self.recover_healthy();
         self.replace_unhealthy();
         self.top_up();
         self.scale_up();

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::placement::Placement;
 use crate::config::Config;
-use crate::core::{StrategyKind, Units};
+use crate::core::{MachineId, StrategyKind, Units};
 
 /// Commands queued for the dispatcher at most; senders wait when it is full.
 pub(super) const COMMAND_QUEUE: usize = 1024;
@@ -21,6 +21,8 @@ pub enum Command {
     Admit {
         /// The client.
         peer: SocketAddr,
+        /// Machines not to place it on (proxy mode: their upstream just failed it).
+        avoid: Vec<MachineId>,
         /// Where the outcome goes; the connection task awaits it.
         reply_tx: oneshot::Sender<Result<Placement, AdmitError>>,
     },
@@ -74,9 +76,26 @@ impl DispatcherHandle {
     /// [`AdmitError::Exhausted`] when nothing fits and no machine can be acquired,
     /// [`AdmitError::ShuttingDown`] when the dispatcher is gone.
     pub async fn admit(&self, peer: SocketAddr) -> Result<Placement, AdmitError> {
+        self.admit_avoiding(peer, Vec::new()).await
+    }
+
+    /// [`Self::admit`], never on one of the machines in `avoid`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::admit`].
+    pub async fn admit_avoiding(
+        &self,
+        peer: SocketAddr,
+        avoid: Vec<MachineId>,
+    ) -> Result<Placement, AdmitError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.commands_tx
-            .send(Command::Admit { peer, reply_tx })
+            .send(Command::Admit {
+                peer,
+                avoid,
+                reply_tx,
+            })
             .await
             .map_err(|_| AdmitError::ShuttingDown)?;
         reply_rx.await.map_err(|_| AdmitError::ShuttingDown)?

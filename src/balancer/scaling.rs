@@ -128,7 +128,9 @@ impl Dispatcher {
     /// [`Self::acquire_one`] for a connection that fits nowhere: only sizes whose capacity
     /// can hold `reservation` are tried, so no machine is taken from the pool in vain.
     pub(super) fn acquire_fitting(&mut self, reservation: Units) -> Option<usize> {
-        if self.machines.len() >= self.config.autoscaler.max_machines {
+        // Machines drained for health are waiting for their upstream, not capacity in use.
+        let counted = self.machines.len() - self.health_drained.len();
+        if counted >= self.config.autoscaler.max_machines {
             return None;
         }
         let machines = &self.config.machines;
@@ -201,17 +203,35 @@ impl Dispatcher {
     }
 
     /// An active machine that cannot take new connections any more (proxy mode: its
-    /// upstream failed a probe or a connect) drains, and the autoscaler acquires a
-    /// replacement.
+    /// upstream is down or ejected) drains, and the autoscaler acquires a replacement —
+    /// which does not count the drained machine against `max_machines`.
     pub(super) fn replace_unhealthy(&mut self) {
         let down: Vec<usize> = (0..self.machines.len())
             .filter(|&i| self.machines[i].info.is_active() && !self.machines[i].is_healthy())
             .collect();
         for index in down {
             warn!(machine = %self.machines[index].info.name, "upstream down: machine draining");
+            self.health_drained.insert(self.machines[index].info.id);
             self.drain(index);
             if self.acquire_one().is_none() {
                 warn!("no healthy upstream left in the pool to replace it");
+            }
+        }
+    }
+
+    /// A machine drained because its upstream went down, and not retired yet (its
+    /// connections hold it), is active again as soon as the upstream is back: capacity that
+    /// recovers takes new clients at once instead of waiting for its last connection.
+    pub(super) fn recover_healthy(&mut self) {
+        for machine in &self.machines {
+            let id = machine.info.id;
+            if machine.info.state() == MachineState::Draining
+                && self.health_drained.contains(&id)
+                && machine.is_healthy()
+            {
+                machine.info.set_state(MachineState::Active);
+                self.health_drained.remove(&id);
+                info!(machine = %machine.info.name, "upstream up again: machine active");
             }
         }
     }
@@ -254,6 +274,7 @@ impl Dispatcher {
                 let avg = self.average_load();
                 self.record(ScaleEventKind::Retire, i, avg);
                 let machine = self.machines.remove(i);
+                self.health_drained.remove(&machine.info.id);
                 // Unlist it before marking it retired, so readers never see "retired".
                 self.publish();
                 machine.info.set_state(MachineState::Retired);

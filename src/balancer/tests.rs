@@ -41,7 +41,7 @@ async fn scale_up_keeps_the_average_at_or_below_the_threshold() {
     let (mut d, totals) = dispatcher(Config::default(), 10.0);
     let mut open = Vec::new();
     for i in 0..20 {
-        open.push(d.admit(peer(1000 + i)).unwrap());
+        open.push(d.admit(peer(1000 + i), &[]).unwrap());
         assert!(d.average_load() <= 50.0, "avg {}", d.average_load());
     }
     // 200 units at ≤ 50 % of 100-unit machines: four machines.
@@ -61,9 +61,9 @@ async fn exhausted_pool_refuses_and_counts_the_reservation() {
         xlarge: 0,
     };
     let (mut d, totals) = dispatcher(config, 60.0);
-    let first = d.admit(peer(1)).unwrap();
+    let first = d.admit(peer(1), &[]).unwrap();
     assert_eq!(
-        d.admit(peer(2)).unwrap_err(),
+        d.admit(peer(2), &[]).unwrap_err(),
         AdmitError::Exhausted {
             reservation: Units::from_whole(60)
         }
@@ -80,7 +80,7 @@ async fn on_the_spot_acquisition_skips_sizes_too_small_for_the_reservation() {
     config.autoscaler.initial = vec![Size::Small];
     config.autoscaler.scale_up_size = Size::Small; // capacity 50
     let (mut d, totals) = dispatcher(config, 60.0);
-    let p = d.admit(peer(1)).unwrap();
+    let p = d.admit(peer(1), &[]).unwrap();
     // Small (50) cannot hold 60: the next larger size, medium, is taken instead.
     assert_eq!(p.machine().info.size, Size::Medium);
     assert_eq!(d.machines.len(), 2);
@@ -94,8 +94,8 @@ async fn drain_moves_connections_and_lets_queued_requests_finish() {
     config.autoscaler.initial = vec![Size::Medium, Size::Medium];
     config.load.requests.service_ms_per_unit = 100.0; // a LARGE takes 1 s on medium
     let (mut d, totals) = dispatcher(config, 10.0);
-    let p1 = d.admit(peer(1)).unwrap();
-    let p2 = d.admit(peer(2)).unwrap();
+    let p1 = d.admit(peer(1), &[]).unwrap();
+    let p2 = d.admit(peer(2), &[]).unwrap();
     assert_eq!(p1.machine().info.name, "m1");
     assert_eq!(p2.machine().info.name, "m2");
 
@@ -142,8 +142,8 @@ async fn migrated_connection_that_closes_mid_drain_leaks_nothing() {
     let mut config = Config::default();
     config.autoscaler.initial = vec![Size::Medium, Size::Medium];
     let (mut d, totals) = dispatcher(config, 10.0);
-    let _p1 = d.admit(peer(1)).unwrap();
-    let p2 = d.admit(peer(2)).unwrap();
+    let _p1 = d.admit(peer(1), &[]).unwrap();
+    let p2 = d.admit(peer(2), &[]).unwrap();
     drop(p2); // closes before the drain finds it
     d.drain(1);
     d.finish_drains();

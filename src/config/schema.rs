@@ -447,6 +447,25 @@ pub struct BackendConfig {
     /// Proxy mode: how often upstreams are probed.
     #[serde(with = "duration")]
     pub health_check_interval: Duration,
+    /// Proxy mode: one probe's time limit.
+    #[serde(with = "duration")]
+    pub health_check_timeout: Duration,
+    /// Proxy mode: consecutive successful probes that mark a down upstream up.
+    pub health_check_rise: u32,
+    /// Proxy mode: consecutive failed probes that mark an up upstream down.
+    pub health_check_fall: u32,
+    /// Proxy mode: time limit of a connect to an upstream.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Proxy mode: the client sent bytes and the upstream answered nothing for this long:
+    /// close, count a failure.
+    #[serde(with = "duration")]
+    pub server_timeout: Duration,
+    /// Proxy mode: consecutive connect failures or server timeouts that eject an upstream.
+    pub max_fails: u32,
+    /// Proxy mode: how long an ejection lasts (doubling on each repeat).
+    #[serde(with = "duration")]
+    pub eject_for: Duration,
     /// Proxy mode: the upstream servers (the pool).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -457,6 +476,13 @@ impl Default for BackendConfig {
         BackendConfig {
             mode: BackendMode::Simulated,
             health_check_interval: Duration::from_secs(2),
+            health_check_timeout: Duration::from_secs(1),
+            health_check_rise: 2,
+            health_check_fall: 3,
+            connect_timeout: Duration::from_secs(1),
+            server_timeout: Duration::from_secs(5),
+            max_fails: 3,
+            eject_for: Duration::from_secs(10),
             upstreams: Vec::new(),
         }
     }

@@ -158,12 +158,33 @@ impl Config {
         self.validate_bounds()?;
 
         let b = &self.backend;
-        if b.health_check_interval.is_zero() {
-            return Err(ValidationError::new(
-                "backend.health_check_interval",
-                quoted(duration::format(b.health_check_interval)),
-                "must be > 0",
-            ));
+        for (key, d) in [
+            ("backend.health_check_interval", b.health_check_interval),
+            ("backend.health_check_timeout", b.health_check_timeout),
+            ("backend.connect_timeout", b.connect_timeout),
+            ("backend.server_timeout", b.server_timeout),
+            ("backend.eject_for", b.eject_for),
+        ] {
+            if d.is_zero() {
+                return Err(ValidationError::new(
+                    key,
+                    quoted(duration::format(d)),
+                    "must be > 0",
+                ));
+            }
+        }
+        for (key, n) in [
+            ("backend.health_check_rise", b.health_check_rise),
+            ("backend.health_check_fall", b.health_check_fall),
+            ("backend.max_fails", b.max_fails),
+        ] {
+            if n == 0 || n > 1000 {
+                return Err(ValidationError::new(
+                    key,
+                    n.to_string(),
+                    "must be between 1 and 1000",
+                ));
+            }
         }
         if b.mode == BackendMode::Proxy && b.upstreams.is_empty() {
             return Err(ValidationError::new(
@@ -191,6 +212,13 @@ impl Config {
                 "backend.health_check_interval",
                 self.backend.health_check_interval,
             ),
+            (
+                "backend.health_check_timeout",
+                self.backend.health_check_timeout,
+            ),
+            ("backend.connect_timeout", self.backend.connect_timeout),
+            ("backend.server_timeout", self.backend.server_timeout),
+            ("backend.eject_for", self.backend.eject_for),
         ];
         for (key, d) in durations {
             if d > MAX_DURATION {

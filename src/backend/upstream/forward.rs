@@ -10,12 +10,25 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::health::{Upstream, CONNECT_TIMEOUT};
+use super::health::Upstream;
+
+/// The time limits of one proxied connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connecting to the upstream (`backend.connect_timeout`).
+    pub connect: Duration,
+    /// The client sent bytes and the upstream answered nothing this long
+    /// (`backend.server_timeout`): close, and count a failure against the upstream.
+    pub server: Duration,
+    /// Nothing moved either way this long (`listener.idle_timeout`, like HAProxy's
+    /// `timeout tunnel`); zero = never.
+    pub idle: Duration,
+}
 
 /// Connects `client` to `upstream` and copies bytes both ways until either side closes,
-/// nothing has flowed either way for `idle` (zero = never; `listener.idle_timeout`, like
-/// HAProxy's `timeout tunnel`), or `stop` fires (the end of the shutdown grace). A failed
-/// connect marks the upstream down.
+/// the upstream leaves the client unanswered for `limits.server`, nothing moves for
+/// `limits.idle`, or `stop` fires (the end of the shutdown grace). A failed connect and a
+/// server timeout count as passive failures of the upstream; an answer resets them.
 ///
 /// # Errors
 ///
@@ -24,24 +37,25 @@ use super::health::{Upstream, CONNECT_TIMEOUT};
 pub async fn forward(
     client: TcpStream,
     upstream: &Upstream,
-    idle: Duration,
+    limits: Limits,
     stop: &CancellationToken,
 ) -> Result<Forwarded, (TcpStream, std::io::Error)> {
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream.address))
+    let connected = tokio::time::timeout(limits.connect, TcpStream::connect(upstream.address))
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
     let server = match connected {
         Ok(server) => server,
         Err(e) => {
-            upstream.set_healthy(false);
+            upstream.record_failure("connect");
             return Err((client, e));
         }
     };
+    let idle = limits.idle;
     let _ = server.set_nodelay(true);
     let _ = client.set_nodelay(true);
     let activity = Activity::default();
-    let mut client = Tracked::new(client, &activity);
-    let mut server = Tracked::new(server, &activity);
+    let mut client = Tracked::new(client, &activity, Side::Client);
+    let mut server = Tracked::new(server, &activity, Side::Server);
     let reason = tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, &mut server) => match copied {
             Ok(_) => "closed",
@@ -56,6 +70,13 @@ pub async fn forward(
             let _ = server.inner.shutdown().await;
             "idle timeout"
         }
+        _ = activity.unanswered_for(limits.server) => {
+            debug!(limit = ?limits.server, "upstream did not answer; closing");
+            upstream.record_failure("server timeout");
+            let _ = client.inner.shutdown().await;
+            let _ = server.inner.shutdown().await;
+            "server timeout"
+        }
         _ = stop.cancelled() => {
             // The shutdown grace is over: stop forwarding; both sides see an orderly close.
             let _ = client.inner.shutdown().await;
@@ -63,6 +84,9 @@ pub async fn forward(
             "shutdown"
         }
     };
+    if server.bytes_read > 0 {
+        upstream.record_success();
+    }
     Ok(Forwarded {
         bytes_in: client.bytes_read,
         bytes_out: server.bytes_read,
@@ -77,7 +101,8 @@ pub struct Forwarded {
     pub bytes_in: u64,
     /// Bytes read from the upstream (and sent to the client).
     pub bytes_out: u64,
-    /// Why it ended: `closed` (either side), `error`, `idle timeout` or `shutdown`.
+    /// Why it ended: `closed` (either side), `error`, `idle timeout`, `server timeout` or
+    /// `shutdown`.
     pub reason: &'static str,
 }
 
@@ -88,6 +113,16 @@ struct Activity {
     base: tokio::time::Instant,
     /// Milliseconds after `base` of the latest read that returned data.
     last_ms: AtomicU64,
+    /// 1 + milliseconds after `base` of the first client bytes the upstream has not
+    /// answered yet; 0 while nothing is waiting for an answer.
+    unanswered_since: AtomicU64,
+}
+
+/// Which side a [`Tracked`] stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
 }
 
 impl Default for Activity {
@@ -95,14 +130,46 @@ impl Default for Activity {
         Activity {
             base: tokio::time::Instant::now(),
             last_ms: AtomicU64::new(0),
+            unanswered_since: AtomicU64::new(0),
         }
     }
 }
 
 impl Activity {
-    fn touch(&self) {
+    fn touch(&self, side: Side) {
         let ms = self.base.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
+        match side {
+            // The first unanswered client bytes start the server timeout ...
+            Side::Client => {
+                let _ = self.unanswered_since.compare_exchange(
+                    0,
+                    ms + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            // ... and any answer stops it.
+            Side::Server => self.unanswered_since.store(0, Ordering::Relaxed),
+        }
+    }
+
+    /// Completes once client bytes have waited `limit` for an answer from the upstream.
+    async fn unanswered_for(&self, limit: Duration) {
+        loop {
+            let since = self.unanswered_since.load(Ordering::Relaxed);
+            if since == 0 {
+                // Nothing waiting: look again in one limit's time.
+                tokio::time::sleep(limit).await;
+                continue;
+            }
+            let start = self.base + Duration::from_millis(since - 1);
+            let deadline = start.checked_add(limit).unwrap_or(start);
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
     }
 
     /// Completes once nothing has moved for `idle`.
@@ -123,15 +190,17 @@ impl Activity {
 struct Tracked<'a> {
     inner: TcpStream,
     activity: &'a Activity,
+    side: Side,
     /// Bytes read from `inner` so far.
     bytes_read: u64,
 }
 
 impl<'a> Tracked<'a> {
-    fn new(inner: TcpStream, activity: &'a Activity) -> Self {
+    fn new(inner: TcpStream, activity: &'a Activity, side: Side) -> Self {
         Tracked {
             inner,
             activity,
+            side,
             bytes_read: 0,
         }
     }
@@ -148,7 +217,7 @@ impl AsyncRead for Tracked<'_> {
         let read = buf.filled().len() - before;
         if read > 0 {
             self.bytes_read += read as u64;
-            self.activity.touch();
+            self.activity.touch(self.side);
         }
         polled
     }

@@ -1,20 +1,60 @@
-//! An upstream server and its health: active checks (a TCP connect to every upstream, once
-//! at start and then every `backend.health_check_interval`) and the state they set.
+//! An upstream server and its health, from two sources:
+//!
+//! - **active checks**, as HAProxy's `check inter/rise/fall`: a TCP connect to every
+//!   upstream once at start (whose result is taken as is) and then every
+//!   `backend.health_check_interval`, each limited by `backend.health_check_timeout`; an
+//!   up upstream goes down after `health_check_fall` consecutive failures, a down one comes
+//!   back after `health_check_rise` consecutive successes;
+//! - **passive checks**, as Envoy's outlier detection: `backend.max_fails` consecutive
+//!   connect failures or server timeouts seen by real connections eject the upstream for
+//!   `backend.eject_for`, doubled on each ejection that follows without a good exchange in
+//!   between. A frozen process still accepts TCP connections (its kernel does), so only
+//!   this notices it.
+//!
+//! [`Upstream::is_healthy`] combines both; the factory, admission, migration and the
+//! dispatcher's replacement of unhealthy machines all read it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::config::BackendConfig;
 use crate::core::Size;
 
-/// How long a health probe or an upstream connect may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest ejection, however often an upstream repeats its failures (64 × eject_for).
+const MAX_EJECTION_DOUBLINGS: u32 = 6;
+
+/// The health rules of `[backend]`, copied into every upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Consecutive good probes that bring a down upstream back.
+    pub rise: u32,
+    /// Consecutive failed probes that take an up upstream down.
+    pub fall: u32,
+    /// Consecutive passive failures that eject an upstream.
+    pub max_fails: u32,
+    /// The first ejection's length.
+    pub eject_for: Duration,
+}
+
+impl HealthPolicy {
+    /// The policy of `backend`.
+    pub fn of(backend: &BackendConfig) -> Self {
+        HealthPolicy {
+            rise: backend.health_check_rise.max(1),
+            fall: backend.health_check_fall.max(1),
+            max_fails: backend.max_fails.max(1),
+            eject_for: backend.eject_for,
+        }
+    }
+}
 
 /// One upstream server and its health.
 #[derive(Debug)]
@@ -23,51 +63,134 @@ pub struct Upstream {
     pub address: SocketAddr,
     /// The size (capacity) it counts as.
     pub size: Size,
-    /// Result of the latest probe (or of a failed connect since).
-    healthy: AtomicBool,
+    policy: HealthPolicy,
+    /// The active checks' verdict.
+    up: AtomicBool,
+    /// Consecutive probe results against the verdict (successes while down, failures
+    /// while up); reset by a result that agrees with it.
+    streak: AtomicU32,
+    /// Consecutive passive failures (connect failures, server timeouts).
+    fails: AtomicU32,
+    /// Ejections since the last good exchange (each one twice as long as the one before).
+    ejections: AtomicU32,
+    /// Milliseconds after `base` until which the upstream is ejected (0: not ejected).
+    ejected_until_ms: AtomicU64,
+    base: Instant,
 }
 
 impl Upstream {
     /// A new upstream, not yet known to be healthy.
-    pub fn new(address: SocketAddr, size: Size) -> Self {
+    pub fn new(address: SocketAddr, size: Size, policy: HealthPolicy) -> Self {
         Upstream {
             address,
             size,
-            healthy: AtomicBool::new(false),
+            policy,
+            up: AtomicBool::new(false),
+            streak: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            base: Instant::now(),
         }
     }
 
-    /// Whether the latest probe succeeded and no connect has failed since.
+    /// Whether it may take new connections: up by the active checks and not ejected.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.up.load(Ordering::Acquire) && !self.is_ejected()
     }
 
-    /// Records a probe or connect result; logs transitions.
-    pub fn set_healthy(&self, healthy: bool) {
-        let was = self.healthy.swap(healthy, Ordering::AcqRel);
-        match (was, healthy) {
-            (true, false) => warn!(upstream = %self.address, "upstream down"),
-            (false, true) => info!(upstream = %self.address, "upstream up"),
-            _ => {}
+    fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Acquire);
+        until != 0 && self.now_ms() < until
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+
+    /// The first probe at start: its result is the verdict (no rise or fall to wait for).
+    pub fn set_initial(&self, ok: bool) {
+        self.up.store(ok, Ordering::Release);
+        if ok {
+            info!(upstream = %self.address, "upstream up");
+        } else {
+            warn!(upstream = %self.address, "upstream down (first probe failed)");
         }
+    }
+
+    /// Records one active probe; the verdict flips after `rise` / `fall` results in a row.
+    pub fn record_probe(&self, ok: bool) {
+        let up = self.up.load(Ordering::Acquire);
+        if ok == up {
+            self.streak.store(0, Ordering::Release);
+            return;
+        }
+        let streak = self.streak.fetch_add(1, Ordering::AcqRel) + 1;
+        let needed = if up {
+            self.policy.fall
+        } else {
+            self.policy.rise
+        };
+        if streak >= needed {
+            self.streak.store(0, Ordering::Release);
+            self.up.store(ok, Ordering::Release);
+            if ok {
+                info!(upstream = %self.address, rise = needed, "upstream up");
+            } else {
+                warn!(upstream = %self.address, fall = needed, "upstream down");
+            }
+        }
+    }
+
+    /// A connect failed or the upstream timed out on a real connection; `max_fails` of them
+    /// in a row eject it.
+    pub fn record_failure(&self, what: &'static str) {
+        let fails = self.fails.fetch_add(1, Ordering::AcqRel) + 1;
+        if fails < self.policy.max_fails {
+            return;
+        }
+        self.fails.store(0, Ordering::Release);
+        let ejections = self.ejections.fetch_add(1, Ordering::AcqRel);
+        let factor = 1u32 << ejections.min(MAX_EJECTION_DOUBLINGS);
+        let length = self.policy.eject_for.saturating_mul(factor);
+        let until = self.now_ms().saturating_add(length.as_millis() as u64);
+        self.ejected_until_ms.store(until, Ordering::Release);
+        warn!(
+            upstream = %self.address,
+            failure = what,
+            fails,
+            ejected_for_ms = length.as_millis() as u64,
+            "upstream ejected"
+        );
+    }
+
+    /// A connection got bytes back from the upstream: failures and the ejection count
+    /// start over.
+    pub fn record_success(&self) {
+        self.fails.store(0, Ordering::Release);
+        self.ejections.store(0, Ordering::Release);
     }
 }
 
-/// A TCP health probe: can we connect within [`CONNECT_TIMEOUT`]?
-pub async fn probe(address: SocketAddr) -> bool {
+/// A TCP health probe: can we connect within `limit`?
+pub async fn probe(address: SocketAddr, limit: Duration) -> bool {
     matches!(
-        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await,
+        tokio::time::timeout(limit, TcpStream::connect(address)).await,
         Ok(Ok(_))
     )
 }
 
-/// Probes every upstream once, concurrently.
-pub async fn probe_all(upstreams: &[Arc<Upstream>]) {
+/// Probes every upstream once, concurrently; `record` takes each result.
+async fn probe_all(upstreams: &[Arc<Upstream>], limit: Duration, first: bool) {
     let probes = upstreams.iter().map(|u| {
         let u = u.clone();
         tokio::spawn(async move {
-            let ok = probe(u.address).await;
-            u.set_healthy(ok);
+            let ok = probe(u.address, limit).await;
+            if first {
+                u.set_initial(ok);
+            } else {
+                u.record_probe(ok);
+            }
         })
     });
     for p in probes.collect::<Vec<_>>() {
@@ -75,22 +198,87 @@ pub async fn probe_all(upstreams: &[Arc<Upstream>]) {
     }
 }
 
-/// Probes every upstream each `interval` until `shutdown` fires.
+/// The probe at start: every upstream once, its result taken as the verdict.
+pub async fn probe_initial(upstreams: &[Arc<Upstream>], limit: Duration) {
+    probe_all(upstreams, limit, true).await;
+}
+
+/// Probes every upstream each `interval` (each probe limited by `limit`) until `shutdown`
+/// fires.
 pub fn spawn_health_checker(
     upstreams: Vec<Arc<Upstream>>,
     interval: Duration,
+    limit: Duration,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        // The first round runs one interval from now: `probe_all` ran just before start-up.
+        // The first round runs one interval from now: the initial probe ran just before.
         let period = interval.max(Duration::from_millis(10));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => probe_all(&upstreams).await,
+                _ = ticker.tick() => probe_all(&upstreams, limit, false).await,
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(rise: u32, fall: u32, max_fails: u32) -> Upstream {
+        let policy = HealthPolicy {
+            rise,
+            fall,
+            max_fails,
+            eject_for: Duration::from_secs(10),
+        };
+        Upstream::new(SocketAddr::from(([127, 0, 0, 1], 1)), Size::Medium, policy)
+    }
+
+    #[test]
+    fn rise_and_fall_need_results_in_a_row() {
+        let u = upstream(2, 3, 3);
+        u.set_initial(true);
+        u.record_probe(false);
+        u.record_probe(false);
+        u.record_probe(true); // breaks the streak
+        u.record_probe(false);
+        u.record_probe(false);
+        assert!(u.is_healthy(), "two failures in a row are not three");
+        u.record_probe(false);
+        assert!(!u.is_healthy());
+        u.record_probe(true);
+        assert!(!u.is_healthy(), "one success is not two");
+        u.record_probe(true);
+        assert!(u.is_healthy());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passive_failures_eject_for_a_doubling_time() {
+        let u = upstream(2, 3, 3);
+        u.set_initial(true);
+        u.record_failure("connect");
+        u.record_failure("connect");
+        assert!(u.is_healthy());
+        u.record_failure("server timeout");
+        assert!(!u.is_healthy(), "three in a row eject it");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(u.is_healthy(), "back after eject_for");
+        for _ in 0..3 {
+            u.record_failure("connect");
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!u.is_healthy(), "the second ejection lasts twice as long");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(u.is_healthy());
+        // A good exchange resets the count and the doubling.
+        u.record_success();
+        u.record_failure("connect");
+        u.record_failure("connect");
+        assert!(u.is_healthy());
+    }
 }

@@ -28,8 +28,8 @@ use crate::config::Config;
 use crate::core::{MachineId, Size, SizeCounts, Units};
 use crate::telemetry::MachineInfo;
 
-pub use forward::{forward, Forwarded};
-pub use health::{Upstream, CONNECT_TIMEOUT};
+pub use forward::{forward, Forwarded, Limits};
+pub use health::{HealthPolicy, Upstream};
 
 // === impl UpstreamFactory ===
 
@@ -49,10 +49,12 @@ impl UpstreamFactory {
     pub async fn start(config: &Config, shutdown: CancellationToken) -> Self {
         let upstreams = Self::upstreams_of(config);
         // Probe once before the initial machines are acquired, then keep probing.
-        health::probe_all(&upstreams).await;
+        let backend = &config.backend;
+        health::probe_initial(&upstreams, backend.health_check_timeout).await;
         health::spawn_health_checker(
             upstreams.clone(),
-            config.backend.health_check_interval,
+            backend.health_check_interval,
+            backend.health_check_timeout,
             shutdown,
         );
         Self::new(upstreams, config)
@@ -74,7 +76,10 @@ impl UpstreamFactory {
             .backend
             .upstreams
             .iter()
-            .map(|u| Arc::new(Upstream::new(u.address, u.size)))
+            .map(|u| {
+                let policy = HealthPolicy::of(&config.backend);
+                Arc::new(Upstream::new(u.address, u.size, policy))
+            })
             .collect()
     }
 }

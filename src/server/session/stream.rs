@@ -10,17 +10,23 @@ use tracing::{warn, Instrument};
 use super::access::{self, ConnCounters};
 use super::context::SessionContext;
 use crate::backend::upstream;
-use crate::balancer::Command;
-use crate::core::Units;
+use crate::core::{MachineId, Units};
+
+/// Upstreams a client is tried on at most before it is refused.
+const CONNECT_TRIES: usize = 3;
 
 /// Proxy mode (SPEC §8): place the connection, connect it to its machine's upstream and
 /// copy bytes both ways. No bytes are ever added: a connection that cannot be placed is
 /// closed (and counted as rejected by the dispatcher).
+///
+/// A connect that fails (within `backend.connect_timeout`) counts against that upstream
+/// and the client is placed again at once, never on a machine that already failed it, up
+/// to [`CONNECT_TRIES`] upstreams in all.
 pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext) {
-    // A failed connect marks that upstream down; try up to three machines in all.
+    let mut avoid: Vec<MachineId> = Vec::new();
     let mut last_reservation = Units::ZERO;
-    for _ in 0..3 {
-        let Ok(placement) = ctx.dispatcher.admit(peer).await else {
+    for _ in 0..CONNECT_TRIES {
+        let Ok(placement) = ctx.dispatcher.admit_avoiding(peer, avoid.clone()).await else {
             return;
         };
         let machine = placement.machine();
@@ -28,9 +34,16 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
             return;
         };
         let span = tracing::debug_span!("proxy", %peer, machine = %machine.info.name, upstream = %upstream.address);
-        let idle = ctx.config.borrow().listener.idle_timeout;
+        let limits = {
+            let config = ctx.config.borrow();
+            upstream::Limits {
+                connect: config.backend.connect_timeout,
+                server: config.backend.server_timeout,
+                idle: config.listener.idle_timeout,
+            }
+        };
         let started = Instant::now();
-        match upstream::forward(socket, &upstream, idle, &ctx.hard_stop)
+        match upstream::forward(socket, &upstream, limits, &ctx.hard_stop)
             .instrument(span)
             .await
         {
@@ -48,9 +61,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
                 last_reservation = placement.reservation();
                 warn!(%peer, upstream = %upstream.address, error = %e, "upstream connect failed; trying another machine");
                 socket = returned;
-                drop(placement);
-                // Let the dispatcher retire the machine before we ask for another.
-                let _ = ctx.dispatcher.send(Command::Tick).await;
+                avoid.push(machine.info.id);
             }
         }
     }
