@@ -8,14 +8,26 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer};
 
+/// A duration that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration \"{value}\" ({reason}; expected e.g. \"250ms\", \"10s\")")]
+pub struct DurationError {
+    /// What was written.
+    pub value: String,
+    /// Why it is not a duration.
+    pub reason: String,
+}
+
 /// Parses `"250ms"`, `"10s"`, `"1m"`, `"0s"`.
 ///
 /// # Errors
 ///
-/// A message naming the bad value.
-pub fn parse(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration \"{s}\" ({e}; expected e.g. \"250ms\", \"10s\")"))
+/// [`DurationError`], naming the bad value.
+pub fn parse(s: &str) -> Result<Duration, DurationError> {
+    humantime::parse_duration(s.trim()).map_err(|e| DurationError {
+        value: s.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Renders whole seconds as `"10s"`, anything else as `"250ms"`.

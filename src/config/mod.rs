@@ -41,7 +41,7 @@ pub use diagnostics::{locate, ConfigError};
 use diagnostics::{parse_error, validation_error};
 pub use restart::{keep_restart_keys, RestartChange};
 pub use schema::{
-    AdminAddress, AdminConfig, AutoscalerConfig, BackendConfig, BackendMode, Config,
+    AdminAddress, AdminAddressError, AdminConfig, AutoscalerConfig, BackendConfig, BackendMode, Config,
     DispatcherConfig, ListenerConfig, LoadConfig, LogConfig, MachinesConfig, PoolConfig,
     RequestsConfig, Routing, ScalingPolicy, ShutdownConfig, UpstreamConfig,
 };

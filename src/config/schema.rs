@@ -106,8 +106,13 @@ pub enum AdminAddress {
     Addr(SocketAddr),
 }
 
+/// An admin address that is neither `IP:port` nor `off`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid address \"{0}\" (expected host:port or \"off\")")]
+pub struct AdminAddressError(pub String);
+
 impl std::str::FromStr for AdminAddress {
-    type Err = String;
+    type Err = AdminAddressError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.eq_ignore_ascii_case("off") {
@@ -115,7 +120,7 @@ impl std::str::FromStr for AdminAddress {
         }
         s.parse()
             .map(AdminAddress::Addr)
-            .map_err(|_| format!("invalid address \"{s}\" (expected host:port or \"off\")"))
+            .map_err(|_| AdminAddressError(s.to_string()))
     }
 }
 

@@ -57,7 +57,7 @@ fn parse_connections(s: &str) -> Result<usize, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::config::duration_str::parse(s)
+    crate::config::duration_str::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
