@@ -38,7 +38,7 @@ use tracing::{info, warn};
 use crate::balancer::SwitchError;
 use crate::core::StrategyKind;
 
-pub use body::{AutoscalerLimits, StatsBody};
+pub use body::{AutoscalerLimits, LoadModel, RequestWeights, StatsBody};
 pub use state::AdminState;
 
 /// The dashboard page, compiled into the binary (no files to deploy, no CDN).
