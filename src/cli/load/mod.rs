@@ -5,14 +5,19 @@
 //! a terminal, and prints a [`Summary`] as text or as one JSON object. Tests call
 //! [`generate`] directly and look at the returned [`Summary`].
 //!
-//! Four modes, each with `--connections` workers, one task per connection:
+//! Five modes, each with `--connections` workers, one task per connection:
 //!
 //! | mode | what each worker does |
 //! | --- | --- |
 //! | closed loop (default) | one request outstanding: send, await the reply, send the next |
 //! | open loop (`--rate N/s`) | sends on a fixed schedule (`N / connections` per second each), replies are read as they come; latency counts from the *scheduled* send time, so a slow server cannot hide its queueing (no coordinated omission) |
+//! | profiled open loop (`--profile`) | the same, with the total rate following a [`RateCurve`] over `--duration` (request `k` on connection `k mod connections`) |
 //! | `--connect-per-request` | connect, one request, close, again (reports connections/s) |
 //! | `--idle` | connect, `PING` (so the balancer has admitted it), then hold the connection silently |
+//!
+//! Both open loops start warm (without `--ramp`): every connection is opened and answered
+//! `PING` before the first request is due, so set-up is in neither the schedule nor the
+//! latencies.
 //!
 //! Every run is bounded: no request is sent after `--duration`; a reply still owed then is
 //! awaited for at most [`REPLY_GRACE`] and otherwise counted as a `no-reply` failure, so
@@ -24,9 +29,15 @@
 //! the SVG backend writes text as `<text>` elements that the viewer renders with its own
 //! fonts, so no font file and no system font library is needed.
 //!
-//! The code: `args` (the command line), `mix` (`--mix`), `plan` ([`LoadPlan`]), `workers`
-//! (one task per connection), `tally` (what the workers count), `report` ([`Summary`] and its text form),
-//! `sampler` and `plot` (`--plot`, reading the admin API through [`crate::cli::http`]).
+//! With `--profile` the same sampler runs, and the summary gains the SPEC RG Cloud
+//! elasticity metrics computed from demand and supply at each sample ([`ElasticityReport`];
+//! formulas in docs/elasticity.md).
+//!
+//! The code: `args` (the command line), `mix` (`--mix`), `plan` ([`LoadPlan`]), `profile`
+//! (`--profile`: [`RateCurve`]), `warm` (opening open-loop connections first), `workers`
+//! (one task per connection), `tally` (what the workers count), `report` ([`Summary`] and
+//! its text form), `sampler` and `plot` (`--plot`, reading the admin API through
+//! [`crate::cli::http`]), `elasticity` (demand, supply and the metrics).
 
 mod args;
 mod elasticity;
@@ -37,6 +48,7 @@ mod profile;
 mod report;
 mod sampler;
 mod tally;
+mod warm;
 mod workers;
 
 pub use args::LoadArgs;
@@ -66,6 +78,7 @@ use crate::cli::http::{fetch_stats, FetchError};
 use elasticity::{DemandModel, RunFacts};
 use sampler::Sampled;
 use tally::{Live, Tally};
+use warm::{warm_up, Warm};
 use workers::{idle, Worker};
 
 /// Why a load run could not start or finish.
@@ -170,6 +183,7 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
             )));
         }
     }
+    let warm = warm_up(&plan).await;
     let start = Instant::now();
     let sampler = (profiled || args.plot.is_some()).then(|| {
         let stop = start + plan.duration + args.cooldown;
@@ -178,7 +192,7 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
 
     let live = Arc::new(Live::default());
     let bar = progress_bar(&plan, live.clone());
-    let mut summary = generate_with(&plan, live, start).await;
+    let mut summary = generate_with(&plan, live, start, warm).await;
 
     let mut plot_note = None;
     if let Some(sampler) = sampler {
@@ -311,14 +325,16 @@ fn progress_bar(plan: &LoadPlan, live: Arc<Live>) -> Option<indicatif::ProgressB
 }
 
 /// Runs `plan` and returns its summary. Bounded: it returns within
-/// `duration + REPLY_GRACE` plus connect time-outs.
+/// `duration + REPLY_GRACE` plus connect time-outs (and, for an open loop, the warm-up of
+/// at most 5 s before the load starts).
 ///
 /// # Errors
 ///
 /// [`LoadError::Unreachable`] when the target refuses the first connection.
 pub async fn generate(plan: &LoadPlan) -> Result<Summary, LoadError> {
     probe(plan.target).await?;
-    Ok(generate_with(plan, Arc::new(Live::default()), Instant::now()).await)
+    let warm = warm_up(plan).await;
+    Ok(generate_with(plan, Arc::new(Live::default()), Instant::now(), warm).await)
 }
 
 /// Runs `plan` and, while it runs, samples the admin API at `admin`; returns the summary
@@ -330,9 +346,10 @@ pub async fn generate(plan: &LoadPlan) -> Result<Summary, LoadError> {
 /// [`LoadError::Unreachable`] when the target refuses the first connection.
 pub async fn generate_sampled(plan: &LoadPlan, admin: SocketAddr) -> Result<Summary, LoadError> {
     probe(plan.target).await?;
+    let warm = warm_up(plan).await;
     let start = Instant::now();
     let sampler = tokio::spawn(sampler::sample(admin, start, start + plan.duration));
-    let mut summary = generate_with(plan, Arc::new(Live::default()), start).await;
+    let mut summary = generate_with(plan, Arc::new(Live::default()), start, warm).await;
     let sampled = sampler.await.unwrap_or_default();
     if let (Mode::Profiled { name, curve }, Some(model)) =
         (&plan.mode, DemandModel::of(&sampled, &plan.mix))
@@ -349,9 +366,10 @@ pub async fn generate_sampled(plan: &LoadPlan, admin: SocketAddr) -> Result<Summ
     Ok(summary)
 }
 
-async fn generate_with(plan: &LoadPlan, live: Arc<Live>, start: Instant) -> Summary {
+async fn generate_with(plan: &LoadPlan, live: Arc<Live>, start: Instant, warm: Warm) -> Summary {
     let deadline = start + plan.duration;
-    let mut tally = Tally::new();
+    let Warm { mut streams, tally } = warm;
+    let mut tally: Tally = tally;
     if plan.mode == Mode::Idle {
         idle(plan, deadline, &live, &mut tally).await;
     } else {
@@ -363,6 +381,7 @@ async fn generate_with(plan: &LoadPlan, live: Arc<Live>, start: Instant) -> Summ
                 start,
                 deadline,
                 live: live.clone(),
+                warm: streams.get_mut(id).and_then(Option::take),
             };
             workers.spawn(worker.run());
         }

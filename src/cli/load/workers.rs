@@ -35,6 +35,9 @@ pub(super) struct Worker {
     pub(super) start: Instant,
     pub(super) deadline: Instant,
     pub(super) live: Arc<Live>,
+    /// A connection opened and admitted before the load started (open loops, see
+    /// `warm`), used before any new one.
+    pub(super) warm: Option<TcpStream>,
 }
 
 /// When an open-loop worker sends: the times its requests are due.
@@ -110,7 +113,7 @@ async fn read_reply<R: AsyncBufReadExt + Unpin>(
 }
 
 impl Worker {
-    pub(super) async fn run(self) -> Tally {
+    pub(super) async fn run(mut self) -> Tally {
         let mut tally = Tally::new();
         if !self.plan.ramp.is_zero() {
             let share = self.id as f64 / self.plan.connections as f64;
@@ -217,7 +220,7 @@ impl Worker {
 
     /// Sends at the times of `schedule` (a send that is late goes out at once: the
     /// schedule does not slip), reads replies as they come.
-    async fn open_loop(&self, mut schedule: Schedule, tally: &mut Tally) {
+    async fn open_loop(&mut self, mut schedule: Schedule, tally: &mut Tally) {
         let mut rng = self.rng();
         let live = &*self.live;
         let mut due = schedule.advance(self.deadline);
@@ -225,9 +228,15 @@ impl Worker {
         // Scheduled send times of the requests awaiting replies, oldest first.
         let mut in_flight: VecDeque<Instant> = VecDeque::new();
         while Instant::now() < self.deadline && due.is_some() {
-            let Some(stream) = self.connect(tally).await else {
-                self.pause().await;
-                continue;
+            let stream = match self.warm.take() {
+                Some(stream) => stream,
+                None => match self.connect(tally).await {
+                    Some(stream) => stream,
+                    None => {
+                        self.pause().await;
+                        continue;
+                    }
+                },
             };
             live.open.fetch_add(1, Ordering::Relaxed);
             let (read_half, mut write_half) = stream.into_split();
