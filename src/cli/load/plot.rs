@@ -157,12 +157,13 @@ fn draw_load(
     let mut chart = ChartBuilder::on(area)
         .margin(12)
         .x_label_area_size(36)
-        .y_label_area_size(56)
+        .y_label_area_size(64)
         .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
     chart
         .configure_mesh()
         .x_desc(X_DESC)
         .y_desc("average load (%)")
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style(("sans-serif", 14))
         .draw()?;
     chart
@@ -191,7 +192,7 @@ fn draw_machines(
     let mut chart = ChartBuilder::on(area)
         .margin(12)
         .x_label_area_size(36)
-        .y_label_area_size(56)
+        .y_label_area_size(64)
         .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
     chart
         .configure_mesh()
