@@ -49,6 +49,7 @@ BIN=${CARGO_TARGET_DIR:-target}/release/elastic-lb
 
 tmp=$(mktemp -d)
 lb_pid=""
+load_pid=""
 stop_lb() {
     if [ -n "$lb_pid" ]; then
         kill "$lb_pid" 2>/dev/null || true
@@ -57,6 +58,7 @@ stop_lb() {
     fi
 }
 cleanup() {
+    if [ -n "$load_pid" ]; then kill "$load_pid" 2>/dev/null || true; fi
     stop_lb
     rm -rf "$tmp"
 }
@@ -149,10 +151,16 @@ for policy in $POLICIES; do
         svg="$SVG_DIR/elasticity-$profile-$policy.svg"
         echo "== $profile × $label (${DURATION}s + ${COOLDOWN}s)" >&2
         start_lb "$cfg"
-        if timeout $((DURATION + COOLDOWN + 15)) "$BIN" load --target "$LB_ADDR" \
+        # In the background and waited for, so that a signal stops the script at once.
+        timeout $((DURATION + COOLDOWN + 15)) "$BIN" load --target "$LB_ADDR" \
             --admin "$ADMIN_ADDR" --connections "$CONNECTIONS" --duration "${DURATION}s" \
             --profile "$profile" --rate "$PEAK/s" --mix small=100 --json \
-            --plot "$svg" --cooldown "${COOLDOWN}s" >"$tmp/run.json" 2>"$tmp/run.err"; then
+            --plot "$svg" --cooldown "${COOLDOWN}s" >"$tmp/run.json" 2>"$tmp/run.err" &
+        load_pid=$!
+        status=0
+        wait "$load_pid" || status=$?
+        load_pid=""
+        if [ "$status" -eq 0 ]; then
             rows+=("$(python3 - "$profile" "$label" "$tmp/run.json" <<'PY'
 import json, sys
 profile, policy, path = sys.argv[1:4]
