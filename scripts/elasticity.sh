@@ -10,14 +10,15 @@
 # Usage: scripts/elasticity.sh
 #   env: POLICIES="threshold target"  PROFILES="step ramp spike sine"
 #        DURATION=40 (s of load per run)  COOLDOWN=4 (s sampled after it, plot only)
-#        PEAK=4000 (req/s)  CONNECTIONS=40  PORT=27270 (admin: PORT+1)  SVG_DIR=docs
-#        WEIGHT=100 (units of a SMALL request)  SERVICE_MS=0.01 (load.requests.service_ms_per_unit)
+#        PEAK=400 (req/s)  CONNECTIONS=40  PORT=27270 (admin: PORT+1)  SVG_DIR=docs
+#        WEIGHT=100 (units of a SMALL request)  SERVICE_MS=0.1 (load.requests.service_ms_per_unit)
 #
 # The requests are SMALL lines of weight WEIGHT; with the defaults a request occupies a
-# whole medium machine (100 units) for its 1 ms of service, so the daemon's load counts
+# whole medium machine (100 units) for its 10 ms of service, so the daemon's load counts
 # request work as the share of time machines are busy, which is what the demand counts
-# (docs/elasticity.md, "Choosing the weights"). WEIGHT=1 SERVICE_MS=1 is the default load
-# model's small request (also 1 ms), whose work the load barely sees.
+# (docs/elasticity.md, "Choosing the weights"). 10 ms rather than 1 ms keeps tokio's 1 ms
+# timer granularity from stretching the time a request is counted. WEIGHT=1 SERVICE_MS=10
+# is the default load model's small request (also 10 ms), whose work the load barely sees.
 #
 # Bounded: every run is at most DURATION + COOLDOWN + 15 s (and DURATION + COOLDOWN ≤ 45), so
 # 8 runs take under 8 minutes after the build; every process it starts is stopped on exit.
@@ -30,10 +31,10 @@ POLICIES=${POLICIES:-threshold target}
 PROFILES=${PROFILES:-step ramp spike sine}
 DURATION=${DURATION:-40}
 COOLDOWN=${COOLDOWN:-4}
-PEAK=${PEAK:-4000}
+PEAK=${PEAK:-400}
 CONNECTIONS=${CONNECTIONS:-40}
 WEIGHT=${WEIGHT:-100}
-SERVICE_MS=${SERVICE_MS:-0.01}
+SERVICE_MS=${SERVICE_MS:-0.1}
 PORT=${PORT:-27270}
 SVG_DIR=${SVG_DIR:-docs}
 LB_ADDR=127.0.0.1:$PORT
