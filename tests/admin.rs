@@ -119,7 +119,13 @@ async fn stats_json_has_exactly_the_spec_keys() {
 
     // SPEC §6 keys, plus the documented extras (never renamed, only added).
     let spec = set(&["strategy", "avg_load", "machines", "pool", "totals"]);
-    let extras = set(&["events", "autoscaler", "pool_size"]);
+    let extras = set(&[
+        "events",
+        "autoscaler",
+        "pool_size",
+        "load_model",
+        "reserved",
+    ]);
     assert_eq!(keys(&stats), &spec | &extras);
     assert!(stats["strategy"].is_string());
     assert!(stats["avg_load"].is_number());
@@ -175,6 +181,24 @@ async fn stats_json_has_exactly_the_spec_keys() {
         ])
     );
     assert_eq!(stats["autoscaler"]["scale_up_threshold"], 50.0);
+    assert_eq!(
+        keys(&stats["load_model"]),
+        set(&[
+            "service_ms_per_unit",
+            "requests",
+            "connection_min",
+            "connection_max"
+        ])
+    );
+    assert_eq!(
+        keys(&stats["load_model"]["requests"]),
+        set(&["small", "medium", "large"])
+    );
+    assert_eq!(stats["load_model"]["requests"]["medium"], 5);
+    // One open connection: its reservation is all of `used` once its request is answered.
+    let used: f64 = machines.iter().map(|m| m["used"].as_f64().unwrap()).sum();
+    let reserved = stats["reserved"].as_f64().expect("reserved is a number");
+    assert!(reserved > 0.0 && (reserved - used).abs() < 1e-9, "{stats}");
 }
 
 #[tokio::test]

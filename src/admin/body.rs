@@ -1,8 +1,10 @@
-//! The body of `GET /api/stats`: the SPEC §6 keys plus the extra keys the dashboard uses.
+//! The body of `GET /api/stats`: the SPEC §6 keys plus the extra keys the dashboard and
+//! `elastic-lb load --profile` use.
 
 use serde::{Deserialize, Serialize};
 
 use super::state::AdminState;
+use crate::core::{RequestClass, Units};
 use crate::telemetry::{PoolSnapshot, Snapshot};
 
 /// The autoscaler settings the dashboard draws (extra key `autoscaler` of `/api/stats`).
@@ -18,8 +20,43 @@ pub struct AutoscalerLimits {
     pub max_machines: usize,
 }
 
+/// Weight of each request class in load units (`[load.requests]`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct RequestWeights {
+    pub small: u64,
+    pub medium: u64,
+    pub large: u64,
+}
+
+impl RequestWeights {
+    /// Weight of `class`.
+    pub fn weight(&self, class: RequestClass) -> u64 {
+        match class {
+            RequestClass::Small => self.small,
+            RequestClass::Medium => self.medium,
+            RequestClass::Large => self.large,
+        }
+    }
+}
+
+/// The load model in force (extra key `load_model` of `/api/stats`, SPEC §1): what a client
+/// needs to turn the requests it offers into the capacity they need (docs/elasticity.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadModel {
+    /// `load.requests.service_ms_per_unit`: a request of weight `w` takes
+    /// `w × this × 100 / capacity` ms.
+    pub service_ms_per_unit: f64,
+    /// `load.requests.small` / `medium` / `large`.
+    pub requests: RequestWeights,
+    /// `load.connection_min`.
+    pub connection_min: f64,
+    /// `load.connection_max`.
+    pub connection_max: f64,
+}
+
 /// The body of `GET /api/stats`: the SPEC §6 keys (flattened [`Snapshot`], which also carries
-/// `events`) plus two extra keys. Extra keys only ever get added, never renamed.
+/// `events`) plus extra keys. Extra keys only ever get added, never renamed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsBody {
     /// The SPEC §6 keys and `events`.
@@ -29,6 +66,15 @@ pub struct StatsBody {
     pub autoscaler: AutoscalerLimits,
     /// Configured pool size per size (`pool` holds what is free of it).
     pub pool_size: PoolSnapshot,
+    /// Request weights, service time and reservation range in force (`None` only when
+    /// read from a daemon older than this key).
+    #[serde(default)]
+    pub load_model: Option<LoadModel>,
+    /// Σ reservations of the open connections on active and draining machines, load units
+    /// (the part of `Σ used` that is not request weights). `None` only when read from a
+    /// daemon older than this key.
+    #[serde(default)]
+    pub reserved: Option<f64>,
 }
 
 impl StatsBody {
@@ -38,6 +84,15 @@ impl StatsBody {
         // belong to the same configuration, even while reloads come in.
         let (snapshot, pool_size, config) = state.stats.consistent_snapshot();
         let a = &config.autoscaler;
+        let r = &config.load.requests;
+        // Read a moment after the snapshot (from the same kind of lock-free gauges).
+        let reserved: Units = state
+            .stats
+            .topology()
+            .machines
+            .iter()
+            .map(|m| m.reserved())
+            .sum();
         StatsBody {
             snapshot,
             autoscaler: AutoscalerLimits {
@@ -47,6 +102,17 @@ impl StatsBody {
                 max_machines: a.max_machines,
             },
             pool_size,
+            load_model: Some(LoadModel {
+                service_ms_per_unit: r.service_ms_per_unit,
+                requests: RequestWeights {
+                    small: r.small,
+                    medium: r.medium,
+                    large: r.large,
+                },
+                connection_min: config.load.connection_min,
+                connection_max: config.load.connection_max,
+            }),
+            reserved: Some(reserved.as_f64()),
         }
     }
 }

@@ -49,7 +49,7 @@ use crate::core::StrategyKind;
 use auth::AuthState;
 use serve::Limits;
 
-pub use body::{AutoscalerLimits, StatsBody};
+pub use body::{AutoscalerLimits, LoadModel, RequestWeights, StatsBody};
 pub use state::AdminState;
 
 /// The dashboard page, compiled into the binary (no files to deploy, no CDN).

@@ -236,6 +236,8 @@ mod tests {
                 large: 4,
                 xlarge: 2,
             },
+            load_model: None,
+            reserved: None,
         };
         let addr: SocketAddr = "127.0.0.1:7071".parse().unwrap();
         let table = render_table(addr, &stats);

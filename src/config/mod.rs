@@ -41,8 +41,8 @@ pub use diagnostics::{locate, ConfigError};
 use diagnostics::{parse_error, validation_error};
 pub use restart::{keep_restart_keys, RestartChange};
 pub use schema::{
-    AdminAddress, AdminAddressError, AdminConfig, AutoscalerConfig, BackendConfig, BackendMode, Config,
-    DispatcherConfig, ListenerConfig, LoadConfig, LogConfig, MachinesConfig, PoolConfig,
+    AdminAddress, AdminAddressError, AdminConfig, AutoscalerConfig, BackendConfig, BackendMode,
+    Config, DispatcherConfig, ListenerConfig, LoadConfig, LogConfig, MachinesConfig, PoolConfig,
     RequestsConfig, Routing, ScalingPolicy, ShutdownConfig, UpstreamConfig,
 };
 pub use source::{ConfigSource, DEFAULT_PATH, SEARCH_PATH, SYSTEM_PATH};

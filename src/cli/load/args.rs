@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::mix::{Mix, MixError};
+use super::profile::ProfileSpec;
 
 /// Arguments of `elastic-lb load` (SPEC §7).
 #[derive(Debug, Clone, clap::Args)]
@@ -20,18 +21,27 @@ pub struct LoadArgs {
     pub duration: Duration,
     /// Open loop at this many requests per second in total, spread over the connections
     /// (e.g. `2000/s`). Without it: closed loop, one outstanding request per connection.
+    /// With a built-in --profile: the profile's peak rate.
     #[arg(long, value_name = "N/s", value_parser = parse_rate)]
     pub rate: Option<f64>,
+    /// Open loop whose rate follows a profile over --duration: step, ramp, spike or sine
+    /// (peak --rate), or a CSV file of `seconds,requests_per_second` rows (linear in
+    /// between). Samples the admin API and reports the elasticity metrics (θU, θO, τU,
+    /// τO, instability; docs/elasticity.md).
+    #[arg(long, value_name = "step|ramp|spike|sine|PATH.csv", value_parser = parse_profile)]
+    pub profile: Option<ProfileSpec>,
     /// Request classes and their relative weights.
     #[arg(long, value_name = "CLASS=W,...", default_value = "small=70,medium=20,large=10", value_parser = parse_mix)]
     pub mix: Mix,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// Sample the admin API while running and draw machines and average load as an SVG.
+    /// Sample the admin API while running and draw supply (and, in open loop, demand),
+    /// average load and machines over time as an SVG.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
-    /// Admin address to sample for --plot (default: the target's host, port + 1).
+    /// Admin address to sample for --plot and --profile (default: the target's host,
+    /// port + 1).
     #[arg(long, value_name = "ADDR", value_parser = crate::config::resolve_addr)]
     pub admin: Option<SocketAddr>,
     /// With --plot: keep sampling this long after the load stops (to see scale-down).
@@ -41,10 +51,10 @@ pub struct LoadArgs {
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub ramp: Duration,
     /// Connect, send one request, close; repeat (reports connections/s).
-    #[arg(long, conflicts_with_all = ["rate", "idle"])]
+    #[arg(long, conflicts_with_all = ["rate", "idle", "profile"])]
     pub connect_per_request: bool,
     /// Open the connections, PING each once, and hold them silently for --duration.
-    #[arg(long, conflicts_with = "rate")]
+    #[arg(long, conflicts_with_all = ["rate", "profile"])]
     pub idle: bool,
 }
 
@@ -80,6 +90,10 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 fn parse_mix(s: &str) -> Result<Mix, MixError> {
+    s.parse()
+}
+
+fn parse_profile(s: &str) -> Result<ProfileSpec, String> {
     s.parse()
 }
 

@@ -22,6 +22,17 @@ impl Mix {
         }
     }
 
+    /// The mean of `value` over the classes, each counted by its share of the mix (e.g. the
+    /// mean request weight when `value` gives each class's weight).
+    pub fn mean(&self, value: impl Fn(RequestClass) -> f64) -> f64 {
+        let sum: f64 = self
+            .weights
+            .iter()
+            .map(|&(class, w)| f64::from(w) * value(class))
+            .sum();
+        sum / f64::from(self.total)
+    }
+
     /// A class drawn by weight.
     pub(super) fn pick(&self, rng: &mut SmallRng) -> RequestClass {
         let mut ticket = rng.random_range(0..self.total);
@@ -125,6 +136,18 @@ mod tests {
         assert!("small=x".parse::<Mix>().is_err());
         assert!("small=1,small=2".parse::<Mix>().is_err());
         assert!("".parse::<Mix>().is_err());
+    }
+
+    #[test]
+    fn mean_weighs_by_share() {
+        let m: Mix = "small=70,medium=20,large=10".parse().unwrap();
+        let weight = |c| match c {
+            RequestClass::Small => 1.0,
+            RequestClass::Medium => 5.0,
+            RequestClass::Large => 10.0,
+        };
+        assert!((m.mean(weight) - 2.7).abs() < 1e-12);
+        assert_eq!(Mix::only(RequestClass::Large).mean(weight), 10.0);
     }
 
     #[test]

@@ -5,14 +5,19 @@
 //! a terminal, and prints a [`Summary`] as text or as one JSON object. Tests call
 //! [`generate`] directly and look at the returned [`Summary`].
 //!
-//! Four modes, each with `--connections` workers, one task per connection:
+//! Five modes, each with `--connections` workers, one task per connection:
 //!
 //! | mode | what each worker does |
 //! | --- | --- |
 //! | closed loop (default) | one request outstanding: send, await the reply, send the next |
 //! | open loop (`--rate N/s`) | sends on a fixed schedule (`N / connections` per second each), replies are read as they come; latency counts from the *scheduled* send time, so a slow server cannot hide its queueing (no coordinated omission) |
+//! | profiled open loop (`--profile`) | the same, with the total rate following a [`RateCurve`] over `--duration` (request `k` on connection `k mod connections`) |
 //! | `--connect-per-request` | connect, one request, close, again (reports connections/s) |
 //! | `--idle` | connect, `PING` (so the balancer has admitted it), then hold the connection silently |
+//!
+//! Both open loops start warm (without `--ramp`): every connection is opened and answered
+//! `PING` before the first request is due, so set-up is in neither the schedule nor the
+//! latencies.
 //!
 //! Every run is bounded: no request is sent after `--duration`; a reply still owed then is
 //! awaited for at most [`REPLY_GRACE`] and otherwise counted as a `no-reply` failure, so
@@ -24,23 +29,36 @@
 //! the SVG backend writes text as `<text>` elements that the viewer renders with its own
 //! fonts, so no font file and no system font library is needed.
 //!
-//! The code: `args` (the command line), `mix` (`--mix`), `plan` ([`LoadPlan`]), `workers`
-//! (one task per connection), `tally` (what the workers count), `report` ([`Summary`] and its text form),
-//! `sampler` and `plot` (`--plot`, reading the admin API through [`crate::cli::http`]).
+//! With `--profile` the same sampler runs, and the summary gains the SPEC RG Cloud
+//! elasticity metrics computed from demand and supply at each sample ([`ElasticityReport`];
+//! formulas in docs/elasticity.md).
+//!
+//! The code: `args` (the command line), `mix` (`--mix`), `plan` ([`LoadPlan`]), `profile`
+//! (`--profile`: [`RateCurve`]), `warm` (opening open-loop connections first), `workers`
+//! (one task per connection), `tally` (what the workers count), `report` ([`Summary`] and
+//! its text form), `sampler` and `plot` (`--plot`, reading the admin API through
+//! [`crate::cli::http`]), `elasticity` (demand, supply and the metrics).
 
 mod args;
+mod elasticity;
 mod mix;
 mod plan;
 mod plot;
+mod profile;
 mod report;
 mod sampler;
 mod tally;
+mod warm;
 mod workers;
 
 pub use args::LoadArgs;
+pub use elasticity::{
+    demand, metrics, ElasticityReport, Metrics, Point, DEMAND_CHANGE_TOLERANCE, DEMAND_FLOOR,
+};
 pub use mix::{Mix, MixError};
 pub use plan::{LoadPlan, Mode};
 pub use plot::PlotError;
+pub use profile::{ProfileSpec, RateCurve, Shape};
 pub use report::{render_summary, Latency, MachineShare, Summary};
 pub use sampler::SAMPLE_EVERY;
 pub use workers::REPLY_GRACE;
@@ -57,7 +75,10 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
 use crate::cli::http::{fetch_stats, FetchError};
+use elasticity::{DemandModel, RunFacts};
+use sampler::Sampled;
 use tally::{Live, Tally};
+use warm::{warm_up, Warm};
 use workers::{idle, Worker};
 
 /// Why a load run could not start or finish.
@@ -71,14 +92,16 @@ pub enum LoadError {
         /// Why.
         source: std::io::Error,
     },
-    /// `--plot` was asked for but the admin API cannot be read.
+    /// `--plot` or `--profile` was asked for but the admin API cannot be read.
     #[error(
-        "cannot read http://{addr}/api/stats for --plot: {} (pass --admin ADDR)",
+        "cannot read http://{addr}/api/stats for {flag}: {} (pass --admin ADDR)",
         .source.reason()
     )]
     Admin {
         /// The admin address tried.
         addr: SocketAddr,
+        /// `--plot` or `--profile`.
+        flag: &'static str,
         /// Why.
         source: FetchError,
     },
@@ -109,11 +132,25 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
             "--cooldown only applies with --plot FILE.svg".to_string(),
         ));
     }
-    let mode = match (args.rate, args.connect_per_request, args.idle) {
-        (Some(rate), _, _) => Mode::OpenLoop { rate },
-        (None, true, _) => Mode::ConnectPerRequest,
-        (None, false, true) => Mode::Idle,
-        (None, false, false) => Mode::ClosedLoop,
+    let mode = match (
+        &args.profile,
+        args.rate,
+        args.connect_per_request,
+        args.idle,
+    ) {
+        (Some(spec), rate, _, _) => {
+            let curve = spec
+                .load(args.duration.as_secs_f64(), rate)
+                .map_err(LoadError::Invalid)?;
+            Mode::Profiled {
+                name: spec.to_string(),
+                curve: Arc::new(curve),
+            }
+        }
+        (None, Some(rate), _, _) => Mode::OpenLoop { rate },
+        (None, None, true, _) => Mode::ConnectPerRequest,
+        (None, None, false, true) => Mode::Idle,
+        (None, None, false, false) => Mode::ClosedLoop,
     };
     let plan = LoadPlan {
         target: args.target,
@@ -126,42 +163,58 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
     let admin = args
         .admin
         .unwrap_or_else(|| SocketAddr::new(args.target.ip(), args.target.port().saturating_add(1)));
+    let profiled = matches!(plan.mode, Mode::Profiled { .. });
+    let flag = if profiled { "--profile" } else { "--plot" };
 
     probe(plan.target).await?;
-    let sampler = match &args.plot {
-        Some(_) => {
-            // Fail before any load is sent if the plot could not be drawn.
-            fetch_stats(admin)
-                .await
-                .map_err(|source| LoadError::Admin {
-                    addr: admin,
-                    source,
-                })?;
-            let stop = Instant::now() + plan.duration + args.cooldown;
-            Some(tokio::spawn(sampler::sample(admin, Instant::now(), stop)))
+    if profiled || args.plot.is_some() {
+        // Fail before any load is sent if the plot or the metrics could not be made.
+        let stats = fetch_stats(admin)
+            .await
+            .map_err(|source| LoadError::Admin {
+                addr: admin,
+                flag,
+                source,
+            })?;
+        if profiled && (stats.load_model.is_none() || stats.reserved.is_none()) {
+            return Err(LoadError::Invalid(format!(
+                "http://{admin}/api/stats has no load_model/reserved keys (an older elastic-lb): \
+                 --profile needs them for the demand"
+            )));
         }
-        None => None,
-    };
+    }
+    let warm = warm_up(&plan).await;
+    let start = Instant::now();
+    let sampler = (profiled || args.plot.is_some()).then(|| {
+        let stop = start + plan.duration + args.cooldown;
+        tokio::spawn(sampler::sample(admin, start, stop))
+    });
 
     let live = Arc::new(Live::default());
     let bar = progress_bar(&plan, live.clone());
-    let summary = generate_with(&plan, live).await;
+    let mut summary = generate_with(&plan, live, start, warm).await;
 
     let mut plot_note = None;
-    if let (Some(path), Some(sampler)) = (&args.plot, sampler) {
-        if let Some(bar) = &bar {
+    if let Some(sampler) = sampler {
+        if let (Some(bar), true) = (&bar, !args.cooldown.is_zero()) {
             bar.set_message(format!("load done; sampling for {:?} more", args.cooldown));
         }
-        let samples = sampler.await.unwrap_or_default();
-        plot::draw_plot(path, &samples, summary.duration_s).map_err(|source| LoadError::Plot {
-            path: path.clone(),
-            source,
-        })?;
-        plot_note = Some(format!(
-            "plot: {} ({} samples of http://{admin}/api/stats)",
-            path.display(),
-            samples.len()
-        ));
+        let sampled = sampler.await.unwrap_or_default();
+        let load_end = plan.duration.as_secs_f64();
+        let model = DemandModel::of(&sampled, &plan.mix);
+        if let (Mode::Profiled { name, curve }, Some(model)) = (&plan.mode, model) {
+            let run = RunFacts {
+                profile: name,
+                curve,
+                load_end,
+                requests_failed: summary.requests_failed,
+                p99_ms: summary.latency_ms.p99,
+            };
+            summary.elasticity = Some(elasticity::report(&run, &sampled.samples, model));
+        }
+        if let Some(path) = &args.plot {
+            plot_note = Some(draw(path, &plan, &sampled, model, load_end, admin)?);
+        }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -185,6 +238,38 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
         eprintln!("{note}");
     }
     Ok(())
+}
+
+/// Draws the `--plot` SVG (with demand when the offered rate and the load model are
+/// known) and returns the note printed after the summary.
+fn draw(
+    path: &std::path::Path,
+    plan: &LoadPlan,
+    sampled: &Sampled,
+    model: Option<DemandModel>,
+    load_end: f64,
+    admin: SocketAddr,
+) -> Result<String, LoadError> {
+    let demand = match (plan.mode.offered(), model) {
+        (Some(curve), Some(model)) => Some(elasticity::points(
+            &sampled.samples,
+            &curve,
+            load_end,
+            model,
+        )),
+        _ => None,
+    };
+    plot::draw_plot(path, &sampled.samples, demand.as_deref(), load_end).map_err(|source| {
+        LoadError::Plot {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(format!(
+        "plot: {} ({} samples of http://{admin}/api/stats)",
+        path.display(),
+        sampled.samples.len()
+    ))
 }
 
 /// One connection attempt, so that a wrong address is one clear error before any load.
@@ -240,20 +325,51 @@ fn progress_bar(plan: &LoadPlan, live: Arc<Live>) -> Option<indicatif::ProgressB
 }
 
 /// Runs `plan` and returns its summary. Bounded: it returns within
-/// `duration + REPLY_GRACE` plus connect time-outs.
+/// `duration + REPLY_GRACE` plus connect time-outs (and, for an open loop, the warm-up of
+/// at most 5 s before the load starts).
 ///
 /// # Errors
 ///
 /// [`LoadError::Unreachable`] when the target refuses the first connection.
 pub async fn generate(plan: &LoadPlan) -> Result<Summary, LoadError> {
     probe(plan.target).await?;
-    Ok(generate_with(plan, Arc::new(Live::default())).await)
+    let warm = warm_up(plan).await;
+    Ok(generate_with(plan, Arc::new(Live::default()), Instant::now(), warm).await)
 }
 
-async fn generate_with(plan: &LoadPlan, live: Arc<Live>) -> Summary {
+/// Runs `plan` and, while it runs, samples the admin API at `admin`; returns the summary
+/// with its elasticity section when the plan is a `--profile` run (what `elastic-lb load
+/// --profile` prints, without the plot).
+///
+/// # Errors
+///
+/// [`LoadError::Unreachable`] when the target refuses the first connection.
+pub async fn generate_sampled(plan: &LoadPlan, admin: SocketAddr) -> Result<Summary, LoadError> {
+    probe(plan.target).await?;
+    let warm = warm_up(plan).await;
     let start = Instant::now();
+    let sampler = tokio::spawn(sampler::sample(admin, start, start + plan.duration));
+    let mut summary = generate_with(plan, Arc::new(Live::default()), start, warm).await;
+    let sampled = sampler.await.unwrap_or_default();
+    if let (Mode::Profiled { name, curve }, Some(model)) =
+        (&plan.mode, DemandModel::of(&sampled, &plan.mix))
+    {
+        let run = RunFacts {
+            profile: name,
+            curve,
+            load_end: plan.duration.as_secs_f64(),
+            requests_failed: summary.requests_failed,
+            p99_ms: summary.latency_ms.p99,
+        };
+        summary.elasticity = Some(elasticity::report(&run, &sampled.samples, model));
+    }
+    Ok(summary)
+}
+
+async fn generate_with(plan: &LoadPlan, live: Arc<Live>, start: Instant, warm: Warm) -> Summary {
     let deadline = start + plan.duration;
-    let mut tally = Tally::new();
+    let Warm { mut streams, tally } = warm;
+    let mut tally: Tally = tally;
     if plan.mode == Mode::Idle {
         idle(plan, deadline, &live, &mut tally).await;
     } else {
@@ -265,6 +381,7 @@ async fn generate_with(plan: &LoadPlan, live: Arc<Live>) -> Summary {
                 start,
                 deadline,
                 live: live.clone(),
+                warm: streams.get_mut(id).and_then(Option::take),
             };
             workers.spawn(worker.run());
         }

@@ -1,13 +1,15 @@
 //! What a run does: [`LoadPlan`] and its [`Mode`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::mix::Mix;
+use super::profile::RateCurve;
 use crate::core::RequestClass;
 
 /// How the workers send.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
     /// One outstanding request per connection.
     ClosedLoop,
@@ -15,6 +17,13 @@ pub enum Mode {
     OpenLoop {
         /// Requests per second over all connections.
         rate: f64,
+    },
+    /// Open loop whose total rate follows `curve` over time (`--profile`).
+    Profiled {
+        /// The profile's name (`step`, …, or the CSV path).
+        name: String,
+        /// Requests per second over time.
+        curve: Arc<RateCurve>,
     },
     /// Connect, one request, close, repeat.
     ConnectPerRequest,
@@ -24,12 +33,25 @@ pub enum Mode {
 
 impl Mode {
     /// The name `--json` and the text summary print.
-    pub(super) fn name(self) -> &'static str {
+    pub(super) fn name(&self) -> &'static str {
         match self {
             Mode::ClosedLoop => "closed-loop",
             Mode::OpenLoop { .. } => "open-loop",
+            Mode::Profiled { .. } => "profiled-open-loop",
             Mode::ConnectPerRequest => "connect-per-request",
             Mode::Idle => "idle",
+        }
+    }
+}
+
+impl Mode {
+    /// The offered rate over time, where the mode fixes it (open loops; idle offers none).
+    pub fn offered(&self) -> Option<RateCurve> {
+        match self {
+            Mode::OpenLoop { rate } => Some(RateCurve::constant(*rate)),
+            Mode::Profiled { curve, .. } => Some(RateCurve::clone(curve)),
+            Mode::Idle => Some(RateCurve::constant(0.0)),
+            Mode::ClosedLoop | Mode::ConnectPerRequest => None,
         }
     }
 }

@@ -1,10 +1,17 @@
 //! `--plot`: draws the samples as an SVG with `plotters` (see the module docs for why the
 //! SVG backend needs no fonts).
+//!
+//! Three panels over the same time axis: capacity (supply, and demand when the offered rate
+//! is known: open loop and `--profile`), average load, machines.
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::drawing::DrawingAreaErrorKind;
+use plotters::prelude::*;
 
+use super::elasticity::Point;
 use super::sampler::Sample;
 
 /// Why the plot could not be drawn: writing the file failed, or `plotters` could not lay
@@ -13,44 +20,150 @@ use super::sampler::Sample;
 #[error(transparent)]
 pub struct PlotError(#[from] DrawingAreaErrorKind<std::io::Error>);
 
-/// Draws average load (top) and machines (bottom) over time as an SVG at `path`.
-pub(super) fn draw_plot(path: &Path, samples: &[Sample], load_end_s: f64) -> Result<(), PlotError> {
-    use plotters::prelude::*;
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
+const X_DESC: &str = "seconds since the load started";
+const STOP: RGBColor = RGBColor(200, 60, 60);
+const SUPPLY: RGBColor = RGBColor(30, 140, 60);
+const DEMAND: RGBColor = RGBColor(120, 60, 170);
+const TOTAL: RGBColor = RGBColor(230, 140, 20);
+
+/// Draws capacity (supply and, with `demand`, demand), average load and machines over time
+/// as an SVG at `path`.
+pub(super) fn draw_plot(
+    path: &Path,
+    samples: &[Sample],
+    demand: Option<&[Point]>,
+    load_end_s: f64,
+) -> Result<(), PlotError> {
     let t_max = samples.last().map_or(1.0, |s| s.t).max(load_end_s).max(1.0);
-    let load_max = samples
+    let root = SVGBackend::new(path, (960, 920)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = if demand.is_some() {
+        "elastic-lb load: demand and supply, average load and machines over time"
+    } else {
+        "elastic-lb load: supply, average load and machines over time"
+    };
+    let root = root.titled(title, ("sans-serif", 22))?;
+    let panels = root.split_evenly((3, 1));
+    draw_capacity(&panels[0], samples, demand, t_max, load_end_s)?;
+    draw_load(&panels[1], samples, t_max, load_end_s)?;
+    draw_machines(&panels[2], samples, t_max, load_end_s)?;
+    root.present()?;
+    Ok(())
+}
+
+/// `(t, value)` as a step line: each value holds until the next sample.
+fn steps(samples: &[Sample], value: impl Fn(&Sample) -> f64) -> Vec<(f64, f64)> {
+    let mut points = Vec::with_capacity(samples.len() * 2);
+    for (i, s) in samples.iter().enumerate() {
+        if i > 0 {
+            points.push((s.t, value(&samples[i - 1])));
+        }
+        points.push((s.t, value(s)));
+    }
+    points
+}
+
+fn legend(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The "load stops" line and the legend.
+fn finish<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    load_end_s: f64,
+    y_max: f64,
+) -> Result<(), PlotError> {
+    chart
+        .draw_series(LineSeries::new(
+            [(load_end_s, 0.0), (load_end_s, y_max)],
+            STOP.stroke_width(1),
+        ))?
+        .label("load stops")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], STOP));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()?;
+    Ok(())
+}
+
+fn draw_capacity(
+    area: &Area<'_>,
+    samples: &[Sample],
+    demand: Option<&[Point]>,
+    t_max: f64,
+    load_end_s: f64,
+) -> Result<(), PlotError> {
+    let demand_max = demand
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.demand)
+        .fold(0.0, f64::max);
+    let y_max = samples
+        .iter()
+        .map(|s| s.supply)
+        .fold(demand_max, f64::max)
+        .max(100.0)
+        * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc(X_DESC)
+        .y_desc("capacity (load units)")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            steps(samples, |s| s.supply),
+            SUPPLY.stroke_width(2),
+        ))?
+        .label("supply: Σ capacity of active machines")
+        .legend(legend(SUPPLY));
+    if let Some(points) = demand {
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.t, p.demand)),
+                DEMAND.stroke_width(2),
+            ))?
+            .label("demand: 100 × (reserved + busy capacity) / threshold")
+            .legend(legend(DEMAND));
+    }
+    finish(&mut chart, load_end_s, y_max)
+}
+
+fn draw_load(
+    area: &Area<'_>,
+    samples: &[Sample],
+    t_max: f64,
+    load_end_s: f64,
+) -> Result<(), PlotError> {
+    let y_max = samples
         .iter()
         .map(|s| s.avg_load)
         .fold(100.0f64, f64::max)
         .ceil();
-    let machines_max = samples
-        .iter()
-        .map(|s| s.active + s.draining)
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64
-        + 1.0;
-
-    let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let root = root.titled(
-        "elastic-lb load: average load and machines over time",
-        ("sans-serif", 22),
-    )?;
-    let (upper, lower) = root.split_vertically(310);
-    let stop_color = RGBColor(200, 60, 60);
-    let x_desc = "seconds since the load started";
-
-    // Average load, with the load phase marked.
-    let mut chart = ChartBuilder::on(&upper)
+    let mut chart = ChartBuilder::on(area)
         .margin(12)
         .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..t_max, 0.0..load_max)?;
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
     chart
         .configure_mesh()
-        .x_desc(x_desc)
+        .x_desc(X_DESC)
         .y_desc("average load (%)")
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style(("sans-serif", 14))
         .draw()?;
     chart
@@ -59,77 +172,49 @@ pub(super) fn draw_plot(path: &Path, samples: &[Sample], load_end_s: f64) -> Res
             BLUE.stroke_width(2),
         ))?
         .label("average load over active machines")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
-    chart
-        .draw_series(LineSeries::new(
-            [(load_end_s, 0.0), (load_end_s, load_max)],
-            stop_color.stroke_width(1),
-        ))?
-        .label("load stops")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], stop_color));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()?;
+        .legend(legend(BLUE));
+    finish(&mut chart, load_end_s, y_max)
+}
 
-    // Machines: active, and active + draining, as step lines.
-    let mut chart = ChartBuilder::on(&lower)
+fn draw_machines(
+    area: &Area<'_>,
+    samples: &[Sample],
+    t_max: f64,
+    load_end_s: f64,
+) -> Result<(), PlotError> {
+    let y_max = samples
+        .iter()
+        .map(|s| s.active + s.draining)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        + 1.0;
+    let mut chart = ChartBuilder::on(area)
         .margin(12)
         .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..t_max, 0.0..machines_max)?;
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
     chart
         .configure_mesh()
-        .x_desc(x_desc)
+        .x_desc(X_DESC)
         .y_desc("machines")
-        .y_labels(machines_max as usize + 1)
+        .y_labels(y_max as usize + 1)
         .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style(("sans-serif", 14))
         .draw()?;
-    let steps = |value: fn(&Sample) -> f64| -> Vec<(f64, f64)> {
-        let mut points = Vec::with_capacity(samples.len() * 2);
-        for (i, s) in samples.iter().enumerate() {
-            if i > 0 {
-                points.push((s.t, value(&samples[i - 1])));
-            }
-            points.push((s.t, value(s)));
-        }
-        points
-    };
-    let total_color = RGBColor(230, 140, 20);
     chart
         .draw_series(LineSeries::new(
-            steps(|s| (s.active + s.draining) as f64),
-            total_color.stroke_width(2),
+            steps(samples, |s| (s.active + s.draining) as f64),
+            TOTAL.stroke_width(2),
         ))?
         .label("active + draining")
-        .legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 20, y)], total_color.stroke_width(2))
-        });
-    let active_color = RGBColor(30, 140, 60);
+        .legend(legend(TOTAL));
     chart
         .draw_series(LineSeries::new(
-            steps(|s| s.active as f64),
-            active_color.stroke_width(2),
+            steps(samples, |s| s.active as f64),
+            SUPPLY.stroke_width(2),
         ))?
         .label("active machines")
-        .legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 20, y)], active_color.stroke_width(2))
-        });
-    chart.draw_series(LineSeries::new(
-        [(load_end_s, 0.0), (load_end_s, machines_max)],
-        stop_color.stroke_width(1),
-    ))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()?;
-    root.present()?;
-    Ok(())
+        .legend(legend(SUPPLY));
+    finish(&mut chart, load_end_s, y_max)
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::elasticity::ElasticityReport;
 use super::plan::Mode;
 
 /// Latency of successful requests, in milliseconds.
@@ -34,7 +35,7 @@ pub struct MachineShare {
 pub struct Summary {
     /// Target address.
     pub target: String,
-    /// `closed-loop`, `open-loop`, `connect-per-request` or `idle`.
+    /// `closed-loop`, `open-loop`, `profiled-open-loop`, `connect-per-request` or `idle`.
     pub mode: &'static str,
     /// Workers.
     pub connections: usize,
@@ -64,6 +65,9 @@ pub struct Summary {
     pub errors: BTreeMap<String, u64>,
     /// `OK` replies per machine, in machine order.
     pub machines: Vec<MachineShare>,
+    /// `--profile` runs: the elasticity metrics (docs/elasticity.md); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elasticity: Option<ElasticityReport>,
 }
 
 /// The human-readable summary (what `elastic-lb load` prints without `--json`).
@@ -112,7 +116,45 @@ pub fn render_summary(s: &Summary) -> String {
             let _ = writeln!(out, "  {:>5} {:>10} {:>5.1}% {bar}", m.machine, m.ok, share);
         }
     }
+    if let Some(e) = &s.elasticity {
+        render_elasticity(&mut out, e);
+    }
     out
+}
+
+/// The elasticity block of a profiled run (formulas in docs/elasticity.md).
+fn render_elasticity(out: &mut String, e: &ElasticityReport) {
+    use std::fmt::Write as _;
+    let m = &e.metrics;
+    let _ = writeln!(
+        out,
+        "elasticity  profile {}, peak {:.0} req/s; demand = 100 × (reserved + {:.2} × {} ms × rate / 10) / {} %",
+        e.profile, e.peak_rps, e.mean_weight, e.service_ms_per_unit, e.threshold
+    );
+    let _ = writeln!(
+        out,
+        "            θU {:.1} %  θO {:.1} %  τU {:.1} %  τO {:.1} %  instability {:.2}/min ({} of {} supply changes unmatched)",
+        m.theta_u,
+        m.theta_o,
+        m.tau_u,
+        m.tau_o,
+        m.instability_per_min,
+        m.unmatched_changes,
+        m.supply_changes
+    );
+    let _ = writeln!(
+        out,
+        "            scale events {} ({} up, {} down), failed {}, p99 {:.3} ms; mean demand {:.0}, mean supply {:.0} units ({} samples, {:.1} s)",
+        e.scale_events,
+        e.scale_ups,
+        e.scale_downs,
+        e.requests_failed,
+        e.p99_ms,
+        m.mean_demand,
+        m.mean_supply,
+        e.samples,
+        m.covered_s
+    );
 }
 
 fn counts(map: &BTreeMap<String, u64>) -> String {

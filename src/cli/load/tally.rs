@@ -173,6 +173,7 @@ impl Tally {
                     ok,
                 })
                 .collect(),
+            elasticity: None,
         }
     }
 }

@@ -12,10 +12,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio::time::{sleep_until, timeout_at, Instant, MissedTickBehavior};
+use tokio::time::{sleep_until, timeout_at, Instant};
 
 use super::mix::request_line;
 use super::plan::{LoadPlan, Mode};
+use super::profile::RateCurve;
 use super::tally::{Live, Outcome, Tally};
 
 /// How long a reply still owed when the load stops is awaited.
@@ -34,6 +35,48 @@ pub(super) struct Worker {
     pub(super) start: Instant,
     pub(super) deadline: Instant,
     pub(super) live: Arc<Live>,
+    /// A connection opened and admitted before the load started (open loops, see
+    /// `warm`), used before any new one.
+    pub(super) warm: Option<TcpStream>,
+}
+
+/// When an open-loop worker sends: the times its requests are due.
+enum Schedule {
+    /// Every `period` from `next` (`--rate`).
+    Fixed { next: Instant, period: Duration },
+    /// Requests `k`, `k + step`, `k + 2 step`, … of `curve`, request `n` due when the
+    /// curve's integral from `start` reaches `n` (`--profile`).
+    Curve {
+        curve: Arc<RateCurve>,
+        start: Instant,
+        k: u64,
+        step: u64,
+    },
+}
+
+impl Schedule {
+    /// The next due time, or `None` when none is left before `deadline`.
+    fn advance(&mut self, deadline: Instant) -> Option<Instant> {
+        let due = match self {
+            Schedule::Fixed { next, period } => {
+                let due = *next;
+                *next += *period;
+                due
+            }
+            Schedule::Curve {
+                curve,
+                start,
+                k,
+                step,
+            } => {
+                let horizon = deadline.saturating_duration_since(*start).as_secs_f64();
+                let t = curve.time_of(*k as f64).filter(|&t| t < horizon)?;
+                *k += *step;
+                *start + Duration::from_secs_f64(t)
+            }
+        };
+        (due < deadline).then_some(due)
+    }
 }
 
 /// Why an exchange produced no reply line.
@@ -70,7 +113,7 @@ async fn read_reply<R: AsyncBufReadExt + Unpin>(
 }
 
 impl Worker {
-    pub(super) async fn run(self) -> Tally {
+    pub(super) async fn run(mut self) -> Tally {
         let mut tally = Tally::new();
         if !self.plan.ramp.is_zero() {
             let share = self.id as f64 / self.plan.connections as f64;
@@ -79,7 +122,33 @@ impl Worker {
         }
         match self.plan.mode {
             Mode::ClosedLoop => self.closed_loop(&mut tally).await,
-            Mode::OpenLoop { rate } => self.open_loop(rate, &mut tally).await,
+            Mode::OpenLoop { rate } => {
+                // Each connection sends every `connections / rate` s, staggered by `1 / rate`.
+                let connections = self.plan.connections as f64;
+                let period = Duration::from_secs_f64((connections / rate).max(1e-6));
+                let offset = Duration::from_secs_f64(self.id as f64 / rate).min(period);
+                // After a ramp delay the schedule starts now, not at the (past) run start.
+                let next = self.start.max(Instant::now()) + offset;
+                self.open_loop(Schedule::Fixed { next, period }, &mut tally)
+                    .await
+            }
+            Mode::Profiled { ref curve, .. } => {
+                // Request k goes to connection k mod connections; after a ramp delay the
+                // requests already past are not sent.
+                let step = self.plan.connections as u64;
+                let elapsed = self.start.elapsed().as_secs_f64();
+                let mut k = self.id as u64;
+                while curve.time_of(k as f64).is_some_and(|t| t < elapsed) {
+                    k += step;
+                }
+                let schedule = Schedule::Curve {
+                    curve: curve.clone(),
+                    start: self.start,
+                    k,
+                    step,
+                };
+                self.open_loop(schedule, &mut tally).await
+            }
             Mode::ConnectPerRequest => self.connect_per_request(&mut tally).await,
             Mode::Idle => {} // handled by `idle`
         }
@@ -149,24 +218,25 @@ impl Worker {
         }
     }
 
-    async fn open_loop(&self, rate: f64, tally: &mut Tally) {
+    /// Sends at the times of `schedule` (a send that is late goes out at once: the
+    /// schedule does not slip), reads replies as they come.
+    async fn open_loop(&mut self, mut schedule: Schedule, tally: &mut Tally) {
         let mut rng = self.rng();
         let live = &*self.live;
-        let connections = self.plan.connections as f64;
-        // Each connection sends every `connections / rate` s, staggered by `1 / rate`.
-        let period = Duration::from_secs_f64((connections / rate).max(1e-6));
-        let offset = Duration::from_secs_f64(self.id as f64 / rate).min(period);
-        // After a ramp delay the schedule starts now, not at the (past) run start.
-        let first = self.start.max(Instant::now()) + offset;
-        let mut ticker = tokio::time::interval_at(first, period);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut due = schedule.advance(self.deadline);
         let mut line = Vec::with_capacity(128);
         // Scheduled send times of the requests awaiting replies, oldest first.
         let mut in_flight: VecDeque<Instant> = VecDeque::new();
-        while Instant::now() < self.deadline {
-            let Some(stream) = self.connect(tally).await else {
-                self.pause().await;
-                continue;
+        while Instant::now() < self.deadline && due.is_some() {
+            let stream = match self.warm.take() {
+                Some(stream) => stream,
+                None => match self.connect(tally).await {
+                    Some(stream) => stream,
+                    None => {
+                        self.pause().await;
+                        continue;
+                    }
+                },
             };
             live.open.fetch_add(1, Ordering::Relaxed);
             let (read_half, mut write_half) = stream.into_split();
@@ -175,7 +245,7 @@ impl Worker {
             let mut broken: Option<&'static str> = None;
             line.clear();
             loop {
-                let sending = Instant::now() < self.deadline;
+                let sending = Instant::now() < self.deadline && due.is_some();
                 if !sending && in_flight.is_empty() {
                     break;
                 }
@@ -199,10 +269,9 @@ impl Worker {
                             Err(_) => { broken = Some("io"); break; }
                         }
                     }
-                    scheduled = ticker.tick(), if sending => {
-                        if scheduled >= self.deadline {
-                            continue;
-                        }
+                    _ = sleep_until(due.unwrap_or(hard_stop)), if sending => {
+                        let Some(scheduled) = due else { continue };
+                        due = schedule.advance(self.deadline);
                         if in_flight.len() >= MAX_IN_FLIGHT {
                             tally.skipped += 1;
                             continue;
@@ -228,7 +297,7 @@ impl Worker {
                 }
             }
             live.open.fetch_sub(1, Ordering::Relaxed);
-            if Instant::now() < self.deadline {
+            if Instant::now() < self.deadline && due.is_some() {
                 self.pause().await;
             }
         }
