@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::handle::{AdmitError, Command};
 use super::placement::{Placement, PlacementShared};
-use super::policy::{self, ScaleDownTimer, StepBudget};
+use super::policy::{self, RecommendationWindow, ScaleDownTimer, StepBudget};
 use super::routing::{self, Router, RoutingTable, ScaleHint};
 use crate::backend::{Machine, MachineFactory};
 use crate::config::Config;
@@ -62,6 +62,8 @@ pub struct Dispatcher {
     /// Length of `placements` after the last prune.
     pruned_len: usize,
     pub(super) scale_down: ScaleDownTimer,
+    /// The `target` policy's recommendations over `scale_down_after`.
+    pub(super) recommendations: RecommendationWindow,
     /// Acquisitions in the current interval (`autoscaler.max_step`).
     pub(super) step: StepBudget,
     /// Draining machines that drain because their upstream went down (not scale-down):
@@ -129,6 +131,7 @@ impl Dispatcher {
             placements: Vec::new(),
             pruned_len: 0,
             scale_down: ScaleDownTimer::default(),
+            recommendations: RecommendationWindow::default(),
             step: StepBudget::default(),
             health_drained: HashSet::new(),
             routes,
@@ -339,14 +342,7 @@ impl Dispatcher {
         self.replace_unhealthy();
         self.top_up();
         self.scale_up();
-        let (avg, active) = (self.average_load(), self.active_count());
-        let fewer = policy::wants_fewer(active, avg, &self.config.autoscaler);
-        if self.scale_down.observe(now, fewer, &self.config.autoscaler) {
-            let infos: Vec<_> = self.machines.iter().map(|m| &*m.info).collect();
-            if let Some(index) = policy::pick_retiree(&infos, &self.config.autoscaler) {
-                self.drain(index);
-            }
-        }
+        self.scale_down(now);
         self.publish();
     }
 

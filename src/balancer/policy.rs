@@ -117,6 +117,43 @@ impl StepBudget {
     }
 }
 
+/// The `target` policy's scale-down stabilization (the HPA's `stabilizationWindowSeconds`):
+/// the recommendations of the last `scale_down_after`; once the window is full, the set may
+/// shrink to the highest of them at once.
+#[derive(Debug, Default)]
+pub struct RecommendationWindow {
+    /// Recommendations with the time they were made, oldest first.
+    entries: std::collections::VecDeque<(Instant, usize)>,
+    /// When the window began (the first recommendation since the last change).
+    since: Option<Instant>,
+}
+
+impl RecommendationWindow {
+    /// Records the recommendation `desired` at `now`. Once recommendations cover a whole
+    /// `window`, returns the highest of them (the number of machines the set may shrink to).
+    pub fn observe(&mut self, now: Instant, desired: usize, window: Duration) -> Option<usize> {
+        self.entries.push_back((now, desired));
+        while self
+            .entries
+            .front()
+            .is_some_and(|&(t, _)| now.duration_since(t) > window)
+        {
+            self.entries.pop_front();
+        }
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) < window {
+            return None;
+        }
+        self.entries.iter().map(|&(_, d)| d).max()
+    }
+
+    /// Starts over (after the set changed).
+    pub fn reset(&mut self) {
+        self.entries.clear();
+        self.since = None;
+    }
+}
+
 /// Tracks how long the policy has recommended fewer machines (a stabilization window).
 #[derive(Debug, Default)]
 pub struct ScaleDownTimer {
@@ -295,6 +332,21 @@ mod target_tests {
         assert!(wants_more(50.1, &cfg) && !wants_more(50.0, &cfg));
         assert!(wants_fewer(2, 19.9, &cfg) && !wants_fewer(2, 20.0, &cfg));
         assert_eq!(retire_ceiling(&cfg), 50.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_highest_recommendation_in_the_window_wins() {
+        let window = Duration::from_secs(10);
+        let mut w = RecommendationWindow::default();
+        let t0 = Instant::now();
+        assert_eq!(w.observe(t0, 3, window), None);
+        assert_eq!(w.observe(t0 + Duration::from_secs(5), 6, window), None);
+        // Full window: the peak of 6 wins over the 2 now.
+        assert_eq!(w.observe(t0 + Duration::from_secs(10), 2, window), Some(6));
+        // Once the 6 has left the window, the highest is 2.
+        assert_eq!(w.observe(t0 + Duration::from_secs(16), 2, window), Some(2));
+        w.reset();
+        assert_eq!(w.observe(t0 + Duration::from_secs(17), 2, window), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::dispatcher::Dispatcher;
 use super::placement::PlacementShared;
 use super::policy;
-use crate::config::Routing;
+use crate::config::{Routing, ScalingPolicy};
 use crate::core::{MachineId, MachineState, Size, Units};
 use crate::strategy::PickRequest;
 use crate::telemetry::{self, ScaleEventKind};
@@ -150,6 +150,7 @@ impl Dispatcher {
             self.totals.scaled_up();
         }
         self.scale_down.reset();
+        self.recommendations.reset();
         let (name, capacity, machines) = (
             &machine.info.name,
             machine.info.capacity.as_f64(),
@@ -166,6 +167,44 @@ impl Dispatcher {
             self.record(ScaleEventKind::Up, index, avg_before);
         }
         Some(index)
+    }
+
+    /// The scale-down check of one tick. `threshold`: one machine once the average has
+    /// stayed below `scale_down_threshold` for `scale_down_after`. `target`: down to the
+    /// highest recommendation of the last `scale_down_after` at once (the HPA's
+    /// stabilization window), each retiree still checked by [`policy::pick_retiree`].
+    pub(super) fn scale_down(&mut self, now: Instant) {
+        let config = self.config.clone();
+        let cfg = &config.autoscaler;
+        let (avg, active) = (self.average_load(), self.active_count());
+        let to_drain = match cfg.policy {
+            ScalingPolicy::Threshold => {
+                let fewer = policy::wants_fewer(active, avg, cfg);
+                usize::from(self.scale_down.observe(now, fewer, cfg))
+            }
+            ScalingPolicy::Target => {
+                let desired = policy::desired_machines(active, avg, cfg);
+                match self
+                    .recommendations
+                    .observe(now, desired, cfg.scale_down_after)
+                {
+                    Some(highest) if highest < active => active - highest,
+                    _ => 0,
+                }
+            }
+        };
+        let mut drained = 0;
+        for _ in 0..to_drain {
+            let infos: Vec<_> = self.machines.iter().map(|m| &*m.info).collect();
+            let Some(index) = policy::pick_retiree(&infos, cfg) else {
+                break;
+            };
+            self.drain(index);
+            drained += 1;
+        }
+        if drained > 0 {
+            self.recommendations.reset();
+        }
     }
 
     /// Starts draining machine `index`: no new connections; its connections move to other
