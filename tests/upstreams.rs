@@ -580,3 +580,35 @@ async fn a_provider_that_never_answers_does_not_block_the_balancer() {
     assert_eq!(failed, 0);
     assert_eq!(lb.snapshot().machines.len(), 1);
 }
+
+#[test]
+fn provider_keys_are_validated() {
+    let mut cfg = common::test_config();
+    cfg.backend.mode = BackendMode::Proxy;
+    assert!(
+        cfg.validate().is_err(),
+        "proxy mode needs an upstream or a provider"
+    );
+    cfg.backend.provider = Some(ProviderConfig {
+        command: PathBuf::from("scripts/provider-local.sh"),
+    });
+    cfg.validate().expect("a provider alone is enough");
+    cfg.autoscaler.initial = vec![Size::Large, Size::Large];
+    cfg.validate()
+        .expect("the provider supplies the initial machines");
+    cfg.backend.provider_timeout = Duration::ZERO;
+    let e = cfg.validate().expect_err("zero timeout");
+    assert!(e.to_string().contains("backend.provider_timeout"), "{e}");
+    cfg.backend.provider_timeout = Duration::from_secs(30);
+    cfg.backend.provider = Some(ProviderConfig {
+        command: PathBuf::new(),
+    });
+    let e = cfg.validate().expect_err("empty command");
+    assert!(e.to_string().contains("backend.provider.command"), "{e}");
+    cfg.backend.provider = None;
+    let a: SocketAddr = "127.0.0.1:9001".parse().expect("addr");
+    cfg.autoscaler.initial = vec![Size::Medium];
+    cfg.backend.upstreams = vec![upstream(a), upstream(a)];
+    let e = cfg.validate().expect_err("duplicate address");
+    assert!(e.to_string().contains("listed twice"), "{e}");
+}

@@ -206,9 +206,9 @@ impl Config {
         for (i, u) in b.upstreams.iter().enumerate() {
             if b.upstreams[..i].iter().any(|o| o.address == u.address) {
                 return Err(ValidationError::new(
-                    "backend.upstreams.address",
+                    "backend.upstreams",
                     quoted(u.address),
-                    "listed twice in [[backend.upstreams]]",
+                    "address listed twice in [[backend.upstreams]]",
                 ));
             }
         }

@@ -41,6 +41,8 @@ struct Entry {
     machine: Option<Arc<MachineInfo>>,
     /// Removed while backing a machine: leaves the pool when that machine retires.
     removing: bool,
+    /// Listed again by a reload while `removing`: joins again, fresh, once it has left.
+    rejoin: bool,
     added_at: Instant,
 }
 
@@ -122,6 +124,7 @@ impl UpstreamPool {
                 origin,
                 machine: None,
                 removing: false,
+                rejoin: false,
                 added_at: now,
             })
             .collect();
@@ -201,6 +204,7 @@ impl UpstreamPool {
                 origin,
                 machine: None,
                 removing: false,
+                rejoin: false,
                 added_at: Instant::now(),
             });
         }
@@ -265,7 +269,8 @@ impl UpstreamPool {
     }
 
     /// Marks an upstream as coming from the configuration (a reload listed an address
-    /// that was added at run time).
+    /// that was added at run time). One that is draining because it was removed joins the
+    /// pool again once its machine has retired.
     pub fn adopt(&self, address: SocketAddr) {
         let mut state = self.lock();
         if let Some(e) = state
@@ -274,6 +279,7 @@ impl UpstreamPool {
             .find(|e| e.upstream.address == address)
         {
             e.origin = Origin::Config;
+            e.rejoin = e.removing;
         }
     }
 
@@ -308,16 +314,20 @@ impl UpstreamPool {
             }
         };
         if let Some(entry) = leaving {
-            info!(upstream = %entry.upstream.address, "upstream left the pool");
+            let (address, size) = (entry.upstream.address, entry.upstream.size);
+            info!(upstream = %address, "upstream left the pool");
             if entry.origin == Origin::Provider {
-                self.spawn_release(entry.upstream.address);
+                self.spawn_release(address);
+            } else if entry.rejoin {
+                // Removed, then listed again while its machine drained.
+                let _ = self.add(address, size, Origin::Config);
             }
         }
     }
 
     /// Machines to drain because their upstream was removed (each reported once), after
-    /// dropping provider-created upstreams that never passed a health check within
-    /// `backend.provider_timeout`.
+    /// releasing provider-created upstreams that did not back a machine within
+    /// `backend.provider_timeout` of joining (never healthy, or no longer needed).
     pub(super) fn take_retiring(&self) -> Vec<MachineId> {
         let (retiring, expired) = {
             let mut state = self.lock();
@@ -327,7 +337,6 @@ impl UpstreamPool {
                 state.entries.retain(|e| {
                     let stale = e.origin == Origin::Provider
                         && e.machine.is_none()
-                        && !e.upstream.is_healthy()
                         && e.added_at.elapsed() > limit;
                     if stale {
                         expired.push(e.upstream.address);
@@ -338,7 +347,7 @@ impl UpstreamPool {
             (std::mem::take(&mut state.retiring), expired)
         };
         for address in expired {
-            warn!(upstream = %address, "provided upstream never became healthy: released");
+            warn!(upstream = %address, "provided upstream unused within provider_timeout: released");
             self.spawn_release(address);
         }
         retiring
@@ -429,5 +438,75 @@ impl UpstreamPool {
         for r in releases {
             let _ = r.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Units;
+
+    fn pool() -> UpstreamPool {
+        let policy = HealthPolicy {
+            rise: 1,
+            fall: 1,
+            max_fails: 3,
+            eject_for: Duration::from_secs(10),
+        };
+        UpstreamPool::new(Vec::new(), policy, Duration::from_millis(100), None)
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn machine(id: u32) -> Arc<MachineInfo> {
+        Arc::new(MachineInfo::new(
+            MachineId(id),
+            Size::Medium,
+            Units::from_whole(100),
+            8,
+        ))
+    }
+
+    #[tokio::test]
+    async fn removal_drains_a_busy_upstream_and_a_reload_can_list_it_again() {
+        let pool = pool();
+        pool.add(addr(1), Size::Medium, Origin::Config)
+            .expect("add");
+        assert_eq!(
+            pool.add(addr(1), Size::Medium, Origin::Admin),
+            Err(AddError::Exists(addr(1)))
+        );
+        let upstream = pool.upstreams()[0].clone();
+        upstream.set_initial(true);
+        assert_eq!(pool.free().get(Size::Medium), 1);
+        let m1 = machine(1);
+        let taken = pool.take(Size::Medium, &m1).expect("healthy idle upstream");
+        assert!(Arc::ptr_eq(&taken, &upstream));
+        assert!(pool.take(Size::Medium, &machine(2)).is_none(), "in use");
+
+        assert_eq!(pool.remove(addr(1)), Ok(Removed::Draining));
+        assert_eq!(pool.take_retiring(), vec![MachineId(1)]);
+        assert!(pool.take_retiring().is_empty(), "reported once");
+        assert_eq!(pool.list()[0].state, "draining");
+        // Listed again by a reload while draining: back, fresh, after the machine retired.
+        pool.adopt(addr(1));
+        pool.give_back(&taken);
+        let list = pool.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (list[0].state.as_str(), list[0].origin),
+            ("idle", Origin::Config)
+        );
+        assert!(!Arc::ptr_eq(&pool.upstreams()[0], &upstream), "a new entry");
+
+        assert_eq!(
+            pool.remove(addr(1)),
+            Ok(Removed::Gone),
+            "idle: gone at once"
+        );
+        assert!(pool.list().is_empty());
+        assert_eq!(pool.remove(addr(1)), Err(RemoveError::Unknown(addr(1))));
     }
 }
