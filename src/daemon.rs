@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin;
+use crate::backend::upstream::UpstreamPool;
 use crate::backend::{self, BackendContext};
 use crate::balancer::{self, Command, DispatcherHandle};
 use crate::config::{AdminAddress, Config};
@@ -43,6 +44,8 @@ pub struct Server {
     hard_stop: CancellationToken,
     /// Connection tasks (and refusals); shutdown waits for them.
     tracker: TaskTracker,
+    /// Proxy mode: the run-time upstream list.
+    upstreams: Option<UpstreamPool>,
 }
 
 impl Server {
@@ -73,6 +76,7 @@ impl Server {
             hard_stop: hard_stop.clone(),
         };
         let backend = backend::start(&config, backend_ctx, shutdown.clone()).await;
+        let upstreams = backend.upstreams.clone();
         let balancer::Spawned {
             handle: dispatcher,
             topology,
@@ -110,6 +114,7 @@ impl Server {
                 stats: stats.clone(),
                 dispatcher: dispatcher.clone(),
                 config: config_tx.subscribe(),
+                upstreams: upstreams.clone(),
             };
             tokio::spawn(admin::serve(admin_listener, state, shutdown.clone()));
         }
@@ -123,6 +128,7 @@ impl Server {
             shutdown,
             hard_stop,
             tracker,
+            upstreams,
         })
     }
 
@@ -139,6 +145,11 @@ impl Server {
     /// Read access to counters and machines.
     pub fn stats(&self) -> &StatsHandle {
         &self.stats
+    }
+
+    /// Proxy mode: the run-time upstream list (what `/api/upstreams` shows and changes).
+    pub fn upstreams(&self) -> Option<&UpstreamPool> {
+        self.upstreams.as_ref()
     }
 
     /// The configuration in force.
@@ -181,6 +192,10 @@ impl Server {
             self.hard_stop.cancel();
             // Writers now get their last replies promptly; give them a moment to send.
             let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
+        }
+        if let Some(upstreams) = &self.upstreams {
+            // Upstreams the provider created for this run go back (SPEC §8).
+            upstreams.release_provided().await;
         }
         info!("shutdown complete");
     }

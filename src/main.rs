@@ -308,7 +308,7 @@ async fn reload(server: &Server, path: Option<&Path>, overrides: Overrides) {
     if let Err(e) = config.validate() {
         error!(
             "reload failed, keeping the old configuration: {}: {e} (with the running \
-             [backend], which changes only on restart)",
+             restart-only [backend] keys, of which only the upstream list reloads)",
             path.display()
         );
         return;

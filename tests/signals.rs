@@ -1,5 +1,6 @@
 //! Signals on the built binary (SPEC §2, §5): SIGHUP reload (good and broken file),
-//! SIGTERM graceful shutdown, a second SIGINT exits at once. Every child is killed on drop
+//! SIGTERM graceful shutdown, a second SIGINT exits at once, `[[backend.upstreams]]` applied
+//! on SIGHUP. Every child is killed on drop
 //! and every wait is bounded.
 
 mod common;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use common::{err_code, get_stats, test_config, Client};
 use elastic_lb::config::{AdminAddress, Config};
 use elastic_lb::core::StrategyKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_elastic-lb");
@@ -336,4 +338,86 @@ async fn access_log_can_be_switched_off() {
         "{}",
         d.lines().join("\n")
     );
+}
+
+/// An echo server on 127.0.0.1:0 in this process (the upstream of the child daemon).
+async fn echo_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
+    let addr = listener.local_addr().expect("echo addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// `GET /api/upstreams` of the daemon: the addresses listed.
+async fn upstream_addresses(admin: SocketAddr) -> Vec<String> {
+    let (status, body) = common::http_get(admin, "/api/upstreams").await;
+    assert_eq!(status, 200, "{body}");
+    let list: Vec<elastic_lb::backend::upstream::UpstreamView> =
+        serde_json::from_str(&body).expect("JSON list");
+    list.into_iter()
+        .filter(|u| u.healthy)
+        .map(|u| u.address)
+        .collect()
+}
+
+#[tokio::test]
+async fn sighup_applies_added_and_removed_upstreams() {
+    let ((a, _a_task), (b, _b_task)) = (echo_upstream().await, echo_upstream().await);
+    let mut cfg = test_config();
+    cfg.backend.mode = elastic_lb::config::BackendMode::Proxy;
+    cfg.backend.health_check_interval = Duration::from_millis(50);
+    let upstream = |address| elastic_lb::config::UpstreamConfig {
+        address,
+        size: elastic_lb::core::Size::Medium,
+    };
+    cfg.backend.upstreams = vec![upstream(a)];
+    cfg.shutdown.grace = Duration::from_secs(2);
+    let mut daemon = Daemon::start("upstreams", cfg.clone()).await;
+    cfg.listener.address = daemon.addr;
+    cfg.admin.address = AdminAddress::Addr(daemon.admin);
+
+    // Add b, SIGHUP: it joins (probed, healthy); nothing about a restart is logged.
+    cfg.backend.upstreams = vec![upstream(a), upstream(b)];
+    std::fs::write(&daemon.config_path, cfg.to_toml()).expect("write config");
+    daemon.signal("-HUP");
+    let deadline = Instant::now() + WAIT;
+    while upstream_addresses(daemon.admin).await != [a.to_string(), b.to_string()] {
+        assert!(Instant::now() < deadline, "b did not join after SIGHUP");
+        tokio::time::sleep(common::POLL).await;
+    }
+    assert!(!daemon.has_line("changes only on restart"));
+
+    // Remove a (its machine has no connection): it leaves, b takes the clients.
+    cfg.backend.upstreams = vec![upstream(b)];
+    std::fs::write(&daemon.config_path, cfg.to_toml()).expect("write config");
+    daemon.signal("-HUP");
+    let deadline = Instant::now() + WAIT;
+    while upstream_addresses(daemon.admin).await != [b.to_string()] {
+        assert!(Instant::now() < deadline, "a did not leave after SIGHUP");
+        tokio::time::sleep(common::POLL).await;
+    }
+    let mut c = tokio::net::TcpStream::connect(daemon.addr)
+        .await
+        .expect("connect");
+    c.write_all(b"via b").await.expect("write");
+    let mut back = [0u8; 5];
+    common::within("echo through b", c.read_exact(&mut back))
+        .await
+        .expect("read");
+    assert_eq!(&back, b"via b");
+    let stats = get_stats(daemon.admin).await;
+    assert_eq!(stats.machines.len(), 1, "a's machine retired");
+    assert!(!daemon.has_line("changes only on restart"));
+    drop(c);
+    daemon.signal("-TERM");
+    assert!(daemon.exit_status().await.success());
 }

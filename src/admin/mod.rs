@@ -8,6 +8,9 @@
 //! | `GET /metrics` | Prometheus text exposition 0.0.4 ([`metrics`]) |
 //! | `PUT /api/strategy` | switch the strategy; answers once the dispatcher uses it |
 //! | `GET /api/strategy` | the strategy in force |
+//! | `GET /api/upstreams` | proxy mode: the upstream list ([`upstreams`]) |
+//! | `POST /api/upstreams` | proxy mode: add an upstream |
+//! | `DELETE /api/upstreams/{address}` | proxy mode: drain and remove an upstream |
 //! | `GET /` | the live dashboard (`dashboard.html`, embedded in the binary) |
 //!
 //! Every read handler works on a [`StatsHandle`](crate::telemetry::StatsHandle) snapshot (atomics plus a `watch` borrow):
@@ -26,6 +29,7 @@ pub mod metrics;
 pub mod serve;
 pub mod state;
 pub mod summary;
+pub mod upstreams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +40,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -69,6 +73,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/", get(dashboard))
         .route("/api/stats", get(api_stats))
         .route("/api/strategy", get(get_strategy).put(put_strategy))
+        .route("/api/upstreams", get(upstreams::list).post(upstreams::add))
+        .route("/api/upstreams/{address}", delete(upstreams::remove))
         .route("/metrics", get(prometheus))
         .layer(middleware::from_fn_with_state(auth, auth::require_token))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::backend::upstream::UpstreamPool;
 use crate::balancer::DispatcherHandle;
 use crate::config::Config;
 use crate::telemetry::StatsHandle;
@@ -17,4 +18,6 @@ pub struct AdminState {
     pub dispatcher: DispatcherHandle,
     /// The configuration in force (thresholds and pool sizes for the dashboard).
     pub config: watch::Receiver<Arc<Config>>,
+    /// Proxy mode: the upstream list `/api/upstreams` reads and changes.
+    pub upstreams: Option<UpstreamPool>,
 }

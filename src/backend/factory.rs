@@ -52,4 +52,12 @@ pub trait MachineFactory: Send + fmt::Debug {
     /// Applies a new configuration (pool sizes, capacities, queue depth) to later
     /// acquisitions; machines already running keep theirs.
     fn reconfigure(&mut self, config: &Config);
+
+    /// Machines that must drain because what backs them is leaving (proxy mode: an
+    /// upstream removed by a reload or the admin API). The dispatcher asks on every tick;
+    /// each machine is reported once. They retire, and are released, once their last
+    /// connection closes.
+    fn retiring(&mut self) -> Vec<MachineId> {
+        Vec::new()
+    }
 }

@@ -41,6 +41,8 @@ pub struct Backend {
     pub factory: Box<dyn MachineFactory>,
     /// How connections are served.
     pub session: SessionKind,
+    /// Proxy mode: the run-time upstream list (for the admin API and shutdown).
+    pub upstreams: Option<upstream::UpstreamPool>,
 }
 
 /// Starts the configured backend: in proxy mode the upstreams are probed once and then
@@ -50,10 +52,15 @@ pub async fn start(config: &Config, ctx: BackendContext, shutdown: CancellationT
         BackendMode::Simulated => Backend {
             factory: Box::new(simulated::LocalFactory::new(config, ctx)),
             session: SessionKind::Lines,
+            upstreams: None,
         },
-        BackendMode::Proxy => Backend {
-            factory: Box::new(upstream::UpstreamFactory::start(config, shutdown).await),
-            session: SessionKind::Stream,
-        },
+        BackendMode::Proxy => {
+            let factory = upstream::UpstreamFactory::start(config, shutdown).await;
+            Backend {
+                upstreams: Some(factory.pool()),
+                factory: Box::new(factory),
+                session: SessionKind::Stream,
+            }
+        }
     }
 }

@@ -328,5 +328,24 @@ impl Dispatcher {
                 i += 1;
             }
         }
+        // After the retirements: a machine whose drain starts here retires in a later tick.
+        self.drain_retiring();
+    }
+
+    /// Drains the machines the factory says are leaving (proxy mode: their upstream was
+    /// removed by a reload or the admin API). Their open connections stay until they close;
+    /// the machine then retires and the factory takes the upstream out of the pool.
+    fn drain_retiring(&mut self) {
+        for id in self.factory.retiring() {
+            // Not "drained for health" any more: it must not come back when healthy.
+            self.health_drained.remove(&id);
+            let Some(index) = self.machines.iter().position(|m| m.info.id == id) else {
+                continue;
+            };
+            if self.machines[index].info.is_active() {
+                info!(machine = %self.machines[index].info.name, "upstream removed: machine draining");
+                self.drain(index);
+            }
+        }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! `listener.address`, `listener.backlog`, `admin.address` and `admin.max_connections` are
 //! properties of sockets and of the admin server bound at start, and every key of
-//! `[backend]` shapes the machines and upstreams built at start. On SIGHUP, `main` calls
+//! `[backend]` but `upstreams` shapes the machines and health checks built at start
+//! (`[[backend.upstreams]]` is applied on reload: added upstreams join the pool, removed
+//! ones drain). On SIGHUP, `main` calls
 //! [`keep_restart_keys`]: the new configuration keeps the running values of these keys, the
 //! rest applies at once, and each key that differs is reported so that `main` can log one
 //! warning per key ("changes only on restart").
@@ -18,6 +20,8 @@ use super::schema::Config;
 
 /// Tables whose every key needs a restart.
 const RESTART_TABLES: [&str; 1] = ["backend"];
+/// Keys of [`RESTART_TABLES`] that a reload applies: (table, key).
+const RELOADABLE_KEYS: [(&str, &str); 1] = [("backend", "upstreams")];
 /// Single keys that need a restart: (table, key).
 const RESTART_KEYS: [(&str, &str); 4] = [
     ("listener", "address"),
@@ -48,7 +52,10 @@ pub fn keep_restart_keys(running: &Config, next: &mut Config) -> Vec<RestartChan
     next.listener.backlog = running.listener.backlog;
     next.admin.address = running.admin.address;
     next.admin.max_connections = running.admin.max_connections;
+    let upstreams = std::mem::take(&mut next.backend.upstreams);
     next.backend = running.backend.clone();
+    // `[[backend.upstreams]]` is applied by the proxy factory on reload (SPEC §8).
+    next.backend.upstreams = upstreams;
     changes
 }
 
@@ -70,6 +77,7 @@ fn restart_changes(running: &Config, next: &Config) -> Vec<RestartChange> {
             .collect();
         names.sort();
         names.dedup();
+        names.retain(|k| !RELOADABLE_KEYS.contains(&(table, k.as_str())));
         keys.extend(names.into_iter().map(|k| (table.to_string(), k)));
     }
     keys.into_iter()
@@ -176,22 +184,16 @@ mod tests {
         }];
         let changes = keep_restart_keys(&running, &mut next);
         let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "backend.health_check_interval",
-                "backend.mode",
-                "backend.upstreams"
-            ]
-        );
+        assert_eq!(keys, ["backend.health_check_interval", "backend.mode"]);
         assert_eq!(changes[1].running, "\"simulated\"");
         assert_eq!(changes[1].wanted, "\"proxy\"");
-        assert_eq!(changes[2].running, "(not set)");
-        assert!(
-            changes[2].wanted.contains("127.0.0.1:9001"),
-            "{:?}",
-            changes[2]
+        assert_eq!(next.backend.mode, running.backend.mode);
+        assert_eq!(
+            next.backend.upstreams.len(),
+            1,
+            "backend.upstreams is applied on reload"
         );
+        next.backend.upstreams.clear();
         assert_eq!(next.backend, running.backend);
         assert!(
             restart_changes(&running, &next).is_empty(),

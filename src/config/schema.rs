@@ -5,6 +5,7 @@
 //! is an error. Durations are strings (`"250ms"`, see [`duration`]).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -471,9 +472,24 @@ pub struct BackendConfig {
     /// Proxy mode: how long an ejection lasts (doubling on each repeat).
     #[serde(with = "duration")]
     pub eject_for: Duration,
+    /// Proxy mode: the command that creates upstreams on demand (`acquire SIZE`) and
+    /// destroys them (`release ADDRESS`); none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderConfig>,
+    /// Proxy mode: time limit of one provider command.
+    #[serde(with = "duration")]
+    pub provider_timeout: Duration,
     /// Proxy mode: the upstream servers (the pool).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// `backend.provider`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Path of the provider command.
+    pub command: PathBuf,
 }
 
 impl Default for BackendConfig {
@@ -488,6 +504,8 @@ impl Default for BackendConfig {
             server_timeout: Duration::from_secs(5),
             max_fails: 3,
             eject_for: Duration::from_secs(10),
+            provider: None,
+            provider_timeout: Duration::from_secs(30),
             upstreams: Vec::new(),
         }
     }

@@ -164,6 +164,7 @@ impl Config {
             ("backend.connect_timeout", b.connect_timeout),
             ("backend.server_timeout", b.server_timeout),
             ("backend.eject_for", b.eject_for),
+            ("backend.provider_timeout", b.provider_timeout),
         ] {
             if d.is_zero() {
                 return Err(ValidationError::new(
@@ -186,12 +187,30 @@ impl Config {
                 ));
             }
         }
-        if b.mode == BackendMode::Proxy && b.upstreams.is_empty() {
+        if b.mode == BackendMode::Proxy && b.upstreams.is_empty() && b.provider.is_none() {
             return Err(ValidationError::new(
                 "backend.mode",
                 "\"proxy\"",
-                "proxy mode needs at least one [[backend.upstreams]] entry",
+                "proxy mode needs at least one [[backend.upstreams]] entry or a backend.provider",
             ));
+        }
+        if let Some(provider) = &b.provider {
+            if provider.command.as_os_str().is_empty() {
+                return Err(ValidationError::new(
+                    "backend.provider.command",
+                    "\"\"",
+                    "must name the provider command",
+                ));
+            }
+        }
+        for (i, u) in b.upstreams.iter().enumerate() {
+            if b.upstreams[..i].iter().any(|o| o.address == u.address) {
+                return Err(ValidationError::new(
+                    "backend.upstreams",
+                    quoted(u.address),
+                    "address listed twice in [[backend.upstreams]]",
+                ));
+            }
         }
         self.validate_autoscaler()
     }
@@ -219,6 +238,7 @@ impl Config {
             ("backend.connect_timeout", self.backend.connect_timeout),
             ("backend.server_timeout", self.backend.server_timeout),
             ("backend.eject_for", self.backend.eject_for),
+            ("backend.provider_timeout", self.backend.provider_timeout),
         ];
         for (key, d) in durations {
             if d > MAX_DURATION {
@@ -392,7 +412,9 @@ impl Config {
             .related("autoscaler.max_machines"));
         }
         let proxy = self.backend.mode == BackendMode::Proxy;
-        for size in Size::ALL {
+        // A provider creates upstreams on demand: the list is no bound then.
+        let provided = proxy && self.backend.provider.is_some();
+        for size in Size::ALL.into_iter().filter(|_| !provided) {
             let wanted = a.initial.iter().filter(|s| **s == size).count();
             let available = usize::try_from(pool_sizes(self).get(size)).unwrap_or(usize::MAX);
             if wanted > available {

@@ -203,10 +203,11 @@ pub async fn probe_initial(upstreams: &[Arc<Upstream>], limit: Duration) {
     probe_all(upstreams, limit, true).await;
 }
 
-/// Probes every upstream each `interval` (each probe limited by `limit`) until `shutdown`
-/// fires.
+/// Probes every upstream `upstreams()` lists each `interval` (each probe limited by
+/// `limit`) until `shutdown` fires. The list is read at each round, so upstreams added or
+/// removed at run time are followed.
 pub fn spawn_health_checker(
-    upstreams: Vec<Arc<Upstream>>,
+    upstreams: impl Fn() -> Vec<Arc<Upstream>> + Send + 'static,
     interval: Duration,
     limit: Duration,
     shutdown: CancellationToken,
@@ -219,7 +220,7 @@ pub fn spawn_health_checker(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => probe_all(&upstreams, limit, false).await,
+                _ = ticker.tick() => probe_all(&upstreams(), limit, false).await,
             }
         }
     })

@@ -5,8 +5,11 @@
 //!   probes them), the dispatcher (which drains machines whose upstream went down, through
 //!   [`Machine::is_healthy`]) and the connections proxied to it (a failed connect marks
 //!   it down).
-//! - [`UpstreamFactory`] — the pool is the list of upstreams: acquiring a machine
-//!   activates the next idle upstream of the wanted size whose latest TCP probe succeeded.
+//! - [`UpstreamFactory`] — the pool is the list of upstreams ([`pool`]): acquiring a
+//!   machine activates the next idle upstream of the wanted size whose latest TCP probe
+//!   succeeded; when none is left, [`provider`] (`backend.provider`) may create one.
+//! - [`pool`] — the run-time list: `[[backend.upstreams]]` on start and reload, the admin
+//!   API's additions and removals, the provider's upstreams.
 //! - [`health`] — probes every upstream each `backend.health_check_interval`.
 //! - [`forward()`] — a placed connection is connected to its upstream and bytes are copied
 //!   both ways until either side closes. No protocol parsing, no bytes added.
@@ -16,6 +19,8 @@
 
 pub mod forward;
 pub mod health;
+pub mod pool;
+pub mod provider;
 
 use std::sync::Arc;
 
@@ -30,15 +35,15 @@ use crate::telemetry::MachineInfo;
 
 pub use forward::{forward, Forwarded, Limits};
 pub use health::{HealthPolicy, Upstream};
+pub use pool::{AddError, Origin, RemoveError, Removed, UpstreamPool, UpstreamView};
+pub use provider::Provider;
 
 // === impl UpstreamFactory ===
 
-/// The proxy-mode factory: the pool is the list of upstreams.
+/// The proxy-mode factory: the pool is the run-time list of upstreams ([`UpstreamPool`]).
 #[derive(Debug)]
 pub struct UpstreamFactory {
-    upstreams: Vec<Arc<Upstream>>,
-    /// Whether each upstream currently backs a machine.
-    in_use: Vec<bool>,
+    pool: UpstreamPool,
     queue_depth: usize,
     config: Config,
 }
@@ -47,27 +52,43 @@ impl UpstreamFactory {
     /// Probes the upstreams of `backend.upstreams` once, starts the health checker (it
     /// stops when `shutdown` fires) and returns the factory over them.
     pub async fn start(config: &Config, shutdown: CancellationToken) -> Self {
-        let upstreams = Self::upstreams_of(config);
+        let factory = Self::new(Self::upstreams_of(config), config);
         // Probe once before the initial machines are acquired, then keep probing.
         let backend = &config.backend;
-        health::probe_initial(&upstreams, backend.health_check_timeout).await;
+        health::probe_initial(&factory.pool.upstreams(), backend.health_check_timeout).await;
+        let pool = factory.pool.clone();
         health::spawn_health_checker(
-            upstreams.clone(),
+            move || pool.upstreams(),
             backend.health_check_interval,
             backend.health_check_timeout,
             shutdown,
         );
-        Self::new(upstreams, config)
+        factory
     }
 
     /// A factory over `upstreams` (from `backend.upstreams`), not probed yet.
     pub fn new(upstreams: Vec<Arc<Upstream>>, config: &Config) -> Self {
+        let backend = &config.backend;
+        let provider = backend
+            .provider
+            .as_ref()
+            .map(|p| Provider::new(p.command.clone(), backend.provider_timeout));
+        let pool = UpstreamPool::new(
+            upstreams.into_iter().map(|u| (u, Origin::Config)).collect(),
+            HealthPolicy::of(backend),
+            backend.health_check_timeout,
+            provider,
+        );
         UpstreamFactory {
-            in_use: vec![false; upstreams.len()],
-            upstreams,
+            pool,
             queue_depth: config.machines.queue_depth,
             config: config.clone(),
         }
+    }
+
+    /// The shared upstream list (for the admin API and shutdown).
+    pub fn pool(&self) -> UpstreamPool {
+        self.pool.clone()
     }
 
     /// The upstreams of `config.backend.upstreams`.
@@ -82,53 +103,64 @@ impl UpstreamFactory {
             })
             .collect()
     }
+
+    /// Applies `[[backend.upstreams]]` of a reload: new addresses join (probed first),
+    /// addresses no longer listed leave (draining their machine first).
+    fn apply_upstreams(&self, config: &Config) {
+        let wanted = &config.backend.upstreams;
+        for address in self.pool.configured() {
+            if !wanted.iter().any(|u| u.address == address) {
+                let _ = self.pool.remove(address);
+            }
+        }
+        for u in wanted {
+            if self.pool.add(u.address, u.size, Origin::Config).is_err() {
+                // Already there (added at run time, or listed before): it is configured now.
+                self.pool.adopt(u.address);
+            }
+        }
+    }
 }
 
 impl MachineFactory for UpstreamFactory {
     fn acquire(&mut self, size: Size, id: MachineId) -> Result<Machine, FactoryError> {
-        let index = (0..self.upstreams.len())
-            .find(|&i| {
-                !self.in_use[i] && self.upstreams[i].size == size && self.upstreams[i].is_healthy()
-            })
-            .ok_or(FactoryError::ResourceExhausted(size))?;
-        self.in_use[index] = true;
-        let upstream = self.upstreams[index].clone();
-        info!(machine = %id, upstream = %upstream.address, %size, "upstream activated");
         let capacity = Units::from_whole(self.config.machines.capacity(size));
-        let info = MachineInfo::new(id, size, capacity, self.queue_depth);
-        Ok(Machine::upstream_backed(Arc::new(info), upstream))
+        let info = Arc::new(MachineInfo::new(id, size, capacity, self.queue_depth));
+        let Some(upstream) = self.pool.take(size, &info) else {
+            // Only the preferred size asks the provider: the fallbacks are tried right
+            // after it in the same acquisition.
+            if size == self.config.autoscaler.scale_up_size {
+                self.pool.provide(size);
+            }
+            return Err(FactoryError::ResourceExhausted(size));
+        };
+        info!(machine = %id, upstream = %upstream.address, %size, "upstream activated");
+        Ok(Machine::upstream_backed(info, upstream))
     }
 
     fn release(&mut self, machine: &Machine) {
         if let Some(upstream) = machine.upstream() {
-            if let Some(i) = self.upstreams.iter().position(|u| Arc::ptr_eq(u, upstream)) {
-                self.in_use[i] = false;
-            }
+            self.pool.give_back(upstream);
         }
     }
 
+    fn retiring(&mut self) -> Vec<MachineId> {
+        self.pool.take_retiring()
+    }
+
     fn free(&self) -> SizeCounts {
-        let mut free = SizeCounts::EMPTY;
-        for (u, used) in self.upstreams.iter().zip(&self.in_use) {
-            if !used && u.is_healthy() {
-                *free.get_mut(u.size) += 1;
-            }
-        }
-        free
+        self.pool.free()
     }
 
     fn pool_size(&self) -> SizeCounts {
         // SPEC §8: the upstreams are the pool.
-        let mut sizes = SizeCounts::EMPTY;
-        for u in &self.upstreams {
-            *sizes.get_mut(u.size) += 1;
-        }
-        sizes
+        self.pool.pool_size()
     }
 
     fn reconfigure(&mut self, config: &Config) {
-        // NOTE: the upstream list itself changes only on restart, like listen addresses;
-        // capacities and queue depth apply to machines acquired from now on.
+        // Capacities and queue depth apply to machines acquired from now on; the upstream
+        // list follows `[[backend.upstreams]]` (the other [backend] keys need a restart).
+        self.apply_upstreams(config);
         self.queue_depth = config.machines.queue_depth;
         self.config = config.clone();
     }

@@ -1,0 +1,134 @@
+//! `/api/upstreams` (proxy mode): the run-time upstream list, like HAProxy's runtime
+//! `show servers state` / `add server` / `del server`.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /api/upstreams` | 200, JSON list of [`UpstreamView`] (`[]` in simulated mode) |
+//! | `POST /api/upstreams` `{"address": "host:port", "size": "medium"}` | 201 (probed, then in the pool); 400 bad body; 409 exists |
+//! | `DELETE /api/upstreams/{address}` | 202 (idle: gone; else its machine drains and retires when its last connection closes); 404 unknown |
+//!
+//! Each handler locks the shared list for a few list operations and never across an
+//! `.await`; draining is left to the dispatcher's next tick.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use tracing::info;
+
+use super::state::AdminState;
+use crate::backend::upstream::{AddError, Origin, RemoveError, Removed, UpstreamView};
+use crate::core::Size;
+
+/// Body of `POST /api/upstreams`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    address: String,
+    #[serde(default)]
+    size: Option<String>,
+}
+
+/// `GET /api/upstreams`.
+pub(super) async fn list(State(state): State<Arc<AdminState>>) -> Json<Vec<UpstreamView>> {
+    Json(
+        state
+            .upstreams
+            .as_ref()
+            .map(|p| p.list())
+            .unwrap_or_default(),
+    )
+}
+
+/// `POST /api/upstreams`.
+pub(super) async fn add(
+    State(state): State<Arc<AdminState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(pool) = &state.upstreams else {
+        return not_proxy();
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return error(e.status(), format!("cannot read the request body: {e}")),
+    };
+    let request: AddBody = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    r#"malformed body ({e}); expected {{"address": "host:port", "size": "<size>"}}"#
+                ),
+            )
+        }
+    };
+    let address: SocketAddr = match request.address.parse() {
+        Ok(address) => address,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("address {:?}: {e} (expected ip:port)", request.address),
+            )
+        }
+    };
+    let size = match request.size.as_deref().map(str::parse::<Size>) {
+        None => Size::Medium,
+        Some(Ok(size)) => size,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match pool.add(address, size, Origin::Admin) {
+        Ok(()) => {
+            info!(upstream = %address, %size, "upstream added through the admin API");
+            let view = pool
+                .list()
+                .into_iter()
+                .find(|v| v.address == address.to_string());
+            (StatusCode::CREATED, Json(view)).into_response()
+        }
+        Err(e @ AddError::Exists(_)) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+/// `DELETE /api/upstreams/{address}`.
+pub(super) async fn remove(
+    State(state): State<Arc<AdminState>>,
+    Path(address): Path<String>,
+) -> Response {
+    let Some(pool) = &state.upstreams else {
+        return not_proxy();
+    };
+    let Ok(parsed) = address.parse::<SocketAddr>() else {
+        return error(StatusCode::NOT_FOUND, format!("no upstream {address}"));
+    };
+    match pool.remove(parsed) {
+        Ok(removed) => {
+            let state = match removed {
+                Removed::Gone => "removed",
+                Removed::Draining => "draining",
+            };
+            info!(upstream = %parsed, state, "upstream removed through the admin API");
+            let body = serde_json::json!({ "address": parsed.to_string(), "state": state });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Err(e @ RemoveError::Unknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}
+
+/// `{"error": message}` with `status` (the shape of every admin error).
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn not_proxy() -> Response {
+    error(
+        StatusCode::CONFLICT,
+        "upstreams exist in proxy mode only (backend.mode = \"proxy\")".to_string(),
+    )
+}

@@ -1,0 +1,512 @@
+//! The run-time list of upstreams, shared by the factory (which hands them out as machines),
+//! the health checker (which probes them), the admin API (`/api/upstreams`) and the
+//! provider's background tasks (which add and release upstreams they created).
+//!
+//! One `std::sync::Mutex` guards the list; every holder locks it for a few list operations
+//! and never across an `.await`. Changes that need the dispatcher (draining the machine of
+//! a removed upstream) are queued here and picked up by
+//! [`MachineFactory::retiring`](crate::backend::MachineFactory::retiring) on its tick.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::health::{self, HealthPolicy, Upstream};
+use super::provider::Provider;
+use crate::core::{MachineId, MachineState, Size, SizeCounts};
+use crate::telemetry::MachineInfo;
+
+/// Where an upstream came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `[[backend.upstreams]]` (a reload that drops it removes it).
+    Config,
+    /// `POST /api/upstreams`.
+    Admin,
+    /// `backend.provider`'s `acquire` (released through the provider when it leaves).
+    Provider,
+}
+
+/// One upstream of the pool.
+#[derive(Debug)]
+struct Entry {
+    upstream: Arc<Upstream>,
+    origin: Origin,
+    /// The machine it backs, if any.
+    machine: Option<Arc<MachineInfo>>,
+    /// Removed while backing a machine: leaves the pool when that machine retires.
+    removing: bool,
+    /// Listed again by a reload while `removing`: joins again, fresh, once it has left.
+    rejoin: bool,
+    added_at: Instant,
+}
+
+/// How `GET /api/upstreams` shows one upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamView {
+    /// `host:port`.
+    pub address: String,
+    /// The size it counts as.
+    pub size: String,
+    /// Up by the active checks and not ejected.
+    pub healthy: bool,
+    /// `idle` (in the pool, no machine), `active` or `draining`.
+    pub state: String,
+    /// The machine it backs (`m3`), if any.
+    pub machine: Option<String>,
+    /// Open connections of that machine.
+    pub connections: u64,
+    /// `config`, `admin` or `provider`.
+    pub origin: Origin,
+}
+
+/// Why an upstream could not be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddError {
+    /// The address is in the pool already.
+    #[error("upstream {0} exists")]
+    Exists(SocketAddr),
+}
+
+/// Why an upstream could not be removed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoveError {
+    /// No such address in the pool.
+    #[error("no upstream {0}")]
+    Unknown(SocketAddr),
+}
+
+/// What a removal did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// It was idle and left the pool at once.
+    Gone,
+    /// Its machine drains; it leaves the pool when the machine retires.
+    Draining,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    entries: Vec<Entry>,
+    /// Machines whose upstream was removed, for the dispatcher to drain.
+    retiring: Vec<MachineId>,
+    /// Sizes with a provider `acquire` running.
+    acquiring: Vec<Size>,
+}
+
+/// The shared upstream list. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UpstreamPool {
+    state: Arc<Mutex<PoolState>>,
+    policy: HealthPolicy,
+    probe_timeout: Duration,
+    provider: Option<Provider>,
+}
+
+impl UpstreamPool {
+    /// A pool over `upstreams` (none probed yet).
+    pub fn new(
+        upstreams: Vec<(Arc<Upstream>, Origin)>,
+        policy: HealthPolicy,
+        probe_timeout: Duration,
+        provider: Option<Provider>,
+    ) -> Self {
+        let now = Instant::now();
+        let entries = upstreams
+            .into_iter()
+            .map(|(upstream, origin)| Entry {
+                upstream,
+                origin,
+                machine: None,
+                removing: false,
+                rejoin: false,
+                added_at: now,
+            })
+            .collect();
+        UpstreamPool {
+            state: Arc::new(Mutex::new(PoolState {
+                entries,
+                retiring: Vec::new(),
+                acquiring: Vec::new(),
+            })),
+            policy,
+            probe_timeout,
+            provider,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // A panic while holding the lock leaves a consistent list (every change is one
+        // push, remove or field store): keep using it.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The provider, if `backend.provider` is set.
+    pub fn provider(&self) -> Option<&Provider> {
+        self.provider.as_ref()
+    }
+
+    /// Every upstream (for the health checker).
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.lock()
+            .entries
+            .iter()
+            .map(|e| e.upstream.clone())
+            .collect()
+    }
+
+    /// The list as `GET /api/upstreams` shows it, in the order they joined.
+    pub fn list(&self) -> Vec<UpstreamView> {
+        self.lock()
+            .entries
+            .iter()
+            .map(|e| {
+                let state = match &e.machine {
+                    None => "idle",
+                    Some(m) if e.removing || m.state() != MachineState::Active => "draining",
+                    Some(_) => "active",
+                };
+                UpstreamView {
+                    address: e.upstream.address.to_string(),
+                    size: e.upstream.size.to_string(),
+                    healthy: e.upstream.is_healthy(),
+                    state: state.to_string(),
+                    machine: e.machine.as_ref().map(|m| m.name.clone()),
+                    connections: e.machine.as_ref().map_or(0, |m| m.connections()),
+                    origin: e.origin,
+                }
+            })
+            .collect()
+    }
+
+    /// Adds an upstream and probes it once in the background (it can back a machine once
+    /// that probe succeeds).
+    ///
+    /// # Errors
+    ///
+    /// [`AddError::Exists`] when the address is in the pool already.
+    pub fn add(&self, address: SocketAddr, size: Size, origin: Origin) -> Result<(), AddError> {
+        let upstream = Arc::new(Upstream::new(address, size, self.policy));
+        {
+            let mut state = self.lock();
+            if state.entries.iter().any(|e| e.upstream.address == address) {
+                return Err(AddError::Exists(address));
+            }
+            state.entries.push(Entry {
+                upstream: upstream.clone(),
+                origin,
+                machine: None,
+                removing: false,
+                rejoin: false,
+                added_at: Instant::now(),
+            });
+        }
+        info!(upstream = %address, %size, ?origin, "upstream added");
+        let limit = self.probe_timeout;
+        tokio::spawn(async move {
+            let ok = health::probe(upstream.address, limit).await;
+            upstream.set_initial(ok);
+        });
+        Ok(())
+    }
+
+    /// Removes an upstream: an idle one leaves the pool at once (a provider-created one is
+    /// released through the provider); one that backs a machine is queued for the
+    /// dispatcher to drain, and leaves when that machine retires.
+    ///
+    /// # Errors
+    ///
+    /// [`RemoveError::Unknown`] when the address is not in the pool.
+    pub fn remove(&self, address: SocketAddr) -> Result<Removed, RemoveError> {
+        let removed = {
+            let mut state = self.lock();
+            let index = state
+                .entries
+                .iter()
+                .position(|e| e.upstream.address == address)
+                .ok_or(RemoveError::Unknown(address))?;
+            match state.entries[index].machine.clone() {
+                Some(machine) => {
+                    if !state.entries[index].removing {
+                        state.entries[index].removing = true;
+                        state.retiring.push(machine.id);
+                    }
+                    Err(machine.name.clone())
+                }
+                None => Ok(state.entries.remove(index)),
+            }
+        };
+        match removed {
+            Ok(entry) => {
+                info!(upstream = %address, "upstream removed");
+                if entry.origin == Origin::Provider {
+                    self.spawn_release(address);
+                }
+                Ok(Removed::Gone)
+            }
+            Err(machine) => {
+                info!(upstream = %address, %machine, "upstream removed: its machine drains");
+                Ok(Removed::Draining)
+            }
+        }
+    }
+
+    /// The addresses that came from `[[backend.upstreams]]`.
+    pub fn configured(&self) -> Vec<SocketAddr> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|e| e.origin == Origin::Config && !e.removing)
+            .map(|e| e.upstream.address)
+            .collect()
+    }
+
+    /// Marks an upstream as coming from the configuration (a reload listed an address
+    /// that was added at run time). One that is draining because it was removed joins the
+    /// pool again once its machine has retired.
+    pub fn adopt(&self, address: SocketAddr) {
+        let mut state = self.lock();
+        if let Some(e) = state
+            .entries
+            .iter_mut()
+            .find(|e| e.upstream.address == address)
+        {
+            e.origin = Origin::Config;
+            e.rejoin = e.removing;
+        }
+    }
+
+    /// Takes the first idle, healthy upstream of `size` for the machine `info`.
+    pub(super) fn take(&self, size: Size, info: &Arc<MachineInfo>) -> Option<Arc<Upstream>> {
+        let mut state = self.lock();
+        let entry = state.entries.iter_mut().find(|e| {
+            e.machine.is_none() && !e.removing && e.upstream.size == size && e.upstream.is_healthy()
+        })?;
+        entry.machine = Some(info.clone());
+        Some(entry.upstream.clone())
+    }
+
+    /// The machine of `upstream` retired: the upstream is idle again, or leaves the pool if
+    /// it was removed or came from the provider (which then releases it).
+    pub(super) fn give_back(&self, upstream: &Arc<Upstream>) {
+        let leaving = {
+            let mut state = self.lock();
+            let Some(index) = state
+                .entries
+                .iter()
+                .position(|e| Arc::ptr_eq(&e.upstream, upstream))
+            else {
+                return;
+            };
+            let entry = &mut state.entries[index];
+            entry.machine = None;
+            if entry.removing || entry.origin == Origin::Provider {
+                Some(state.entries.remove(index))
+            } else {
+                None
+            }
+        };
+        if let Some(entry) = leaving {
+            let (address, size) = (entry.upstream.address, entry.upstream.size);
+            info!(upstream = %address, "upstream left the pool");
+            if entry.origin == Origin::Provider {
+                self.spawn_release(address);
+            } else if entry.rejoin {
+                // Removed, then listed again while its machine drained.
+                let _ = self.add(address, size, Origin::Config);
+            }
+        }
+    }
+
+    /// Machines to drain because their upstream was removed (each reported once), after
+    /// releasing provider-created upstreams that did not back a machine within
+    /// `backend.provider_timeout` of joining (never healthy, or no longer needed).
+    pub(super) fn take_retiring(&self) -> Vec<MachineId> {
+        let (retiring, expired) = {
+            let mut state = self.lock();
+            let limit = self.provider.as_ref().map(Provider::timeout);
+            let mut expired = Vec::new();
+            if let Some(limit) = limit {
+                state.entries.retain(|e| {
+                    let stale = e.origin == Origin::Provider
+                        && e.machine.is_none()
+                        && e.added_at.elapsed() > limit;
+                    if stale {
+                        expired.push(e.upstream.address);
+                    }
+                    !stale
+                });
+            }
+            (std::mem::take(&mut state.retiring), expired)
+        };
+        for address in expired {
+            warn!(upstream = %address, "provided upstream unused within provider_timeout: released");
+            self.spawn_release(address);
+        }
+        retiring
+    }
+
+    /// Idle healthy upstreams per size.
+    pub(super) fn free(&self) -> SizeCounts {
+        let mut free = SizeCounts::EMPTY;
+        for e in &self.lock().entries {
+            if e.machine.is_none() && !e.removing && e.upstream.is_healthy() {
+                *free.get_mut(e.upstream.size) += 1;
+            }
+        }
+        free
+    }
+
+    /// Upstreams per size (the pool, SPEC §8).
+    pub(super) fn pool_size(&self) -> SizeCounts {
+        let mut sizes = SizeCounts::EMPTY;
+        for e in &self.lock().entries {
+            *sizes.get_mut(e.upstream.size) += 1;
+        }
+        sizes
+    }
+
+    /// No idle healthy upstream of `size` was found: asks the provider for one in the
+    /// background, unless an `acquire` of that size is running or a provided upstream of
+    /// that size is still waiting for its first good probe.
+    pub(super) fn provide(&self, size: Size) {
+        let Some(provider) = self.provider.clone() else {
+            return;
+        };
+        {
+            let mut state = self.lock();
+            let waiting = state.entries.iter().any(|e| {
+                e.origin == Origin::Provider
+                    && e.upstream.size == size
+                    && e.machine.is_none()
+                    && !e.upstream.is_healthy()
+            });
+            if waiting || state.acquiring.contains(&size) {
+                return;
+            }
+            state.acquiring.push(size);
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let address = provider.acquire(size).await;
+            pool.lock().acquiring.retain(|s| *s != size);
+            if let Some(address) = address {
+                if let Err(e) = pool.add(address, size, Origin::Provider) {
+                    warn!(error = %e, "provider acquire returned an upstream already in the pool");
+                }
+            }
+        });
+    }
+
+    fn spawn_release(&self, address: SocketAddr) {
+        if let Some(provider) = self.provider.clone() {
+            tokio::spawn(async move { provider.release(address).await });
+        }
+    }
+
+    /// Releases every provider-created upstream still in the pool (at shutdown), waiting
+    /// for the release commands (each bounded by `backend.provider_timeout`).
+    pub async fn release_provided(&self) {
+        let Some(provider) = self.provider.clone() else {
+            return;
+        };
+        let provided: Vec<SocketAddr> = {
+            let mut state = self.lock();
+            let mut provided = Vec::new();
+            state.entries.retain(|e| {
+                if e.origin == Origin::Provider {
+                    provided.push(e.upstream.address);
+                }
+                e.origin != Origin::Provider
+            });
+            provided
+        };
+        let releases: Vec<_> = provided
+            .into_iter()
+            .map(|address| {
+                let provider = provider.clone();
+                tokio::spawn(async move { provider.release(address).await })
+            })
+            .collect();
+        for r in releases {
+            let _ = r.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Units;
+
+    fn pool() -> UpstreamPool {
+        let policy = HealthPolicy {
+            rise: 1,
+            fall: 1,
+            max_fails: 3,
+            eject_for: Duration::from_secs(10),
+        };
+        UpstreamPool::new(Vec::new(), policy, Duration::from_millis(100), None)
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn machine(id: u32) -> Arc<MachineInfo> {
+        Arc::new(MachineInfo::new(
+            MachineId(id),
+            Size::Medium,
+            Units::from_whole(100),
+            8,
+        ))
+    }
+
+    #[tokio::test]
+    async fn removal_drains_a_busy_upstream_and_a_reload_can_list_it_again() {
+        let pool = pool();
+        pool.add(addr(1), Size::Medium, Origin::Config)
+            .expect("add");
+        assert_eq!(
+            pool.add(addr(1), Size::Medium, Origin::Admin),
+            Err(AddError::Exists(addr(1)))
+        );
+        let upstream = pool.upstreams()[0].clone();
+        upstream.set_initial(true);
+        assert_eq!(pool.free().get(Size::Medium), 1);
+        let m1 = machine(1);
+        let taken = pool.take(Size::Medium, &m1).expect("healthy idle upstream");
+        assert!(Arc::ptr_eq(&taken, &upstream));
+        assert!(pool.take(Size::Medium, &machine(2)).is_none(), "in use");
+
+        assert_eq!(pool.remove(addr(1)), Ok(Removed::Draining));
+        assert_eq!(pool.take_retiring(), vec![MachineId(1)]);
+        assert!(pool.take_retiring().is_empty(), "reported once");
+        assert_eq!(pool.list()[0].state, "draining");
+        // Listed again by a reload while draining: back, fresh, after the machine retired.
+        pool.adopt(addr(1));
+        pool.give_back(&taken);
+        let list = pool.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (list[0].state.as_str(), list[0].origin),
+            ("idle", Origin::Config)
+        );
+        assert!(!Arc::ptr_eq(&pool.upstreams()[0], &upstream), "a new entry");
+
+        assert_eq!(
+            pool.remove(addr(1)),
+            Ok(Removed::Gone),
+            "idle: gone at once"
+        );
+        assert!(pool.list().is_empty());
+        assert_eq!(pool.remove(addr(1)), Err(RemoveError::Unknown(addr(1))));
+    }
+}

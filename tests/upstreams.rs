@@ -1,0 +1,614 @@
+//! Run-time upstreams (issue 10 items 3 and 5, SPEC §8): `[[backend.upstreams]]` applied on
+//! reload, `/api/upstreams`, and capacity created on demand by `backend.provider` (driven
+//! through `scripts/provider-local.sh`), all over real 127.0.0.1 sockets while traffic flows.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{fixed_reservation, start_lb, within, Lb};
+use elastic_lb::backend::upstream::{Provider, UpstreamView};
+use elastic_lb::config::{AdminToken, BackendMode, Config, ProviderConfig, UpstreamConfig};
+use elastic_lb::core::Size;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Bound of the waits that include scaling steps and provider commands.
+const LONG: Duration = Duration::from_secs(20);
+
+/// An in-process echo server on 127.0.0.1:0, counting accepted connections.
+struct Echo {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Echo {
+    async fn start() -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let addr = listener.local_addr().expect("echo addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                conns.spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        Echo {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn upstream(addr: SocketAddr) -> UpstreamConfig {
+    UpstreamConfig {
+        address: addr,
+        size: Size::Medium,
+    }
+}
+
+fn proxy_config(reservation: f64, upstreams: &[SocketAddr]) -> Config {
+    let mut cfg = fixed_reservation(reservation);
+    cfg.backend.mode = BackendMode::Proxy;
+    cfg.backend.health_check_interval = Duration::from_millis(50);
+    cfg.backend.upstreams = upstreams.iter().copied().map(upstream).collect();
+    cfg
+}
+
+async fn round_trip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    s.write_all(data).await.expect("write");
+    let mut back = vec![0; data.len()];
+    within("echo reply", s.read_exact(&mut back))
+        .await
+        .expect("read echo");
+    back
+}
+
+/// Short connections (connect, one echo, close) in a loop until stopped; every failure is
+/// counted.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(addr: SocketAddr) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let mut n = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                n += 1;
+                let msg = format!("req-{n}");
+                let once = async {
+                    let mut c = TcpStream::connect(addr).await.ok()?;
+                    c.write_all(msg.as_bytes()).await.ok()?;
+                    let mut back = vec![0; msg.len()];
+                    c.read_exact(&mut back).await.ok()?;
+                    (back == msg.as_bytes()).then_some(())
+                };
+                match tokio::time::timeout(Duration::from_secs(5), once).await {
+                    Ok(Some(())) => o.fetch_add(1, Ordering::SeqCst),
+                    _ => f.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        });
+        Traffic {
+            stop,
+            ok,
+            failed,
+            task,
+        }
+    }
+
+    fn ok(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Stops the loop; returns (ok, failed).
+    async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (ok, failed) = (self.ok.clone(), self.failed.clone());
+        within("traffic stops", self.task)
+            .await
+            .expect("traffic task");
+        (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst))
+    }
+
+    /// Waits until `more` further exchanges have succeeded.
+    async fn wait_more(&self, more: usize) {
+        let goal = self.ok() + more;
+        common::wait_until(LONG, "traffic flows", || self.ok() >= goal).await;
+    }
+}
+
+/// One HTTP/1.1 request (`Connection: close`); (status, body).
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    within(&format!("{method} {path}"), async {
+        let mut s = TcpStream::connect(addr).await.expect("connect admin");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes())
+            .await
+            .expect("write request");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.expect("read response");
+        let text = String::from_utf8(raw).expect("UTF-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("header/body");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        (status, body.to_string())
+    })
+    .await
+}
+
+async fn list(lb: &Lb) -> Vec<UpstreamView> {
+    let (status, body) = http(lb.admin, "GET", "/api/upstreams", "").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad JSON ({e}): {body}"))
+}
+
+/// Polls `GET /api/upstreams` until `cond` holds (bounded by [`LONG`]).
+async fn wait_upstreams(
+    lb: &Lb,
+    what: &str,
+    cond: impl Fn(&[UpstreamView]) -> bool,
+) -> Vec<UpstreamView> {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let l = list(lb).await;
+        if cond(&l) {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}; last /api/upstreams: {l:#?}"
+        );
+        tokio::time::sleep(common::POLL).await;
+    }
+}
+
+fn find(l: &[UpstreamView], addr: SocketAddr) -> Option<&UpstreamView> {
+    l.iter().find(|u| u.address == addr.to_string())
+}
+
+#[tokio::test]
+async fn reload_adds_and_removes_upstreams_while_traffic_flows() {
+    let (a, b) = (Echo::start().await, Echo::start().await);
+    let mut cfg = proxy_config(10.0, &[a.addr]);
+    let lb = start_lb(cfg.clone()).await;
+    let traffic = Traffic::start(lb.addr);
+    // A long-lived connection on a's machine.
+    let mut long = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut long, b"long").await, b"long");
+    traffic.wait_more(20).await;
+
+    // SIGHUP adds b: it is probed and joins the pool, idle.
+    cfg.backend.upstreams = vec![upstream(a.addr), upstream(b.addr)];
+    lb.server.reload(cfg.clone()).await;
+    let l = wait_upstreams(&lb, "b joins, healthy", |l| {
+        find(l, b.addr).is_some_and(|u| u.healthy && u.state == "idle")
+    })
+    .await;
+    assert_eq!(find(&l, a.addr).map(|u| u.state.as_str()), Some("active"));
+    lb.wait_stats("b is free capacity", |s| s.pool.medium == 1)
+        .await;
+
+    // SIGHUP removes a: its machine drains, b takes the new clients, the open connection
+    // keeps working until it closes.
+    cfg.backend.upstreams = vec![upstream(b.addr)];
+    lb.server.reload(cfg.clone()).await;
+    wait_upstreams(&lb, "a drains and b is active", |l| {
+        find(l, a.addr).is_some_and(|u| u.state == "draining" && u.connections >= 1)
+            && find(l, b.addr).is_some_and(|u| u.state == "active")
+    })
+    .await;
+    let b_before = b.accepted();
+    traffic.wait_more(20).await;
+    assert!(b.accepted() >= b_before + 20, "new clients go to b");
+    assert_eq!(round_trip(&mut long, b"still").await, b"still");
+    drop(long);
+    wait_upstreams(&lb, "a leaves once its last connection closed", |l| {
+        find(l, a.addr).is_none()
+    })
+    .await;
+    lb.wait_stats("a's machine retired", |s| {
+        s.machines.len() == 1 && s.totals.scale_downs == 1
+    })
+    .await;
+    let (ok, failed) = traffic.stop().await;
+    assert_eq!(failed, 0, "nothing dropped ({ok} exchanges)");
+    assert_eq!(lb.snapshot().totals.connections_rejected, 0);
+}
+
+#[tokio::test]
+async fn admin_api_adds_lists_and_removes_upstreams() {
+    let (a, b) = (Echo::start().await, Echo::start().await);
+    let lb = start_lb(proxy_config(10.0, &[a.addr])).await;
+    let traffic = Traffic::start(lb.addr);
+
+    // Bad bodies: 400 with a JSON error.
+    for bad in [
+        "",
+        "{",
+        r#"{"size": "small"}"#,
+        r#"{"address": "nowhere"}"#,
+        r#"{"address": "127.0.0.1:1", "size": "huge"}"#,
+        r#"{"address": "127.0.0.1:1", "extra": 1}"#,
+    ] {
+        let (status, body) = http(lb.admin, "POST", "/api/upstreams", bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("\"error\""), "{body}");
+    }
+    let add = format!(r#"{{"address": "{}", "size": "medium"}}"#, b.addr);
+    let (status, body) = http(lb.admin, "POST", "/api/upstreams", &add).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = http(lb.admin, "POST", "/api/upstreams", &add).await;
+    assert_eq!(status, 409, "exists");
+    let (status, _) = http(lb.admin, "DELETE", "/api/upstreams/127.0.0.1:1", "").await;
+    assert_eq!(status, 404, "unknown");
+    let l = wait_upstreams(&lb, "b healthy and idle", |l| {
+        find(l, b.addr).is_some_and(|u| u.healthy && u.state == "idle")
+    })
+    .await;
+    let a_view = find(&l, a.addr).expect("a listed");
+    assert_eq!(
+        (
+            a_view.state.as_str(),
+            a_view.machine.as_deref(),
+            a_view.size.as_str()
+        ),
+        ("active", Some("m1"), "medium")
+    );
+
+    // A long-lived connection on a; DELETE a: 202, it drains, b takes new clients.
+    let mut long = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut long, b"long").await, b"long");
+    let (status, body) = http(
+        lb.admin,
+        "DELETE",
+        &format!("/api/upstreams/{}", a.addr),
+        "",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    wait_upstreams(&lb, "b active", |l| {
+        find(l, b.addr).is_some_and(|u| u.state == "active")
+    })
+    .await;
+    let b_before = b.accepted();
+    traffic.wait_more(20).await;
+    assert!(b.accepted() >= b_before + 20, "new clients go to b");
+    assert_eq!(round_trip(&mut long, b"still").await, b"still");
+    drop(long);
+    wait_upstreams(&lb, "a gone", |l| find(l, a.addr).is_none()).await;
+    let (status, _) = http(
+        lb.admin,
+        "DELETE",
+        &format!("/api/upstreams/{}", a.addr),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404, "gone");
+
+    // Removing an idle upstream takes it out at once.
+    let c = Echo::start().await;
+    let add = format!(r#"{{"address": "{}"}}"#, c.addr);
+    assert_eq!(http(lb.admin, "POST", "/api/upstreams", &add).await.0, 201);
+    let (status, body) = http(
+        lb.admin,
+        "DELETE",
+        &format!("/api/upstreams/{}", c.addr),
+        "",
+    )
+    .await;
+    assert_eq!((status, body.contains("removed")), (202, true), "{body}");
+    assert!(find(&list(&lb).await, c.addr).is_none());
+
+    let (ok, failed) = traffic.stop().await;
+    assert_eq!(failed, 0, "nothing dropped ({ok} exchanges)");
+}
+
+#[tokio::test]
+async fn upstreams_routes_need_proxy_mode_and_the_token() {
+    let mut cfg = common::test_config();
+    cfg.admin.token = Some(AdminToken::new("s3cret"));
+    let lb = start_lb(cfg).await;
+    assert_eq!(list(&lb).await, Vec::new(), "simulated mode: no upstreams");
+    let (status, _) = http(
+        lb.admin,
+        "POST",
+        "/api/upstreams",
+        r#"{"address": "127.0.0.1:1"}"#,
+    )
+    .await;
+    assert_eq!(status, 401, "non-GET needs admin.token");
+}
+
+/// A temporary directory for one test, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("elb-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    /// An executable shell script `name` with `body`.
+    fn script(&self, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.0.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // A failed test leaves no server behind: stop what provider-local.sh recorded.
+        for pid in recorded_pids(&self.0.join("state")) {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The pids recorded in provider-local.sh's state directory.
+fn recorded_pids(state: &Path) -> Vec<u32> {
+    std::fs::read_dir(state)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pid"))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|s| s.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether process `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start())
+                .unwrap_or("");
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn provider_scales_from_one_to_three_upstreams_and_back() {
+    let tmp = TempDir::new("provider-local");
+    let state = tmp.0.join("state");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/provider-local.sh");
+    let command = tmp.script(
+        "provider",
+        &format!(
+            "ELB_PROVIDER_STATE='{}' exec '{}' \"$@\"",
+            state.display(),
+            script.display()
+        ),
+    );
+    let seed = Echo::start().await;
+    let mut cfg = proxy_config(10.0, &[seed.addr]);
+    cfg.backend.provider = Some(ProviderConfig { command });
+    cfg.backend.provider_timeout = Duration::from_secs(15);
+    cfg.autoscaler.max_machines = 3;
+    cfg.autoscaler.scale_down_after = Duration::from_millis(300);
+    let lb = start_lb(cfg).await;
+    let traffic = Traffic::start(lb.addr);
+
+    // 6 long connections: 60 % > 50 % → the provider starts a second upstream.
+    let mut long = Vec::new();
+    for i in 0..6u8 {
+        let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+        assert_eq!(round_trip(&mut s, &[i; 4]).await, vec![i; 4]);
+        long.push(s);
+    }
+    wait_upstreams(&lb, "a provided upstream backs a second machine", |l| {
+        l.len() == 2 && l.iter().all(|u| u.state == "active")
+    })
+    .await;
+    // 12 long connections on 2 machines: 60 % → a third one.
+    for i in 6..12u8 {
+        let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+        assert_eq!(round_trip(&mut s, &[i; 4]).await, vec![i; 4]);
+        long.push(s);
+    }
+    let l = wait_upstreams(&lb, "three upstreams, all active", |l| {
+        l.len() == 3 && l.iter().all(|u| u.state == "active" && u.healthy)
+    })
+    .await;
+    let provided: Vec<_> = l
+        .iter()
+        .filter(|u| u.address != seed.addr.to_string())
+        .collect();
+    assert_eq!(provided.len(), 2, "{l:#?}");
+    let pids = recorded_pids(&state);
+    assert_eq!(pids.len(), 2, "provider-local.sh started two servers");
+    assert!(pids.iter().all(|&p| running(p)));
+    traffic.wait_more(30).await;
+    for (i, s) in long.iter_mut().enumerate() {
+        assert_eq!(
+            round_trip(s, b"again").await,
+            b"again",
+            "long connection {i}"
+        );
+    }
+
+    // Load goes away: back down to min_machines = 1; each provided upstream whose machine
+    // retires is released (its process stopped).
+    drop(long);
+    let (ok, failed) = traffic.stop().await;
+    let t = lb.snapshot().totals;
+    assert_eq!(
+        failed, 0,
+        "nothing dropped under load ({ok} exchanges, {} refused)",
+        t.connections_rejected
+    );
+    lb.wait_stats("back to one machine", |s| s.machines.len() == 1)
+        .await;
+    let l = wait_upstreams(&lb, "released upstreams leave the pool", |l| {
+        let provided = l
+            .iter()
+            .filter(|u| u.address != seed.addr.to_string())
+            .count();
+        provided == recorded_pids(&state).len() && l.len() <= 2
+    })
+    .await;
+    assert!(l.iter().any(|u| u.state == "active"), "{l:#?}");
+    // Scale-down released at least one provided upstream already: its process is gone.
+    let left = recorded_pids(&state);
+    let released: Vec<u32> = pids.iter().copied().filter(|p| !left.contains(p)).collect();
+    assert!(
+        !released.is_empty(),
+        "scale-down released a provided upstream"
+    );
+    common::wait_until(LONG, "released processes stopped", || {
+        released.iter().all(|&p| !running(p))
+    })
+    .await;
+    let t = lb.snapshot().totals;
+    assert_eq!(t.connections_rejected, 0);
+
+    // Shutdown releases what the provider still holds: every process it started stops.
+    lb.server.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        recorded_pids(&state).is_empty(),
+        "state dir empty after shutdown"
+    );
+    common::wait_until(LONG, "every provided process stopped", || {
+        pids.iter().all(|&p| !running(p))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn provider_failures_and_timeouts_mean_none_available() {
+    let tmp = TempDir::new("provider-fail");
+    let limit = Duration::from_millis(500);
+    let ok = tmp.script(
+        "ok",
+        "[ \"$1\" = acquire ] && [ \"$2\" = large ] && echo 127.0.0.1:4242",
+    );
+    let got = Provider::new(ok, limit).acquire(Size::Large).await;
+    assert_eq!(got, Some("127.0.0.1:4242".parse().expect("addr")));
+    let failing = tmp.script("failing", "echo 127.0.0.1:4242; exit 3");
+    assert_eq!(
+        Provider::new(failing, limit).acquire(Size::Large).await,
+        None
+    );
+    let garbage = tmp.script("garbage", "echo not-an-address");
+    assert_eq!(
+        Provider::new(garbage, limit).acquire(Size::Large).await,
+        None
+    );
+    let slow = tmp.script("slow", "sleep 10; echo 127.0.0.1:4242");
+    let started = Instant::now();
+    assert_eq!(Provider::new(slow, limit).acquire(Size::Large).await, None);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the timeout applies"
+    );
+    let missing = tmp.0.join("missing");
+    assert_eq!(
+        Provider::new(missing, limit).acquire(Size::Large).await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_provider_that_never_answers_does_not_block_the_balancer() {
+    let tmp = TempDir::new("provider-slow");
+    let command = tmp.script("slow", "sleep 10");
+    let a = Echo::start().await;
+    let mut cfg = proxy_config(10.0, &[a.addr]);
+    cfg.backend.provider = Some(ProviderConfig { command });
+    cfg.backend.provider_timeout = Duration::from_secs(30);
+    let lb = start_lb(cfg).await;
+    // 6 connections: 60 % wants more; the provider hangs, the dispatcher keeps serving.
+    let mut conns = Vec::new();
+    for i in 0..6u8 {
+        let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+        assert_eq!(round_trip(&mut s, &[i; 2]).await, vec![i; 2]);
+        conns.push(s);
+    }
+    let traffic = Traffic::start(lb.addr);
+    traffic.wait_more(20).await;
+    let (_, failed) = traffic.stop().await;
+    assert_eq!(failed, 0);
+    assert_eq!(lb.snapshot().machines.len(), 1);
+}
+
+#[test]
+fn provider_keys_are_validated() {
+    let mut cfg = common::test_config();
+    cfg.backend.mode = BackendMode::Proxy;
+    assert!(
+        cfg.validate().is_err(),
+        "proxy mode needs an upstream or a provider"
+    );
+    cfg.backend.provider = Some(ProviderConfig {
+        command: PathBuf::from("scripts/provider-local.sh"),
+    });
+    cfg.validate().expect("a provider alone is enough");
+    cfg.autoscaler.initial = vec![Size::Large, Size::Large];
+    cfg.validate()
+        .expect("the provider supplies the initial machines");
+    cfg.backend.provider_timeout = Duration::ZERO;
+    let e = cfg.validate().expect_err("zero timeout");
+    assert!(e.to_string().contains("backend.provider_timeout"), "{e}");
+    cfg.backend.provider_timeout = Duration::from_secs(30);
+    cfg.backend.provider = Some(ProviderConfig {
+        command: PathBuf::new(),
+    });
+    let e = cfg.validate().expect_err("empty command");
+    assert!(e.to_string().contains("backend.provider.command"), "{e}");
+    cfg.backend.provider = None;
+    let a: SocketAddr = "127.0.0.1:9001".parse().expect("addr");
+    cfg.autoscaler.initial = vec![Size::Medium];
+    cfg.backend.upstreams = vec![upstream(a), upstream(a)];
+    let e = cfg.validate().expect_err("duplicate address");
+    assert!(e.to_string().contains("listed twice"), "{e}");
+}
