@@ -73,6 +73,7 @@ fn proxy_config(reservation: f64, upstreams: &[&Echo]) -> Config {
         .map(|e| UpstreamConfig {
             address: e.addr,
             size: Size::Medium,
+            max_connections: None,
         })
         .collect();
     cfg
@@ -291,6 +292,7 @@ async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
     cfg.backend.upstreams = vec![UpstreamConfig {
         address: up.addr,
         size: Size::Medium,
+        max_connections: None,
     }];
     let interval = Duration::from_millis(200);
     cfg.backend.health_check_interval = interval;
@@ -374,6 +376,7 @@ async fn a_frozen_upstream_is_ejected_and_gets_no_new_clients() {
         .map(|address| UpstreamConfig {
             address,
             size: Size::Medium,
+            max_connections: None,
         })
         .collect();
     let interval = Duration::from_millis(100);

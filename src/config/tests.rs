@@ -72,10 +72,12 @@ fn to_toml_round_trips_a_custom_config() {
         UpstreamConfig {
             address: "127.0.0.1:9001".parse().expect("literal address"),
             size: Size::Small,
+            max_connections: None,
         },
         UpstreamConfig {
             address: "127.0.0.1:9002".parse().expect("literal address"),
             size: Size::Large,
+            max_connections: None,
         },
     ];
     assert_eq!(c.validate(), Ok(()));

@@ -16,6 +16,7 @@
 
 pub mod forward;
 pub mod health;
+pub mod proxy_header;
 
 use std::sync::Arc;
 

@@ -40,6 +40,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
                 connect: config.backend.connect_timeout,
                 server: config.backend.server_timeout,
                 idle: config.listener.idle_timeout,
+                send_proxy: config.backend.send_proxy,
             }
         };
         let started = Instant::now();
