@@ -181,6 +181,8 @@ async fn exhausted_pool_closes_the_connection_without_adding_bytes() {
     let echo = Echo::start().await;
     let mut cfg = proxy_config(60.0, &[&echo]);
     cfg.autoscaler.max_machines = 1;
+    // The second client waits in the admission queue this long before it is refused.
+    cfg.backend.queue_timeout = Duration::from_millis(200);
     let lb = start_lb(cfg).await;
     let mut first = TcpStream::connect(lb.addr).await.expect("connect");
     assert_eq!(round_trip(&mut first, b"x").await, b"x");

@@ -221,6 +221,7 @@ mod tests {
                     weighted_failed: 7.5,
                     scale_ups: 3,
                     scale_downs: 1,
+                    connections_queued: 0,
                 },
                 events: Vec::new(),
             },

@@ -133,7 +133,7 @@ fn unknown_key_in_dotted_and_inline_forms_and_unknown_table() {
     );
     rejects(
         "[[backend.upstreams]]\naddress = \"127.0.0.1:1\"\nweight = 3\n",
-        &["x.toml:3: backend.upstreams.weight: unknown key (expected one of address, size)"],
+        &["x.toml:3: backend.upstreams.weight: unknown key (expected one of address, size, max_connections)"],
     );
 }
 

@@ -20,6 +20,8 @@ pub struct Totals {
     connections_rejected: AtomicU64,
     /// Connections currently open (admitted and not yet closed).
     connections_open: AtomicU64,
+    /// Connections waiting in the admission queue (proxy mode, `backend.queue_timeout`).
+    connections_queued: AtomicU64,
     /// Requests answered `OK`.
     requests_ok: AtomicU64,
     /// Requests answered with an error (`busy`, `shutting-down`, `bad-request`, `too-long`).
@@ -66,6 +68,21 @@ impl Totals {
         self.connections_admitted.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A connection that no machine could take started waiting in the admission queue.
+    pub fn connection_queued(&self) {
+        self.connections_queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A queued connection left the queue (admitted, refused or gone).
+    pub fn connection_dequeued(&self) {
+        self.connections_queued.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections waiting in the admission queue now.
+    pub fn queued(&self) -> u64 {
+        self.connections_queued.load(Ordering::Relaxed)
+    }
+
     /// Counts one refused connection holding `reservation` (zero for `overloaded`).
     pub fn connection_rejected(&self, reservation: Units) {
         self.connections_rejected.fetch_add(1, Ordering::Relaxed);
@@ -89,6 +106,7 @@ impl Totals {
             connections_admitted: get(&self.connections_admitted),
             connections_rejected: get(&self.connections_rejected),
             connections_open: get(&self.connections_open),
+            connections_queued: get(&self.connections_queued),
             requests_ok: get(&self.requests_ok),
             requests_failed: get(&self.requests_failed),
             weighted_ok: self.weighted_ok.get().as_f64(),
@@ -106,6 +124,9 @@ pub struct TotalsSnapshot {
     pub connections_admitted: u64,
     pub connections_rejected: u64,
     pub connections_open: u64,
+    /// Connections waiting in the admission queue (proxy mode); absent in older answers.
+    #[serde(default)]
+    pub connections_queued: u64,
     pub requests_ok: u64,
     pub requests_failed: u64,
     pub weighted_ok: f64,

@@ -79,7 +79,10 @@ impl UpstreamFactory {
             .iter()
             .map(|u| {
                 let policy = HealthPolicy::of(&config.backend);
-                Arc::new(Upstream::new(u.address, u.size, policy))
+                Arc::new(
+                    Upstream::new(u.address, u.size, policy)
+                        .with_max_connections(u.max_connections),
+                )
             })
             .collect()
     }
@@ -125,6 +128,10 @@ impl MachineFactory for UpstreamFactory {
             *sizes.get_mut(u.size) += 1;
         }
         sizes
+    }
+
+    fn queue_when_full(&self) -> bool {
+        true
     }
 
     fn reconfigure(&mut self, config: &Config) {
