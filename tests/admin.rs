@@ -119,7 +119,7 @@ async fn stats_json_has_exactly_the_spec_keys() {
 
     // SPEC §6 keys, plus the documented extras (never renamed, only added).
     let spec = set(&["strategy", "avg_load", "machines", "pool", "totals"]);
-    let extras = set(&["events", "autoscaler", "pool_size"]);
+    let extras = set(&["events", "autoscaler", "pool_size", "queued_connections"]);
     assert_eq!(keys(&stats), &spec | &extras);
     assert!(stats["strategy"].is_string());
     assert!(stats["avg_load"].is_number());

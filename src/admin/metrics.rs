@@ -121,7 +121,7 @@ pub fn render(body: &StatsBody, latencies: &Latencies) -> String {
     out.gauge(
         "connections_queued",
         "Client connections waiting in the admission queue for a machine (proxy mode).",
-        t.connections_queued as f64,
+        s.queued_connections as f64,
     );
     let counters: [(&str, &str, f64); 8] = [
         (

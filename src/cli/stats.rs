@@ -221,8 +221,8 @@ mod tests {
                     weighted_failed: 7.5,
                     scale_ups: 3,
                     scale_downs: 1,
-                    connections_queued: 0,
                 },
+                queued_connections: 0,
                 events: Vec::new(),
             },
             autoscaler: AutoscalerLimits {

@@ -106,7 +106,6 @@ impl Totals {
             connections_admitted: get(&self.connections_admitted),
             connections_rejected: get(&self.connections_rejected),
             connections_open: get(&self.connections_open),
-            connections_queued: get(&self.connections_queued),
             requests_ok: get(&self.requests_ok),
             requests_failed: get(&self.requests_failed),
             weighted_ok: self.weighted_ok.get().as_f64(),
@@ -124,9 +123,6 @@ pub struct TotalsSnapshot {
     pub connections_admitted: u64,
     pub connections_rejected: u64,
     pub connections_open: u64,
-    /// Connections waiting in the admission queue (proxy mode); absent in older answers.
-    #[serde(default)]
-    pub connections_queued: u64,
     pub requests_ok: u64,
     pub requests_failed: u64,
     pub weighted_ok: f64,
