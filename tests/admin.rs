@@ -125,6 +125,7 @@ async fn stats_json_has_exactly_the_spec_keys() {
         "pool_size",
         "load_model",
         "reserved",
+        "queued_connections",
     ]);
     assert_eq!(keys(&stats), &spec | &extras);
     assert!(stats["strategy"].is_string());

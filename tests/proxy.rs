@@ -73,6 +73,7 @@ fn proxy_config(reservation: f64, upstreams: &[&Echo]) -> Config {
         .map(|e| UpstreamConfig {
             address: e.addr,
             size: Size::Medium,
+            max_connections: None,
         })
         .collect();
     cfg
@@ -180,6 +181,8 @@ async fn exhausted_pool_closes_the_connection_without_adding_bytes() {
     let echo = Echo::start().await;
     let mut cfg = proxy_config(60.0, &[&echo]);
     cfg.autoscaler.max_machines = 1;
+    // The second client waits in the admission queue this long before it is refused.
+    cfg.backend.queue_timeout = Duration::from_millis(200);
     let lb = start_lb(cfg).await;
     let mut first = TcpStream::connect(lb.addr).await.expect("connect");
     assert_eq!(round_trip(&mut first, b"x").await, b"x");
@@ -291,6 +294,7 @@ async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
     cfg.backend.upstreams = vec![UpstreamConfig {
         address: up.addr,
         size: Size::Medium,
+        max_connections: None,
     }];
     let interval = Duration::from_millis(200);
     cfg.backend.health_check_interval = interval;
@@ -374,6 +378,7 @@ async fn a_frozen_upstream_is_ejected_and_gets_no_new_clients() {
         .map(|address| UpstreamConfig {
             address,
             size: Size::Medium,
+            max_connections: None,
         })
         .collect();
     let interval = Duration::from_millis(100);

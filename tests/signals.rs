@@ -378,6 +378,7 @@ async fn sighup_applies_added_and_removed_upstreams() {
     let upstream = |address| elastic_lb::config::UpstreamConfig {
         address,
         size: elastic_lb::core::Size::Medium,
+        max_connections: None,
     };
     cfg.backend.upstreams = vec![upstream(a)];
     cfg.shutdown.grace = Duration::from_secs(2);

@@ -67,6 +67,7 @@ fn upstream(addr: SocketAddr) -> UpstreamConfig {
     UpstreamConfig {
         address: addr,
         size: Size::Medium,
+        max_connections: None,
     }
 }
 

@@ -118,6 +118,11 @@ pub fn render(body: &StatsBody, latencies: &Latencies) -> String {
         "Client connections currently open.",
         t.connections_open as f64,
     );
+    out.gauge(
+        "connections_queued",
+        "Client connections waiting in the admission queue for a machine (proxy mode).",
+        s.queued_connections as f64,
+    );
     let counters: [(&str, &str, f64); 8] = [
         (
             "connections_admitted_total",

@@ -49,6 +49,14 @@ pub trait MachineFactory: Send + fmt::Debug {
     /// Machines per size the pool holds in all (free or not).
     fn pool_size(&self) -> SizeCounts;
 
+    /// Whether a connection that no machine can take waits for capacity (up to
+    /// `backend.queue_timeout`) instead of being refused at once. Proxy mode queues: its
+    /// refusal is a bare close the client cannot tell from an outage; simulated mode
+    /// answers `ERR exhausted` at once.
+    fn queue_when_full(&self) -> bool {
+        false
+    }
+
     /// Applies a new configuration (pool sizes, capacities, queue depth) to later
     /// acquisitions; machines already running keep theirs.
     fn reconfigure(&mut self, config: &Config);

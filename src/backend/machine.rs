@@ -98,6 +98,15 @@ impl Machine {
         }
     }
 
+    /// Whether it can take one more connection: an upstream at its `max_connections` open
+    /// connections cannot (HAProxy server `maxconn`); a simulated machine always can.
+    pub fn has_connection_room(&self) -> bool {
+        match &self.endpoint {
+            Endpoint::Upstream(upstream) => self.info.connections() < upstream.max_connections(),
+            Endpoint::Worker(_) => true,
+        }
+    }
+
     /// Whether its open connections can be moved to another machine when it drains. A
     /// proxied connection is a TCP stream to this machine's upstream: it cannot.
     pub fn connections_can_move(&self) -> bool {

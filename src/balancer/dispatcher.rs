@@ -32,8 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::handle::{AdmitError, Command};
-use super::placement::{Placement, PlacementShared};
+use super::placement::{CapacityFreed, Placement, PlacementShared};
 use super::policy::{self, RecommendationWindow, ScaleDownTimer, StepBudget};
+use super::queue::{AdmissionQueue, Waiting};
 use super::routing::{self, Router, RoutingTable, ScaleHint};
 use crate::backend::{Machine, MachineFactory};
 use crate::config::Config;
@@ -85,6 +86,10 @@ pub struct Dispatcher {
     /// Reused per admission to avoid allocating.
     pub(super) views: Vec<MachineView>,
     pub(super) view_index: Vec<usize>,
+    /// Connections no machine could take, waiting for one (when the factory queues).
+    pub(super) queue: AdmissionQueue,
+    /// Closing placements wake the task through it while the queue is not empty.
+    pub(super) freed: Arc<CapacityFreed>,
 }
 
 impl Dispatcher {
@@ -143,6 +148,8 @@ impl Dispatcher {
             exhausted_log: RefusalLog::default(),
             views: Vec::new(),
             view_index: Vec::new(),
+            queue: AdmissionQueue::default(),
+            freed: Arc::new(CapacityFreed::default()),
         };
         let initial = dispatcher.config.autoscaler.initial.clone();
         for size in initial {
@@ -174,7 +181,15 @@ impl Dispatcher {
         let mut period = tick_period(&self.config);
         let mut ticker = ticker(period);
         let hint = self.hint.clone();
+        let freed = self.freed.clone();
         loop {
+            let next_deadline = self.queue.next_deadline();
+            let expiry = async move {
+                match next_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 // NOTE: the tick comes first. Admissions arrive as fast as clients connect;
                 // checked in this order, one tick per period always gets its turn.
@@ -182,8 +197,13 @@ impl Dispatcher {
                 _ = ticker.tick(), if !shutdown.is_cancelled() => self.tick(Instant::now()),
                 _ = hint.notify.notified(), if !shutdown.is_cancelled() => {
                     self.scale_up();
+                    self.serve_queue();
                     self.publish();
                 }
+                _ = freed.notify.notified(), if !self.queue.is_empty() => self.serve_queue(),
+                () = expiry, if next_deadline.is_some() => self.serve_queue(),
+                // Nothing is placed any more once the process winds down: refuse the queue.
+                () = shutdown.cancelled(), if !self.queue.is_empty() => self.refuse_queue(),
                 command = commands_rx.recv() => {
                     let Some(command) = command else { break };
                     self.handle(command);
@@ -205,11 +225,20 @@ impl Dispatcher {
                 avoid,
                 reply_tx,
             } => {
-                let result = self.admit(peer, &avoid);
-                if let Err(Ok(placement)) = reply_tx.send(result) {
-                    // The connection went away while waiting; dropping the placement
-                    // releases its reservation again.
-                    drop(placement);
+                let reservation = self.draw_reservation();
+                let waiting = Waiting {
+                    peer,
+                    avoid,
+                    reservation,
+                    reply_tx,
+                    deadline: Instant::now() + self.config.backend.queue_timeout,
+                };
+                if self.queue.is_empty() {
+                    self.admit_or_queue(waiting);
+                } else {
+                    // First come, first served: a newcomer waits behind the queue.
+                    self.enqueue(waiting);
+                    self.serve_queue();
                 }
             }
             Command::Tick => self.tick(Instant::now()),
@@ -227,16 +256,29 @@ impl Dispatcher {
     /// Places a connection from `peer`: draw a reservation, let the strategy pick among the
     /// machines it fits on, acquire a machine on the spot when it fits nowhere, then run the
     /// scale-up check.
+    #[cfg(test)]
     pub(super) fn admit(
         &mut self,
         peer: SocketAddr,
         avoid: &[MachineId],
     ) -> Result<Placement, AdmitError> {
+        let reservation = self.draw_reservation();
+        self.place(peer, avoid, reservation)
+            .ok_or_else(|| self.refuse(peer, reservation))
+    }
+
+    /// Places a connection holding `reservation`, or `None` when nothing can take it (not
+    /// counted as a refusal yet).
+    pub(super) fn place(
+        &mut self,
+        peer: SocketAddr,
+        avoid: &[MachineId],
+        reservation: Units,
+    ) -> Option<Placement> {
         if !self.health_drained.is_empty() {
             // An upstream that came back takes this client already, not a tick later.
             self.recover_healthy();
         }
-        let reservation = self.draw_reservation();
         let request = PickRequest {
             client_ip: peer.ip(),
             reservation,
@@ -258,17 +300,17 @@ impl Dispatcher {
             // Fits nowhere: the autoscaler is asked for a machine on the spot (SPEC §1).
             None => match self.acquire_fitting(reservation) {
                 Some(index) if fits(&self.machines[index], reservation) => index,
-                _ => return Err(self.refuse(peer, reservation)),
+                _ => return None,
             },
         };
         let placement = self.bind(peer, reservation, index);
         self.scale_up();
         self.publish();
-        Ok(placement)
+        Some(placement)
     }
 
     /// Counts and logs a connection that nothing can take.
-    fn refuse(&mut self, peer: SocketAddr, reservation: Units) -> AdmitError {
+    pub(super) fn refuse(&mut self, peer: SocketAddr, reservation: Units) -> AdmitError {
         self.totals.connection_rejected(reservation);
         self.publish();
         debug!(%peer, reservation = reservation.as_f64(), "connection refused: pool exhausted");
@@ -282,7 +324,7 @@ impl Dispatcher {
         AdmitError::Exhausted { reservation }
     }
 
-    fn draw_reservation(&mut self) -> Units {
+    pub(super) fn draw_reservation(&mut self) -> Units {
         let (min, max) = (
             self.config.load.connection_min,
             self.config.load.connection_max,
@@ -315,7 +357,13 @@ impl Dispatcher {
 
     fn bind(&mut self, peer: SocketAddr, reservation: Units, index: usize) -> Placement {
         let machine = self.machines[index].clone();
-        let (placement, weak) = Placement::bind(peer, reservation, machine, self.totals.clone());
+        let (placement, weak) = Placement::bind(
+            peer,
+            reservation,
+            machine,
+            self.totals.clone(),
+            self.freed.clone(),
+        );
         self.placements.push(weak);
         // Closed placements are pruned on every tick; this keeps the list bounded even if
         // ticks were held up.
@@ -342,7 +390,11 @@ impl Dispatcher {
         self.replace_unhealthy();
         self.top_up();
         self.scale_up();
-        self.scale_down(now);
+        // Never fewer machines while connections wait for one.
+        if self.queue.is_empty() {
+            self.scale_down(now);
+        }
+        self.serve_queue();
         self.publish();
     }
 
@@ -365,6 +417,7 @@ impl Dispatcher {
         let kind = self.config.dispatcher.strategy;
         self.set_strategy(kind);
         self.scale_up();
+        self.serve_queue();
         self.publish();
     }
 
@@ -467,9 +520,10 @@ fn routing_table(
     }
 }
 
-/// Whether `reservation` fits on `machine`: `used + reservation ≤ capacity`.
+/// Whether `reservation` fits on `machine`: `used + reservation ≤ capacity`, and its
+/// upstream (if any) is below its `max_connections`.
 pub(super) fn fits(machine: &Machine, reservation: Units) -> bool {
-    machine.info.used() + reservation <= machine.info.capacity
+    machine.info.used() + reservation <= machine.info.capacity && machine.has_connection_room()
 }
 
 /// `autoscaler.interval`, at least 1 ms.

@@ -2,6 +2,8 @@
 //!
 //! - [`dispatcher`] — the actor ([`Dispatcher`]): admission, the periodic autoscaler tick,
 //!   strategy switches, reloads. It alone owns the machines, the strategy and the factory.
+//! - `admission` and [`queue`] — proxy mode: connections no machine can take wait in a
+//!   FIFO (`backend.queue_timeout`) and are placed head-first when capacity appears.
 //! - [`scaling`] — the dispatcher's scale-up, drain, retire and replacement steps.
 //! - [`policy`] — the pure autoscale rules the dispatcher applies.
 //! - [`routing`] — per-request placement by connection tasks, off the dispatcher
@@ -18,10 +20,12 @@
 //!
 //! Depends on `core`, `config`, `strategy`, `telemetry` and `backend`.
 
+mod admission;
 pub mod dispatcher;
 pub mod handle;
 pub mod placement;
 pub mod policy;
+pub mod queue;
 pub mod routing;
 pub mod scaling;
 #[cfg(test)]

@@ -222,6 +222,7 @@ mod tests {
                     scale_ups: 3,
                     scale_downs: 1,
                 },
+                queued_connections: 0,
                 events: Vec::new(),
             },
             autoscaler: AutoscalerLimits {

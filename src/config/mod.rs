@@ -43,7 +43,8 @@ pub use restart::{keep_restart_keys, RestartChange};
 pub use schema::{
     AdminAddress, AdminAddressError, AdminConfig, AutoscalerConfig, BackendConfig, BackendMode,
     Config, DispatcherConfig, ListenerConfig, LoadConfig, LogConfig, MachinesConfig, PoolConfig,
-    ProviderConfig, RequestsConfig, Routing, ScalingPolicy, ShutdownConfig, UpstreamConfig,
+    ProviderConfig, RequestsConfig, Routing, ScalingPolicy, SendProxy, ShutdownConfig,
+    UpstreamConfig,
 };
 pub use source::{ConfigSource, DEFAULT_PATH, SEARCH_PATH, SYSTEM_PATH};
 pub use token::{AdminToken, MAX_TOKEN_BYTES};

@@ -181,6 +181,7 @@ mod tests {
         next.backend.upstreams = vec![UpstreamConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 9001)),
             size: Size::Large,
+            max_connections: None,
         }];
         let changes = keep_restart_keys(&running, &mut next);
         let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();

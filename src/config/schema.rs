@@ -479,6 +479,13 @@ pub struct BackendConfig {
     /// Proxy mode: time limit of one provider command.
     #[serde(with = "duration")]
     pub provider_timeout: Duration,
+    /// Proxy mode: the PROXY protocol header written to the upstream before the client's
+    /// first byte (`off`, `v1` or `v2`).
+    pub send_proxy: SendProxy,
+    /// Proxy mode: how long a connection no machine can take waits for capacity before it
+    /// is refused.
+    #[serde(with = "duration")]
+    pub queue_timeout: Duration,
     /// Proxy mode: the upstream servers (the pool).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -506,6 +513,8 @@ impl Default for BackendConfig {
             eject_for: Duration::from_secs(10),
             provider: None,
             provider_timeout: Duration::from_secs(30),
+            send_proxy: SendProxy::Off,
+            queue_timeout: Duration::from_secs(5),
             upstreams: Vec::new(),
         }
     }
@@ -521,6 +530,19 @@ pub enum BackendMode {
     Proxy,
 }
 
+/// `backend.send_proxy`: the PROXY protocol version written to upstreams (HAProxy
+/// `send-proxy` / `send-proxy-v2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendProxy {
+    /// No header: the upstream sees the balancer's address only.
+    Off,
+    /// The text header (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
 /// `[[backend.upstreams]]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -530,6 +552,9 @@ pub struct UpstreamConfig {
     /// Size (capacity) it counts as.
     #[serde(default = "default_upstream_size")]
     pub size: Size,
+    /// Proxied connections it takes at most (HAProxy server `maxconn`); none = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 fn default_upstream_size() -> Size {

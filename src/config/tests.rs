@@ -72,10 +72,12 @@ fn to_toml_round_trips_a_custom_config() {
         UpstreamConfig {
             address: "127.0.0.1:9001".parse().expect("literal address"),
             size: Size::Small,
+            max_connections: None,
         },
         UpstreamConfig {
             address: "127.0.0.1:9002".parse().expect("literal address"),
             size: Size::Large,
+            max_connections: None,
         },
     ];
     assert_eq!(c.validate(), Ok(()));
@@ -131,7 +133,7 @@ fn unknown_key_in_dotted_and_inline_forms_and_unknown_table() {
     );
     rejects(
         "[[backend.upstreams]]\naddress = \"127.0.0.1:1\"\nweight = 3\n",
-        &["x.toml:3: backend.upstreams.weight: unknown key (expected one of address, size)"],
+        &["x.toml:3: backend.upstreams.weight: unknown key (expected one of address, size, max_connections)"],
     );
 }
 

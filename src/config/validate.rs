@@ -165,6 +165,7 @@ impl Config {
             ("backend.server_timeout", b.server_timeout),
             ("backend.eject_for", b.eject_for),
             ("backend.provider_timeout", b.provider_timeout),
+            ("backend.queue_timeout", b.queue_timeout),
         ] {
             if d.is_zero() {
                 return Err(ValidationError::new(
@@ -186,6 +187,16 @@ impl Config {
                     "must be between 1 and 1000",
                 ));
             }
+        }
+        if let Some(u) = b.upstreams.iter().find(|u| u.max_connections == Some(0)) {
+            return Err(ValidationError::new(
+                "backend.upstreams.max_connections",
+                "0",
+                format!(
+                    "upstream {}: must be at least 1 (omit it for no limit)",
+                    u.address
+                ),
+            ));
         }
         if b.mode == BackendMode::Proxy && b.upstreams.is_empty() && b.provider.is_none() {
             return Err(ValidationError::new(
@@ -239,6 +250,7 @@ impl Config {
             ("backend.server_timeout", self.backend.server_timeout),
             ("backend.eject_for", self.backend.eject_for),
             ("backend.provider_timeout", self.backend.provider_timeout),
+            ("backend.queue_timeout", self.backend.queue_timeout),
         ];
         for (key, d) in durations {
             if d > MAX_DURATION {

@@ -175,6 +175,7 @@ mod tests {
             .map(|i| UpstreamConfig {
                 address: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
                 size: Size::Medium,
+                max_connections: None,
             })
             .collect();
         config.listener.max_connections = 100;

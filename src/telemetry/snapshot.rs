@@ -70,6 +70,10 @@ pub struct Snapshot {
     /// Recent scale events, oldest first (at most [`RECENT_EVENTS`]).
     #[serde(default)]
     pub events: Vec<ScaleEvent>,
+    /// Extra key: connections waiting in the admission queue for a machine (proxy mode,
+    /// `backend.queue_timeout`); absent in older answers.
+    #[serde(default)]
+    pub queued_connections: u64,
 }
 
 /// What the dispatcher publishes whenever the machine set, the pool or the strategy
@@ -142,6 +146,7 @@ impl StatsHandle {
             pool: topology.pool,
             totals: self.totals.snapshot(),
             events: topology.events.to_vec(),
+            queued_connections: self.totals.queued(),
         };
         (snapshot, topology.pool_size, topology.config.clone())
     }

@@ -20,6 +20,8 @@ pub struct Totals {
     connections_rejected: AtomicU64,
     /// Connections currently open (admitted and not yet closed).
     connections_open: AtomicU64,
+    /// Connections waiting in the admission queue (proxy mode, `backend.queue_timeout`).
+    connections_queued: AtomicU64,
     /// Requests answered `OK`.
     requests_ok: AtomicU64,
     /// Requests answered with an error (`busy`, `shutting-down`, `bad-request`, `too-long`).
@@ -64,6 +66,21 @@ impl Totals {
     /// the client is placed again, or refused). Its close is counted separately.
     pub fn admission_withdrawn(&self) {
         self.connections_admitted.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection that no machine could take started waiting in the admission queue.
+    pub fn connection_queued(&self) {
+        self.connections_queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A queued connection left the queue (admitted, refused or gone).
+    pub fn connection_dequeued(&self) {
+        self.connections_queued.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections waiting in the admission queue now.
+    pub fn queued(&self) -> u64 {
+        self.connections_queued.load(Ordering::Relaxed)
     }
 
     /// Counts one refused connection holding `reservation` (zero for `overloaded`).

@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::health::Upstream;
+use super::proxy_header;
+use crate::config::SendProxy;
 
-/// The time limits of one proxied connection.
+/// The time limits and settings of one proxied connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Connecting to the upstream (`backend.connect_timeout`).
@@ -23,6 +25,9 @@ pub struct Limits {
     /// Nothing moved either way this long (`listener.idle_timeout`, like HAProxy's
     /// `timeout tunnel`); zero = never.
     pub idle: Duration,
+    /// The PROXY protocol header written before the client's first byte
+    /// (`backend.send_proxy`).
+    pub send_proxy: SendProxy,
 }
 
 /// Connects `client` to `upstream` and copies bytes both ways until either side closes,
@@ -43,6 +48,12 @@ pub async fn forward(
     let connected = tokio::time::timeout(limits.connect, TcpStream::connect(upstream.address))
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+    let connected = match connected {
+        Ok(server) if limits.send_proxy != SendProxy::Off => {
+            send_proxy_header(server, &client, limits).await
+        }
+        other => other,
+    };
     let server = match connected {
         Ok(server) => server,
         Err(e) => {
@@ -92,6 +103,20 @@ pub async fn forward(
         bytes_out: server.bytes_read,
         reason,
     })
+}
+
+/// Writes the PROXY header (client's peer address → the balancer's local address of the
+/// client connection) to a freshly connected upstream, within the connect timeout.
+async fn send_proxy_header(
+    mut server: TcpStream,
+    client: &TcpStream,
+    limits: Limits,
+) -> std::io::Result<TcpStream> {
+    let header = proxy_header::header(limits.send_proxy, client.peer_addr()?, client.local_addr()?);
+    tokio::time::timeout(limits.connect, server.write_all(&header))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))?;
+    Ok(server)
 }
 
 /// How a proxied connection went.

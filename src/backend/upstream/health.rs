@@ -76,6 +76,8 @@ pub struct Upstream {
     /// Milliseconds after `base` until which the upstream is ejected (0: not ejected).
     ejected_until_ms: AtomicU64,
     base: Instant,
+    /// Proxied connections it takes at most (`max_connections`; `u64::MAX` = no limit).
+    max_connections: u64,
 }
 
 impl Upstream {
@@ -91,7 +93,20 @@ impl Upstream {
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             base: Instant::now(),
+            max_connections: u64::MAX,
         }
+    }
+
+    /// The same upstream taking at most `limit` proxied connections (`None` = no limit).
+    #[must_use]
+    pub fn with_max_connections(mut self, limit: Option<u32>) -> Self {
+        self.max_connections = limit.map_or(u64::MAX, u64::from);
+        self
+    }
+
+    /// Proxied connections it takes at most (`u64::MAX` = no limit).
+    pub fn max_connections(&self) -> u64 {
+        self.max_connections
     }
 
     /// Whether it may take new connections: up by the active checks and not ejected.

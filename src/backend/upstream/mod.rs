@@ -21,6 +21,7 @@ pub mod forward;
 pub mod health;
 pub mod pool;
 pub mod provider;
+pub mod proxy_header;
 
 use std::sync::Arc;
 
@@ -99,7 +100,10 @@ impl UpstreamFactory {
             .iter()
             .map(|u| {
                 let policy = HealthPolicy::of(&config.backend);
-                Arc::new(Upstream::new(u.address, u.size, policy))
+                Arc::new(
+                    Upstream::new(u.address, u.size, policy)
+                        .with_max_connections(u.max_connections),
+                )
             })
             .collect()
     }
@@ -155,6 +159,10 @@ impl MachineFactory for UpstreamFactory {
     fn pool_size(&self) -> SizeCounts {
         // SPEC §8: the upstreams are the pool.
         self.pool.pool_size()
+    }
+
+    fn queue_when_full(&self) -> bool {
+        true
     }
 
     fn reconfigure(&mut self, config: &Config) {

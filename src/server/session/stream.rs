@@ -21,7 +21,7 @@ const CONNECT_TRIES: usize = 3;
 ///
 /// A connect that fails (within `backend.connect_timeout`) counts against that upstream
 /// and the client is placed again at once, never on a machine that already failed it, up
-/// to `CONNECT_TRIES` upstreams in all.
+/// to `CONNECT_TRIES` (3) upstreams in all.
 pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext) {
     let mut avoid: Vec<MachineId> = Vec::new();
     let mut last_reservation = Units::ZERO;
@@ -40,6 +40,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
                 connect: config.backend.connect_timeout,
                 server: config.backend.server_timeout,
                 idle: config.listener.idle_timeout,
+                send_proxy: config.backend.send_proxy,
             }
         };
         let started = Instant::now();

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Issue 10 item 6: a real HTTP client (`ab -n 2000 -c 20`, apache2-utils) against
+# `python3 -m http.server` (listen backlog 5), directly and through elastic-lb in proxy mode
+# with `max_connections` on the upstream and the admission queue. Passes when no request
+# fails through the balancer and its p99 is within 3 x the direct p99.
+#
+# Usage: scripts/ab-queue.sh [MAX_CONNECTIONS (4)]   (installs apache2-utils with apt-get
+# when `ab` is missing; builds the release binary)
+set -euo pipefail
+MAXCONN="${1:-4}"
+N="${N:-2000}"
+C="${C:-20}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tmp="$(mktemp -d)"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+if ! command -v ab >/dev/null; then
+    echo "installing apache2-utils (ab)" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq apache2-utils >/dev/null
+fi
+
+(cd "$root" && cargo build --release --quiet)
+BIN="${CARGO_TARGET_DIR:-$root/target}/release/elastic-lb"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP_PORT="$(free_port)"
+LB_PORT="$(free_port)"
+ADMIN_PORT="$(free_port)"
+
+mkdir -p "$tmp/www" && echo "hello" >"$tmp/www/index.html"
+(cd "$tmp/www" && exec python3 -m http.server "$UP_PORT" --bind 127.0.0.1 >"$tmp/http.log" 2>&1) &
+pids+=($!)
+
+cat >"$tmp/lb.toml" <<TOML
+[listener]
+address = "127.0.0.1:$LB_PORT"
+[admin]
+address = "127.0.0.1:$ADMIN_PORT"
+[log]
+access = false
+[load]
+connection_min = 1.0
+connection_max = 1.0
+[backend]
+mode = "proxy"
+health_check_interval = "500ms"
+queue_timeout = "10s"
+[[backend.upstreams]]
+address = "127.0.0.1:$UP_PORT"
+max_connections = $MAXCONN
+TOML
+RUST_LOG=warn "$BIN" --config "$tmp/lb.toml" 2>"$tmp/lb.log" &
+pids+=($!)
+
+for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$LB_PORT/" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+run_ab() { ab -q -n "$N" -c "$C" -e "$tmp/$1.csv" "http://127.0.0.1:$2/" >"$tmp/$1.txt" 2>&1 || true; }
+p99() { awk -F, '$1 == "99" { print $2 }' "$tmp/$1.csv"; }
+failed() { awk '/^Failed requests:/ { print $3 }' "$tmp/$1.txt"; }
+complete() { awk '/^Complete requests:/ { print $3 }' "$tmp/$1.txt"; }
+
+run_ab direct "$UP_PORT"
+run_ab lb "$LB_PORT"
+for r in direct lb; do
+    if [ ! -s "$tmp/$r.csv" ]; then
+        echo "ab ($r) did not finish:" >&2
+        tail -5 "$tmp/$r.txt" >&2
+        touch "$tmp/$r.csv"
+    fi
+done
+
+printf '%-8s %10s %8s %10s\n' path complete failed "p99 (ms)"
+for r in direct lb; do
+    printf '%-8s %10s %8s %10s\n' "$r" "$(complete $r)" "$(failed $r)" "$(p99 $r)"
+done
+python3 - "$(p99 direct)" "$(p99 lb)" "$(failed lb)" "$(complete lb)" "$N" <<'PY'
+import sys
+direct, lb, failed, complete, n = sys.argv[1:]
+ok = failed == "0" and complete == n and lb != "" and float(lb) <= 3 * max(float(direct or 0), 1.0)
+print("PASS" if ok else "FAIL", f"(p99 through the balancer {lb} ms, limit 3 x {direct} ms)")
+sys.exit(0 if ok else 1)
+PY

@@ -1,0 +1,76 @@
+//! Admission with a queue (proxy mode, `backend.queue_timeout`): a connection that no
+//! machine can take waits in the dispatcher's [`AdmissionQueue`](super::queue) instead of
+//! being refused at once, and is placed head-first as soon as capacity appears.
+
+use tracing::debug;
+
+use super::dispatcher::Dispatcher;
+use super::handle::AdmitError;
+use super::placement::Placement;
+use super::queue::Waiting;
+use tokio::time::Instant;
+
+impl Dispatcher {
+    /// Places `waiting` now, or queues it when nothing can take it and the factory queues
+    /// (proxy mode); else refuses it.
+    pub(super) fn admit_or_queue(&mut self, waiting: Waiting) {
+        match self.place(waiting.peer, &waiting.avoid, waiting.reservation) {
+            Some(placement) => reply(waiting, Ok(placement)),
+            None if self.factory.queue_when_full() => self.enqueue(waiting),
+            None => {
+                let refused = self.refuse(waiting.peer, waiting.reservation);
+                reply(waiting, Err(refused));
+            }
+        }
+    }
+
+    pub(super) fn enqueue(&mut self, waiting: Waiting) {
+        debug!(peer = %waiting.peer, queued = self.queue.len() + 1, "no machine can take the connection: queued");
+        self.totals.connection_queued();
+        self.queue.push_back(waiting);
+    }
+
+    /// Refuses what waited too long (or went away), then places the queue head-first for as
+    /// long as something can take the head.
+    pub(super) fn serve_queue(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        for gone in self.queue.take_expired(Instant::now()) {
+            self.totals.connection_dequeued();
+            if !gone.reply_tx.is_closed() {
+                let refused = self.refuse(gone.peer, gone.reservation);
+                reply(gone, Err(refused));
+            }
+        }
+        while let Some(head) = self.queue.pop_front() {
+            match self.place(head.peer, &head.avoid, head.reservation) {
+                Some(placement) => {
+                    self.totals.connection_dequeued();
+                    reply(head, Ok(placement));
+                }
+                None => {
+                    self.queue.push_front(head);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Refuses everything queued (the process is shutting down).
+    pub(super) fn refuse_queue(&mut self) {
+        while let Some(waiting) = self.queue.pop_front() {
+            self.totals.connection_dequeued();
+            let refused = self.refuse(waiting.peer, waiting.reservation);
+            reply(waiting, Err(refused));
+        }
+    }
+}
+
+/// Answers a connection; one that went away meanwhile drops its placement, which releases
+/// the reservation again.
+fn reply(waiting: Waiting, result: Result<Placement, AdmitError>) {
+    if let Err(Ok(placement)) = waiting.reply_tx.send(result) {
+        drop(placement);
+    }
+}
