@@ -107,3 +107,54 @@ async fn whitespace_lines_are_empty_and_stray_carriage_returns_are_stripped() {
         "nothing was owed for the blank lines"
     );
 }
+
+/// Found by scripts/soak.sh: a client that pipelines complete lines but does not read its
+/// replies for a while makes the server stop reading (back-pressure), possibly in the middle
+/// of a line it has already sent whole. That pause is the server's doing: the line clock
+/// must not run through it, or such a client is cut off with `ERR timeout line not
+/// completed` after `line_timeout` instead of being governed by `idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_pressure_does_not_count_against_line_timeout() {
+    let mut cfg = test_config();
+    cfg.listener.line_timeout = Duration::from_millis(300);
+    let lb = start_lb(cfg).await;
+    // Small socket buffers on our side, so that the server's send buffer (the kernel grows
+    // it to a few MiB) fills and the server stops reading from us.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    socket.set_send_buffer_size(16 * 1024).expect("SO_SNDBUF");
+    let stream = socket.connect(lb.addr).await.expect("connect");
+    let (mut read_half, mut write_half) = stream.into_split();
+    // 8,192 lines of ~1 KiB (8 MiB): more than the kernel buffers on both sides hold.
+    const LINES: usize = 8192;
+    let line = format!("SMALL {}\n", "x".repeat(1024));
+    let writer = tokio::spawn(async move {
+        for _ in 0..LINES {
+            if write_half.write_all(line.as_bytes()).await.is_err() {
+                return false;
+            }
+        }
+        write_half.shutdown().await.is_ok()
+    });
+    // Read nothing for several line timeouts (well inside idle_timeout, 60 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match read_half.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server answers everything and closes within 20 s");
+    let text = String::from_utf8_lossy(&got);
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERR")).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(text.lines().count(), LINES, "every line answered");
+    assert!(writer.await.expect("writer task"), "every line was written");
+    let s = lb.http_stats().await;
+    assert_eq!(s.totals.requests_ok, LINES as u64, "{:?}", s.totals);
+}

@@ -149,6 +149,8 @@ impl Reader<'_> {
         // When the line now being received began (its first byte arrived); `None` while
         // no partial line is buffered.
         let mut line_started: Option<Instant> = None;
+        // Since when the reader has stopped reading at the memory cap; `None` while reading.
+        let mut capped_since: Option<Instant> = None;
         // The client half-closed: answer what it sent, then stop reading.
         let mut eof = false;
         loop {
@@ -203,15 +205,30 @@ impl Reader<'_> {
             } else if line_started.is_none() {
                 line_started = Some(last_read);
             }
-            let line_deadline = match line_started {
-                Some(start) if !line_timeout.is_zero() => start.checked_add(line_timeout),
-                _ => None,
-            };
             // Owed replies plus unread input past the cap: stop reading until the writer
             // catches up (TCP pushes back on the client meanwhile). With nothing owed the
             // reader always reads: one line is bounded by `max_line_bytes` on its own.
             let capped =
                 !self.in_flight.is_zero() && self.in_flight.bytes() + buf.len() >= MEMORY_CAP;
+            // NOTE: the line clock stops while we are not reading. The rest of a line held
+            // up by our own back-pressure may well be sent already; that client is not slow
+            // but not reading its replies, which the writer bounds by `idle_timeout`.
+            match (capped, capped_since) {
+                (true, None) => capped_since = Some(Instant::now()),
+                (false, Some(since)) => {
+                    capped_since = None;
+                    if let Some(start) = line_started.as_mut() {
+                        *start = start.checked_add(since.elapsed()).unwrap_or(*start);
+                    }
+                }
+                _ => {}
+            }
+            let line_deadline = match line_started {
+                Some(start) if !capped && !line_timeout.is_zero() => {
+                    start.checked_add(line_timeout)
+                }
+                _ => None,
+            };
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled(), if !stopping => {
