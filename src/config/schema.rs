@@ -320,22 +320,7 @@ impl PoolConfig {
 
     /// Pool size of `size`.
     pub fn get(&self, size: Size) -> u32 {
-        match size {
-            Size::Small => self.small,
-            Size::Medium => self.medium,
-            Size::Large => self.large,
-            Size::Xlarge => self.xlarge,
-        }
-    }
-
-    /// Mutable access to the count of `size`.
-    pub fn get_mut(&mut self, size: Size) -> &mut u32 {
-        match size {
-            Size::Small => &mut self.small,
-            Size::Medium => &mut self.medium,
-            Size::Large => &mut self.large,
-            Size::Xlarge => &mut self.xlarge,
-        }
+        self.counts().get(size)
     }
 
     /// All zero.
