@@ -13,11 +13,25 @@
 #   (c) RSS per idle connection at 5,000 open connections   (load --idle, /proc/PID/status)
 #   plus the scale-up reaction time (examples/scale_reaction.rs, in-process).
 #
+# The `proxy` section puts elastic-lb in proxy mode and HAProxy (Debian's package, mode tcp,
+# nbthread 2; installed by this script when missing) in front of the same upstream (the bare
+# server) and compares them, interleaved, on the same three loads: closed loop with both
+# generators, connect+request+close, with CPU per request of each proxy.
+#
 # Every number is compared as a ratio measured in the same run: the machine is shared and
-# noisy. Only loopback addresses are used. Usage: scripts/bench.sh   (env: ROUNDS=2 RUN=5s
-# IDLE=5000 PORT=27070). Takes about a minute and a half after the build.
+# noisy. Only loopback addresses are used.
+#
+#   scripts/bench.sh [all|simulated|proxy]   (env: ROUNDS=2 RUN=5s IDLE=5000 PORT=27070)
+#
+# Takes about a minute and a half per section after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+SECTION=${1:-all}
+case $SECTION in
+all | simulated | proxy) ;;
+*) echo "usage: scripts/bench.sh [all|simulated|proxy]" >&2; exit 2 ;;
+esac
 
 ROUNDS=${ROUNDS:-2}
 RUN=${RUN:-5s}
@@ -109,6 +123,7 @@ gen() {
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" >&2
 
+if [ "$SECTION" != proxy ]; then
 # (a) and (b): both servers up; alternate the client between them.
 start lb; LB_PID=$SERVER_PID
 start bare; BARE_PID=$SERVER_PID
@@ -228,3 +243,135 @@ print(f"\nscale-up reaction (connect of the pushing connection -> new machine li
       f"{re['trials']} trials: p50 {re['p50_us']/1000:.2f} ms, p90 {re['p90_us']/1000:.2f} ms, "
       f"max {re['max_us']/1000:.2f} ms (target <= 10 ms: {verdict})")
 PY
+fi
+
+if [ "$SECTION" != simulated ]; then
+# The proxy section: elastic-lb (proxy mode, one upstream) and HAProxy in front of the same
+# bare server, interleaved.
+if ! command -v haproxy >/dev/null; then
+    echo "installing haproxy (Debian package)" >&2
+    if [ "$(id -u)" = 0 ]; then apt-get install -y haproxy >&2; else sudo apt-get install -y haproxy >&2; fi
+fi
+UP_ADDR=127.0.0.1:$((PORT + 20))
+LBP_ADDR=127.0.0.1:$((PORT + 21))
+HAP_ADDR=127.0.0.1:$((PORT + 22))
+# One medium upstream, connections reserve nothing (as HAProxy has no reservations) and the
+# defaults otherwise: health checks, passive checks, server timeout, idle timeout off as below.
+cat >"$tmp/lbp.toml" <<TOML
+[listener]
+address = "$LBP_ADDR"
+max_connections = 20000
+idle_timeout = "0s"
+[admin]
+address = "off"
+[load]
+connection_min = 0.0
+connection_max = 0.0
+[backend]
+mode = "proxy"
+[[backend.upstreams]]
+address = "$UP_ADDR"
+size = "medium"
+TOML
+# HAProxy as its package ships it, plus what the comparison needs: mode tcp, two threads
+# (one per core, as elastic-lb's runtime), no logging (elastic-lb logs nothing per
+# connection at RUST_LOG=warn either).
+cat >"$tmp/haproxy.cfg" <<CFG
+global
+    nbthread 2
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend fe
+    bind $HAP_ADDR
+    default_backend be
+backend be
+    server up $UP_ADDR
+CFG
+"$BIN/examples/bare_server" "$UP_ADDR" 2>>"$tmp/bare.log" &
+UP_PID=$!; pids+=("$UP_PID")
+wait_port "$UP_ADDR"
+RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lbp.toml" 2>>"$tmp/lbp.log" &
+LBP_PID=$!; pids+=("$LBP_PID")
+wait_port "$LBP_ADDR"
+haproxy -db -f "$tmp/haproxy.cfg" 2>>"$tmp/haproxy.log" &
+HAP_PID=$!; pids+=("$HAP_PID")
+wait_port "$HAP_ADDR"
+echo "haproxy: $(haproxy -v | head -n 1)" >&2
+for round in $(seq "$ROUNDS"); do
+    for srv in lbp hap; do
+        addr=$LBP_ADDR; pid=$LBP_PID
+        [ "$srv" = hap ] && { addr=$HAP_ADDR; pid=$HAP_PID; }
+        echo "round $round: $srv proxy closed loop" >&2
+        gen pa "$srv" "$round" "$pid" -- "$BIN/elastic-lb" load --target "$addr" \
+            --connections 50 --duration "$RUN" --mix small=100 --json
+        echo "round $round: $srv proxy closed loop (pingpong)" >&2
+        gen pp "$srv" "$round" "$pid" -- "$BIN/examples/pingpong" "$addr" 50 "${RUN%s}"
+        echo "round $round: $srv proxy connect-per-request" >&2
+        gen pb "$srv" "$round" "$pid" -- "$BIN/elastic-lb" load --target "$addr" \
+            --connections 16 --duration "$RUN" --mix small=100 --connect-per-request --json
+    done
+done
+stop "$LBP_PID"; stop "$HAP_PID"; stop "$UP_PID"
+
+python3 - "$tmp" "$ROUNDS" <<'PY'
+import json, sys
+tmp, rounds = sys.argv[1], int(sys.argv[2])
+load = lambda p: json.load(open(f"{tmp}/{p}"))
+mean = lambda xs: sum(xs) / len(xs)
+def series(test, srv, key):
+    out = []
+    for r in range(1, rounds + 1):
+        d = load(f"{test}-{srv}-{r}.json")
+        if "requests_failed" in d:
+            assert d["requests_failed"] == 0, f"{test}-{srv}-{r}: {d['errors']}"
+        out.append(d[key] if key != "p99" else d["latency_ms"]["p99"])
+    return out
+def cpu(test, srv, what):
+    out = []
+    for r in range(1, rounds + 1):
+        c, d = load(f"{test}-{srv}-{r}.cpu"), load(f"{test}-{srv}-{r}.json")
+        count = d.get("requests") or d.get("requests_ok")
+        if what == "us_per":
+            out.append(1e6 * c["server_s"] / count)
+        else:
+            out.append(100.0 * c["gen_s"] / c["wall_s"])
+    return out
+rows = []
+def row(name, lb, hap, fmt, target=None, ratio=True):
+    a, b = mean(lb), mean(hap)
+    r = a / b if ratio and b else None
+    ok = ("PASS" if target(a, b, r) else "FAIL") if target else ""
+    rows.append((name, fmt.format(a), fmt.format(b), f"{r:.2f}" if r is not None else "", ok,
+                 " / ".join(fmt.format(x) for x in lb), " / ".join(fmt.format(x) for x in hap)))
+faster = lambda a, b, r: r >= 1.05
+lower = lambda a, b, r: a <= b
+row("(pa) 50 conns closed loop, req/s", series("pa", "lbp", "requests_per_s"),
+    series("pa", "hap", "requests_per_s"), "{:.0f}", faster)
+row("(pa) p99 latency, ms", series("pa", "lbp", "p99"), series("pa", "hap", "p99"), "{:.2f}", lower)
+row("(pa) proxy CPU per request, us", cpu("pa", "lbp", "us_per"), cpu("pa", "hap", "us_per"), "{:.2f}")
+row("(pa) generator CPU, % of a core", cpu("pa", "lbp", "gen"), cpu("pa", "hap", "gen"), "{:.0f}",
+    ratio=False)
+row("(pp) pingpong closed loop, req/s", series("pp", "lbp", "requests_per_s"),
+    series("pp", "hap", "requests_per_s"), "{:.0f}", faster)
+row("(pp) proxy CPU per request, us", cpu("pp", "lbp", "us_per"), cpu("pp", "hap", "us_per"), "{:.2f}")
+row("(pb) connect+request+close, conn/s", series("pb", "lbp", "connections_per_s"),
+    series("pb", "hap", "connections_per_s"), "{:.0f}", faster)
+row("(pb) p99 cycle latency, ms", series("pb", "lbp", "p99"), series("pb", "hap", "p99"), "{:.2f}",
+    lower)
+row("(pb) proxy CPU per connection, us", cpu("pb", "lbp", "us_per"), cpu("pb", "hap", "us_per"),
+    "{:.2f}")
+hdr = ("proxy benchmark", "elastic-lb", "HAProxy", "ratio", "target", "elastic-lb rounds",
+       "HAProxy rounds")
+w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
+line = lambda cells: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(cells)) + " |"
+print()
+print(line(hdr))
+print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+for r in rows:
+    print(line(r))
+PY
+fi

@@ -493,6 +493,22 @@ impl Dispatcher {
     /// Publishes a new routing table when the active machines, the strategy or the routing
     /// settings changed.
     pub(super) fn publish_routes(&mut self) {
+        {
+            // Most calls change nothing: compare before building a table.
+            let current = self.routes.load();
+            let mut active = self.machines.iter().filter(|m| m.info.is_active());
+            let unchanged = current.routing == self.config.dispatcher.routing
+                && current.nudge_above == policy::scale_up_goal(&self.config.autoscaler)
+                && Arc::ptr_eq(&current.strategy, &self.strategy)
+                && current
+                    .machines
+                    .iter()
+                    .all(|m| active.next().is_some_and(|a| Arc::ptr_eq(&a.info, &m.info)))
+                && active.next().is_none();
+            if unchanged {
+                return;
+            }
+        }
         let active = self
             .machines
             .iter()

@@ -1,17 +1,16 @@
 //! Byte forwarding between a client and its machine's upstream.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::health::Upstream;
 use super::proxy_header;
+use super::pump::{self, Pump, Way};
 use crate::config::SendProxy;
 
 /// The time limits and settings of one proxied connection.
@@ -64,11 +63,10 @@ pub async fn forward(
     let idle = limits.idle;
     let _ = server.set_nodelay(true);
     let _ = client.set_nodelay(true);
+    let (mut client, mut server) = (client, server);
     let activity = Activity::default();
-    let mut client = Tracked::new(client, &activity, Side::Client);
-    let mut server = Tracked::new(server, &activity, Side::Server);
     let reason = tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut client, &mut server) => match copied {
+        pumped = pump::pump(&mut client, &mut server, &activity) => match pumped {
             Ok(_) => "closed",
             Err(e) => {
                 debug!(error = %e, "proxied connection ended");
@@ -77,30 +75,31 @@ pub async fn forward(
         },
         _ = activity.idle_for(idle), if !idle.is_zero() => {
             debug!(?idle, "proxied connection idle; closing");
-            let _ = client.inner.shutdown().await;
-            let _ = server.inner.shutdown().await;
+            let _ = client.shutdown().await;
+            let _ = server.shutdown().await;
             "idle timeout"
         }
         _ = activity.unanswered_for(limits.server) => {
             debug!(limit = ?limits.server, "upstream did not answer; closing");
             upstream.record_failure("server timeout");
-            let _ = client.inner.shutdown().await;
-            let _ = server.inner.shutdown().await;
+            let _ = client.shutdown().await;
+            let _ = server.shutdown().await;
             "server timeout"
         }
         _ = stop.cancelled() => {
             // The shutdown grace is over: stop forwarding; both sides see an orderly close.
-            let _ = client.inner.shutdown().await;
-            let _ = server.inner.shutdown().await;
+            let _ = client.shutdown().await;
+            let _ = server.shutdown().await;
             "shutdown"
         }
     };
-    if server.bytes_read > 0 {
+    let bytes = activity.bytes();
+    if bytes.1 > 0 {
         upstream.record_success();
     }
     Ok(Forwarded {
-        bytes_in: client.bytes_read,
-        bytes_out: server.bytes_read,
+        bytes_in: bytes.0,
+        bytes_out: bytes.1,
         reason,
     })
 }
@@ -141,13 +140,9 @@ struct Activity {
     /// 1 + milliseconds after `base` of the first client bytes the upstream has not
     /// answered yet; 0 while nothing is waiting for an answer.
     unanswered_since: AtomicU64,
-}
-
-/// Which side a [`Tracked`] stream is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Client,
-    Server,
+    /// Bytes read from the client and from the upstream so far.
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
 }
 
 impl Default for Activity {
@@ -156,17 +151,20 @@ impl Default for Activity {
             base: tokio::time::Instant::now(),
             last_ms: AtomicU64::new(0),
             unanswered_since: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
         }
     }
 }
 
-impl Activity {
-    fn touch(&self, side: Side) {
+impl Pump for Activity {
+    fn on_read(&self, way: Way, n: usize) {
         let ms = self.base.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
-        match side {
+        match way {
             // The first unanswered client bytes start the server timeout ...
-            Side::Client => {
+            Way::Up => {
+                self.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
                 let _ = self.unanswered_since.compare_exchange(
                     0,
                     ms + 1,
@@ -175,8 +173,21 @@ impl Activity {
                 );
             }
             // ... and any answer stops it.
-            Side::Server => self.unanswered_since.store(0, Ordering::Relaxed),
+            Way::Down => {
+                self.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+                self.unanswered_since.store(0, Ordering::Relaxed);
+            }
         }
+    }
+}
+
+impl Activity {
+    /// Bytes read from the client and from the upstream so far.
+    fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_up.load(Ordering::Relaxed),
+            self.bytes_down.load(Ordering::Relaxed),
+        )
     }
 
     /// Completes once client bytes have waited `limit` for an answer from the upstream.
@@ -207,61 +218,5 @@ impl Activity {
             }
             tokio::time::sleep_until(deadline).await;
         }
-    }
-}
-
-/// A stream that records every read that returns data in an [`Activity`].
-#[derive(Debug)]
-struct Tracked<'a> {
-    inner: TcpStream,
-    activity: &'a Activity,
-    side: Side,
-    /// Bytes read from `inner` so far.
-    bytes_read: u64,
-}
-
-impl<'a> Tracked<'a> {
-    fn new(inner: TcpStream, activity: &'a Activity, side: Side) -> Self {
-        Tracked {
-            inner,
-            activity,
-            side,
-            bytes_read: 0,
-        }
-    }
-}
-
-impl AsyncRead for Tracked<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            self.bytes_read += read as u64;
-            self.activity.touch(self.side);
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Tracked<'_> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -22,6 +22,7 @@ pub mod health;
 pub mod pool;
 pub mod provider;
 pub mod proxy_header;
+mod pump;
 
 use std::sync::Arc;
 

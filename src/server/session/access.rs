@@ -49,7 +49,7 @@ pub(super) fn closed(
     machine: &str,
     started: Instant,
     counters: &ConnCounters,
-    reason: &str,
+    reason: impl std::fmt::Display,
 ) {
     let open_for = started.elapsed();
     ctx.stats.totals.latencies.connection(open_for);
@@ -66,7 +66,7 @@ pub(super) fn closed(
         requests_failed = get(&counters.failed),
         bytes_in = get(&counters.bytes_in),
         bytes_out = get(&counters.bytes_out),
-        reason,
+        %reason,
         "connection closed"
     );
 }

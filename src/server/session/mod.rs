@@ -30,8 +30,10 @@ pub async fn serve(
     peer: SocketAddr,
     ctx: Arc<SessionContext>,
 ) {
+    // Boxed: a session's future is several KiB, and an unboxed one would be copied
+    // whole at every step of the spawn (the task cell, the tracker's wrapper).
     match kind {
-        SessionKind::Lines => line::serve(socket, peer, ctx).await,
-        SessionKind::Stream => stream::serve(socket, peer, &ctx).await,
+        SessionKind::Lines => Box::pin(line::serve(socket, peer, ctx)).await,
+        SessionKind::Stream => Box::pin(stream::serve(socket, peer, &ctx)).await,
     }
 }

@@ -52,8 +52,9 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
                 let counters = ConnCounters::default();
                 counters.bytes_in(usize::try_from(done.bytes_in).unwrap_or(usize::MAX));
                 counters.bytes_out(usize::try_from(done.bytes_out).unwrap_or(usize::MAX));
-                let reason = format!("{} (upstream {})", done.reason, upstream.address);
-                access::closed(ctx, peer, &machine.info.name, started, &counters, &reason);
+                // Formatted only if the access line is written.
+                let reason = format_args!("{} (upstream {})", done.reason, upstream.address);
+                access::closed(ctx, peer, &machine.info.name, started, &counters, reason);
                 return;
             }
             Err((returned, e)) => {
