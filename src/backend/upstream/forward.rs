@@ -11,6 +11,7 @@ use tracing::debug;
 use super::health::Upstream;
 use super::proxy_header;
 use super::pump::{self, Pump, Way};
+use super::sidecar::{self, Either};
 use crate::config::SendProxy;
 
 /// The time limits and settings of one proxied connection.
@@ -65,32 +66,40 @@ pub async fn forward(
     let _ = client.set_nodelay(true);
     let (mut client, mut server) = (client, server);
     let activity = Activity::default();
-    let reason = tokio::select! {
-        pumped = pump::pump(&mut client, &mut server, &activity) => match pumped {
-            Ok(_) => "closed",
-            Err(e) => {
-                debug!(error = %e, "proxied connection ended");
-                "error"
-            }
-        },
-        _ = activity.idle_for(idle), if !idle.is_zero() => {
-            debug!(?idle, "proxied connection idle; closing");
-            let _ = client.shutdown().await;
-            let _ = server.shutdown().await;
-            "idle timeout"
+    // The timers and the shutdown signal are polled only when one of them fires, not on
+    // every read and write (see `sidecar`).
+    let watchdog = async {
+        tokio::select! {
+            _ = activity.idle_for(idle), if !idle.is_zero() => Watchdog::Idle,
+            _ = activity.unanswered_for(limits.server) => Watchdog::Unanswered,
+            _ = stop.cancelled() => Watchdog::Stop,
         }
-        _ = activity.unanswered_for(limits.server) => {
-            debug!(limit = ?limits.server, "upstream did not answer; closing");
-            upstream.record_failure("server timeout");
-            let _ = client.shutdown().await;
-            let _ = server.shutdown().await;
-            "server timeout"
+    };
+    let pumped = sidecar::race(pump::pump(&mut client, &mut server, &activity), watchdog).await;
+    let reason = match pumped {
+        Either::Main(Ok(_)) => "closed",
+        Either::Main(Err(e)) => {
+            debug!(error = %e, "proxied connection ended");
+            "error"
         }
-        _ = stop.cancelled() => {
-            // The shutdown grace is over: stop forwarding; both sides see an orderly close.
+        Either::Side(why) => {
+            let reason = match why {
+                Watchdog::Idle => {
+                    debug!(?idle, "proxied connection idle; closing");
+                    "idle timeout"
+                }
+                Watchdog::Unanswered => {
+                    debug!(limit = ?limits.server, "upstream did not answer; closing");
+                    upstream.record_failure("server timeout");
+                    "server timeout"
+                }
+                // The shutdown grace is over: stop forwarding.
+                Watchdog::Stop => "shutdown",
+            };
+            // Both sides see an orderly close.
             let _ = client.shutdown().await;
             let _ = server.shutdown().await;
-            "shutdown"
+            reason
         }
     };
     let bytes = activity.bytes();
@@ -102,6 +111,16 @@ pub async fn forward(
         bytes_out: bytes.1,
         reason,
     })
+}
+
+/// Why a proxied connection was ended from outside its byte streams.
+enum Watchdog {
+    /// Nothing moved for `listener.idle_timeout`.
+    Idle,
+    /// The upstream left client bytes unanswered for `backend.server_timeout`.
+    Unanswered,
+    /// The shutdown grace is over.
+    Stop,
 }
 
 /// Writes the PROXY header (client's peer address → the balancer's local address of the
