@@ -63,6 +63,8 @@ pub async fn forward(
     };
     let idle = limits.idle;
     let _ = server.set_nodelay(true);
+    // Linux: inherited from the listening socket (`server::bind`).
+    #[cfg(not(target_os = "linux"))]
     let _ = client.set_nodelay(true);
     let (mut client, mut server) = (client, server);
     let activity = Activity::default();
