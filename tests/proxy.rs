@@ -424,3 +424,78 @@ async fn a_frozen_upstream_is_ejected_and_gets_no_new_clients() {
     );
     frozen_task.abort();
 }
+
+/// Connections are placed by their own task while that changes nothing else (proxy
+/// machines never move a connection), and by the dispatcher past the scale-up point: a
+/// burst crossing it from many tasks at once is admitted, counted and released exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_across_the_scale_up_point_is_counted_exactly() {
+    let (a, b, c) = (
+        Echo::start().await,
+        Echo::start().await,
+        Echo::start().await,
+    );
+    // 150 × 0.6 = 90 units: past 50 % of one medium machine, under 50 % of three.
+    let lb = start_lb(proxy_config(0.6, &[&a, &b, &c])).await;
+    let mut tasks = JoinSet::new();
+    for i in 0..150u32 {
+        let addr = lb.addr;
+        tasks.spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let data = i.to_be_bytes();
+            assert_eq!(round_trip(&mut s, &data).await, data);
+            s
+        });
+    }
+    let mut clients = Vec::new();
+    while let Some(client) = tasks.join_next().await {
+        clients.push(client.expect("client task"));
+    }
+    let s = lb.snapshot();
+    assert_eq!(s.totals.connections_admitted, 150, "{s:#?}");
+    assert_eq!(s.totals.connections_open, 150);
+    assert_eq!(s.machines.iter().map(|m| m.connections).sum::<u64>(), 150);
+    let used: f64 = s.machines.iter().map(|m| m.used).sum();
+    assert!((used - 90.0).abs() < 1e-6, "used {used}: {s:#?}");
+    assert!(s.machines.len() >= 2, "scaled up: {s:#?}");
+    assert!(
+        s.machines.iter().all(|m| m.used <= 100.0),
+        "no machine over capacity: {s:#?}"
+    );
+    drop(clients);
+    lb.wait_stats("every connection released", |s| {
+        s.totals.connections_open == 0
+            && s.machines
+                .iter()
+                .all(|m| m.used == 0.0 && m.connections == 0)
+    })
+    .await;
+}
+
+/// A per-upstream `max_connections` holds when many connections race for the last places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_under_a_burst() {
+    let echo = Echo::start().await;
+    let mut cfg = proxy_config(0.0, &[&echo]);
+    cfg.backend.upstreams[0].max_connections = Some(5);
+    cfg.backend.queue_timeout = Duration::from_millis(300);
+    let lb = start_lb(cfg).await;
+    let mut tasks = JoinSet::new();
+    for _ in 0..40 {
+        let addr = lb.addr;
+        tasks.spawn(async move { TcpStream::connect(addr).await.expect("connect") });
+    }
+    let mut clients = Vec::new();
+    while let Some(client) = tasks.join_next().await {
+        clients.push(client.expect("client task"));
+    }
+    // Let every admission settle (queued ones are refused after queue_timeout).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..20 {
+        let s = lb.snapshot();
+        assert!(s.machines[0].connections <= 5, "{s:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lb.snapshot().machines[0].connections, 5);
+    drop(clients);
+}

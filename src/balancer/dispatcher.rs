@@ -35,10 +35,11 @@ use super::handle::{AdmitError, Command};
 use super::placement::{CapacityFreed, Placement, PlacementShared};
 use super::policy::{self, RecommendationWindow, ScaleDownTimer, StepBudget};
 use super::queue::{AdmissionQueue, Waiting};
-use super::routing::{self, Router, RoutingTable, ScaleHint};
+use super::routing::{self, FastAdmission, Router, RoutingTable, ScaleHint};
 use crate::backend::{Machine, MachineFactory};
 use crate::config::Config;
 use crate::core::{MachineId, StrategyKind, Units};
+use crate::strategy::rng::{mix64, AtomicRng};
 use crate::strategy::{self, MachineView, PickRequest, Strategy};
 use crate::telemetry::{self, RefusalLog, ScaleEvent, ScaleEventKind, Topology, Totals};
 
@@ -168,6 +169,11 @@ impl Dispatcher {
         Router {
             table: self.routes.clone(),
             hint: self.hint.clone(),
+            totals: self.totals.clone(),
+            freed: self.freed.clone(),
+            // Derived from the strategy's seed: no extra draw from `rng`, so the reservations
+            // the dispatcher draws stay what a seed always gave.
+            rng: Arc::new(AtomicRng::new(mix64(self.strategy_seed ^ 0x5eed_ad31))),
         }
     }
 
@@ -492,12 +498,26 @@ impl Dispatcher {
 impl Dispatcher {
     /// Publishes a new routing table when the active machines, the strategy or the routing
     /// settings changed.
+    /// Connections may be admitted off the dispatcher when none of them can ever move (proxy
+    /// mode) and no machine drained for health may be about to come back (its recovery is
+    /// checked at admission by the dispatcher).
+    fn fast_admission(&self) -> Option<FastAdmission> {
+        let fixed = !self.machines.is_empty()
+            && self.machines.iter().all(|m| !m.connections_can_move())
+            && self.health_drained.is_empty();
+        fixed.then(|| FastAdmission {
+            reservation_min: self.config.load.connection_min,
+            reservation_max: self.config.load.connection_max,
+        })
+    }
+
     pub(super) fn publish_routes(&mut self) {
         {
             // Most calls change nothing: compare before building a table.
             let current = self.routes.load();
             let mut active = self.machines.iter().filter(|m| m.info.is_active());
             let unchanged = current.routing == self.config.dispatcher.routing
+                && current.admission == self.fast_admission()
                 && current.nudge_above == policy::scale_up_goal(&self.config.autoscaler)
                 && Arc::ptr_eq(&current.strategy, &self.strategy)
                 && current
@@ -515,7 +535,8 @@ impl Dispatcher {
             .filter(|m| m.info.is_active())
             .cloned()
             .collect();
-        let table = routing_table(&self.config, active, self.strategy.clone());
+        let mut table = routing_table(&self.config, active, self.strategy.clone());
+        table.admission = self.fast_admission();
         if !routing::same_routes(&self.routes.load(), &table) {
             self.routes.store(Arc::new(table));
         }
@@ -533,6 +554,7 @@ fn routing_table(
         strategy,
         routing: config.dispatcher.routing,
         nudge_above: policy::scale_up_goal(&config.autoscaler),
+        admission: None,
     }
 }
 

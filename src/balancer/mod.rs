@@ -8,6 +8,7 @@
 //! - [`policy`] — the pure autoscale rules the dispatcher applies.
 //! - [`routing`] — per-request placement by connection tasks, off the dispatcher
 //!   ([`Router`]).
+//! - [`fast_admit`] — proxy mode: connections placed by their own task, off the dispatcher.
 //! - [`placement`] — a connection's binding to a machine ([`Placement`]), which releases
 //!   its reservation on drop from wherever the connection is at that moment.
 //!
@@ -22,6 +23,7 @@
 
 mod admission;
 pub mod dispatcher;
+pub mod fast_admit;
 pub mod handle;
 pub mod placement;
 pub mod policy;

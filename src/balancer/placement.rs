@@ -97,6 +97,20 @@ impl Placement {
         freed: Arc<CapacityFreed>,
     ) -> (Placement, Weak<PlacementShared>) {
         machine.info.reserve(reservation);
+        let placement = Placement::adopt(peer, reservation, machine, totals, freed);
+        let weak = Arc::downgrade(&placement.shared);
+        (placement, weak)
+    }
+
+    /// Binds a new connection from `peer` to `machine`, where `reservation` is already
+    /// reserved, and counts it in `totals`.
+    pub(super) fn adopt(
+        peer: SocketAddr,
+        reservation: Units,
+        machine: Machine,
+        totals: Arc<Totals>,
+        freed: Arc<CapacityFreed>,
+    ) -> Placement {
         totals.connection_admitted();
         let shared = Arc::new(PlacementShared {
             peer,
@@ -105,8 +119,7 @@ impl Placement {
             freed,
             machine: Mutex::new(Some(machine)),
         });
-        let weak = Arc::downgrade(&shared);
-        (Placement { shared }, weak)
+        Placement { shared }
     }
 }
 

@@ -24,10 +24,12 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::placement::Placement;
+use super::placement::{CapacityFreed, Placement};
 use crate::backend::{Job, Machine, SubmitError};
 use crate::config::Routing;
+use crate::strategy::rng::AtomicRng;
 use crate::strategy::{MachineView, PickRequest, Strategy};
+use crate::telemetry::Totals;
 
 /// What request placement reads: published by the dispatcher, read by every connection.
 #[derive(Debug)]
@@ -40,6 +42,19 @@ pub struct RoutingTable {
     pub routing: Routing,
     /// Load (percent) of a picked machine above which the dispatcher is nudged.
     pub nudge_above: f64,
+    /// Whether (and with which reservations) connections may be admitted off the
+    /// dispatcher ([`super::fast_admit`]).
+    pub admission: Option<FastAdmission>,
+}
+
+/// What the dispatcher allows connection tasks to do without it: admit connections
+/// themselves ([`super::fast_admit`]), drawing reservations in this range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FastAdmission {
+    /// `load.connection_min`: the smallest reservation drawn.
+    pub reservation_min: f64,
+    /// `load.connection_max`: the largest reservation drawn.
+    pub reservation_max: f64,
 }
 
 /// Wakes the dispatcher for a scale-up check between ticks, at most once per millisecond.
@@ -91,11 +106,17 @@ pub enum RouteError {
 pub struct Router {
     pub(super) table: Arc<ArcSwap<RoutingTable>>,
     pub(super) hint: Arc<ScaleHint>,
+    /// Connection counts, for connections admitted off the dispatcher.
+    pub(super) totals: Arc<Totals>,
+    /// Wakes the dispatcher when a placement closes while connections are queued.
+    pub(super) freed: Arc<CapacityFreed>,
+    /// Draws the reservations of connections admitted off the dispatcher.
+    pub(super) rng: Arc<AtomicRng>,
 }
 
 thread_local! {
     /// Views reused across requests on this worker thread (no allocation per request).
-    static VIEWS: RefCell<Vec<MachineView>> = const { RefCell::new(Vec::new()) };
+    pub(super) static VIEWS: RefCell<Vec<MachineView>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Router {
@@ -192,6 +213,7 @@ impl Router {
 pub(super) fn same_routes(a: &RoutingTable, b: &RoutingTable) -> bool {
     a.routing == b.routing
         && a.nudge_above == b.nudge_above
+        && a.admission == b.admission
         && Arc::ptr_eq(&a.strategy, &b.strategy)
         && a.machines.len() == b.machines.len()
         && a.machines

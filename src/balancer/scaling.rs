@@ -302,6 +302,9 @@ impl Dispatcher {
     /// Retires draining machines that have no connections and nothing queued.
     pub(super) fn finish_drains(&mut self) {
         let mut i = 0;
+        // Pairs with the fence of `fast_admit`: a connection that reserved on a machine
+        // before seeing it draining is seen here.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         while i < self.machines.len() {
             let info = &self.machines[i].info;
             let done = info.state() == MachineState::Draining

@@ -26,8 +26,19 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
     let mut avoid: Vec<MachineId> = Vec::new();
     let mut last_reservation = Units::ZERO;
     for _ in 0..CONNECT_TRIES {
-        let Ok(placement) = ctx.dispatcher.admit_avoiding(peer, avoid.clone()).await else {
-            return;
+        // Placed by this task when it can be (proxy machines never move a connection), by
+        // the dispatcher otherwise and on every retry.
+        let fast = if avoid.is_empty() {
+            ctx.router.admit_fast(peer)
+        } else {
+            None
+        };
+        let placement = match fast {
+            Some(placement) => placement,
+            None => match ctx.dispatcher.admit_avoiding(peer, avoid.clone()).await {
+                Ok(placement) => placement,
+                Err(_) => return,
+            },
         };
         let machine = placement.machine();
         let Some(upstream) = machine.upstream().cloned() else {
