@@ -56,7 +56,7 @@ impl Router {
             && machine.info.load_percent() <= table.nudge_above
             && machine
                 .upstream()
-                .is_none_or(|u| machine.info.connections() <= u.max_connections());
+                .map_or(true, |u| machine.info.connections() <= u.max_connections());
         if !fast_ok {
             machine.info.release(reservation);
             return None;
