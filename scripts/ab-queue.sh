@@ -2,7 +2,8 @@
 # Issue 10 item 6: a real HTTP client (`ab -n 2000 -c 20`, apache2-utils) against
 # `python3 -m http.server` (listen backlog 5), directly and through elastic-lb in proxy mode
 # with `max_connections` on the upstream and the admission queue. Passes when no request
-# fails through the balancer and its p99 is within 3 x the direct p99.
+# fails through the balancer and its p99 is within 3 x the direct p99. Exit status 1: a
+# request failed; 2: every request served but the p99 was over the limit (timing only).
 #
 # Usage: scripts/ab-queue.sh [MAX_CONNECTIONS (4)]   (installs apache2-utils with apt-get
 # when `ab` is missing; builds the release binary)
@@ -87,7 +88,9 @@ done
 python3 - "$(p99 direct)" "$(p99 lb)" "$(failed lb)" "$(complete lb)" "$N" <<'PY'
 import sys
 direct, lb, failed, complete, n = sys.argv[1:]
-ok = failed == "0" and complete == n and lb != "" and float(lb) <= 3 * max(float(direct or 0), 1.0)
-print("PASS" if ok else "FAIL", f"(p99 through the balancer {lb} ms, limit 3 x {direct} ms)")
-sys.exit(0 if ok else 1)
+served = failed == "0" and complete == n and lb != ""
+fast = served and float(lb) <= 3 * max(float(direct or 0), 1.0)
+print("PASS" if fast else "FAIL", f"(failed {failed or '?'} of {n}; p99 through the balancer {lb or '?'} ms, limit 3 x {direct} ms)")
+# 1: a request failed or never finished; 2: all served, p99 over the limit (timing only).
+sys.exit(0 if fast else 2 if served else 1)
 PY
