@@ -301,6 +301,11 @@ haproxy -db -f "$tmp/haproxy.cfg" 2>>"$tmp/haproxy.log" &
 HAP_PID=$!; pids+=("$HAP_PID")
 wait_port "$HAP_ADDR"
 echo "haproxy: $(haproxy -v | head -n 1)" >&2
+# A short unmeasured warm-up of each path (first connections, page faults, health probes).
+for addr in "$LBP_ADDR" "$HAP_ADDR"; do
+    "$BIN/elastic-lb" load --target "$addr" --connections 50 --duration 1s --mix small=100 \
+        --json >/dev/null
+done
 for round in $(seq "$ROUNDS"); do
     for srv in lbp hap; do
         addr=$LBP_ADDR; pid=$LBP_PID
