@@ -613,3 +613,53 @@ fn provider_keys_are_validated() {
     let e = cfg.validate().expect_err("duplicate address");
     assert!(e.to_string().contains("listed twice"), "{e}");
 }
+
+/// A reload applies each upstream's `max_connections`: lowered, it cuts no connection and
+/// new ones wait in the queue until the upstream is below it; lifted, they flow again.
+#[tokio::test]
+async fn reload_changes_an_upstreams_max_connections() {
+    let a = Echo::start().await;
+    let mut cfg = proxy_config(1.0, &[a.addr]);
+    let lb = start_lb(cfg.clone()).await;
+    let mut first = TcpStream::connect(lb.addr).await.expect("connect");
+    let mut second = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut first, b"1").await, b"1");
+    assert_eq!(round_trip(&mut second, b"2").await, b"2");
+
+    cfg.backend.upstreams[0].max_connections = Some(2);
+    lb.server.reload(cfg.clone()).await;
+    let mut third = TcpStream::connect(lb.addr).await.expect("connect");
+    third.write_all(b"3").await.expect("write");
+    lb.wait_stats("the third connection queued", |s| s.queued_connections == 1)
+        .await;
+    let mut buf = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(200), third.read_exact(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "no answer while the upstream is at its limit"
+    );
+    assert_eq!(
+        round_trip(&mut first, b"x").await,
+        b"x",
+        "open ones keep working"
+    );
+    drop(first);
+    within(
+        "the queued connection is served",
+        third.read_exact(&mut buf),
+    )
+    .await
+    .expect("read");
+    assert_eq!(&buf, b"3");
+
+    cfg.backend.upstreams[0].max_connections = None;
+    lb.server.reload(cfg.clone()).await;
+    let mut more = Vec::new();
+    for i in 0..4u8 {
+        let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+        assert_eq!(round_trip(&mut s, &[i]).await, [i]);
+        more.push(s);
+    }
+    assert_eq!(lb.snapshot().machines[0].connections, 6);
+    drop((second, third, more));
+}

@@ -77,7 +77,8 @@ pub struct Upstream {
     ejected_until_ms: AtomicU64,
     base: Instant,
     /// Proxied connections it takes at most (`max_connections`; `u64::MAX` = no limit).
-    max_connections: u64,
+    /// A reload may change it.
+    max_connections: AtomicU64,
 }
 
 impl Upstream {
@@ -93,20 +94,27 @@ impl Upstream {
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             base: Instant::now(),
-            max_connections: u64::MAX,
+            max_connections: AtomicU64::new(u64::MAX),
         }
     }
 
     /// The same upstream taking at most `limit` proxied connections (`None` = no limit).
     #[must_use]
-    pub fn with_max_connections(mut self, limit: Option<u32>) -> Self {
-        self.max_connections = limit.map_or(u64::MAX, u64::from);
+    pub fn with_max_connections(self, limit: Option<u32>) -> Self {
+        self.set_max_connections(limit);
         self
+    }
+
+    /// Changes the limit (a reload): connections above a lowered limit stay; new ones wait
+    /// until the upstream is below it.
+    pub fn set_max_connections(&self, limit: Option<u32>) {
+        let limit = limit.map_or(u64::MAX, u64::from);
+        self.max_connections.store(limit, Ordering::Relaxed);
     }
 
     /// Proxied connections it takes at most (`u64::MAX` = no limit).
     pub fn max_connections(&self) -> u64 {
-        self.max_connections
+        self.max_connections.load(Ordering::Relaxed)
     }
 
     /// Whether it may take new connections: up by the active checks and not ejected.

@@ -124,6 +124,8 @@ impl UpstreamFactory {
                 // Already there (added at run time, or listed before): it is configured now.
                 self.pool.adopt(u.address);
             }
+            // New or not, its limit is the file's (HAProxy's `maxconn` on reload).
+            self.pool.set_max_connections(u.address, u.max_connections);
         }
     }
 }
@@ -169,7 +171,8 @@ impl MachineFactory for UpstreamFactory {
 
     fn reconfigure(&mut self, config: &Config) {
         // Capacities and queue depth apply to machines acquired from now on; the upstream
-        // list follows `[[backend.upstreams]]` (the other [backend] keys need a restart).
+        // list and each upstream's `max_connections` follow `[[backend.upstreams]]` (the
+        // other [backend] keys need a restart).
         self.apply_upstreams(config);
         self.queue_depth = config.machines.queue_depth;
         self.config = config.clone();

@@ -268,6 +268,14 @@ impl UpstreamPool {
             .collect()
     }
 
+    /// Sets the `max_connections` of the upstream at `address` (a reload).
+    pub fn set_max_connections(&self, address: SocketAddr, limit: Option<u32>) {
+        let state = self.lock();
+        if let Some(e) = state.entries.iter().find(|e| e.upstream.address == address) {
+            e.upstream.set_max_connections(limit);
+        }
+    }
+
     /// Marks an upstream as coming from the configuration (a reload listed an address
     /// that was added at run time). One that is draining because it was removed joins the
     /// pool again once its machine has retired.
