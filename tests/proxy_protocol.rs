@@ -4,6 +4,8 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{fixed_reservation, start_lb, within};
@@ -64,14 +66,22 @@ fn parse_v2(head: &[u8; 16], block: &[u8]) -> Option<Parsed> {
 }
 
 /// An upstream that expects a PROXY header on every connection that sends bytes, reports
-/// what it parsed, then echoes the rest. Health probes (connect, close) send nothing.
-async fn proxy_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Option<Parsed>>) {
+/// what it parsed, then echoes the rest. Health probes send nothing (`send_proxy = off`)
+/// or a LOCAL header (v1 `PROXY UNKNOWN`, v2 command LOCAL), which is counted in `probes`.
+async fn proxy_upstream() -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<Option<Parsed>>,
+    Arc<AtomicUsize>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = mpsc::unbounded_channel();
+    let probes = Arc::new(AtomicUsize::new(0));
+    let counted = probes.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let tx = tx.clone();
+            let counted = counted.clone();
             tokio::spawn(async move {
                 let mut s = BufReader::new(s);
                 let mut first = [0u8; 1];
@@ -83,6 +93,10 @@ async fn proxy_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Option<Parsed>
                     if s.read_line(&mut line).await.is_err() {
                         return;
                     }
+                    if line == "PROXY UNKNOWN\r\n" {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
                     parse_v1(&line)
                 } else {
                     let mut head = [0u8; 16];
@@ -91,6 +105,10 @@ async fn proxy_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Option<Parsed>
                         return;
                     }
                     let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+                    if head[12] == 0x20 && head[13] == 0 && len == 0 {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
                     let mut block = vec![0u8; len];
                     if s.read_exact(&mut block).await.is_err() {
                         return;
@@ -109,7 +127,7 @@ async fn proxy_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Option<Parsed>
             });
         }
     });
-    (addr, rx)
+    (addr, rx, probes)
 }
 
 fn config(upstream: SocketAddr, send_proxy: SendProxy) -> Config {
@@ -126,7 +144,7 @@ fn config(upstream: SocketAddr, send_proxy: SendProxy) -> Config {
 }
 
 async fn header_carries_client_address(version: SendProxy) {
-    let (upstream, mut parsed) = proxy_upstream().await;
+    let (upstream, mut parsed, probes) = proxy_upstream().await;
     let lb = start_lb(config(upstream, version)).await;
     for _ in 0..2 {
         let mut c = TcpStream::connect(lb.addr).await.expect("connect");
@@ -146,6 +164,12 @@ async fn header_carries_client_address(version: SendProxy) {
             "source = client, destination = balancer"
         );
     }
+    // Health probes (every 50 ms) announce themselves as LOCAL, as HAProxy's checks of a
+    // `send-proxy` server do.
+    common::wait_until(Duration::from_secs(5), "a LOCAL probe header", || {
+        probes.load(Ordering::SeqCst) >= 2
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -160,10 +184,11 @@ async fn send_proxy_v2_header_carries_the_client_address() {
 
 #[tokio::test]
 async fn send_proxy_off_adds_no_bytes() {
-    let (upstream, mut parsed) = proxy_upstream().await;
+    let (upstream, mut parsed, probes) = proxy_upstream().await;
     let lb = start_lb(config(upstream, SendProxy::Off)).await;
     let mut c = TcpStream::connect(lb.addr).await.expect("connect");
     c.write_all(b"PING\n").await.expect("write");
     let got = within("first bytes", parsed.recv()).await.expect("running");
     assert_eq!(got, None, "the client's own bytes arrive first, no header");
+    assert_eq!(probes.load(Ordering::SeqCst), 0, "probes send nothing");
 }

@@ -19,13 +19,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::BackendConfig;
+use super::proxy_header;
+use crate::config::{BackendConfig, SendProxy};
 use crate::core::Size;
 
 /// The longest ejection, however often an upstream repeats its failures (64 × eject_for).
@@ -42,6 +44,10 @@ pub struct HealthPolicy {
     pub max_fails: u32,
     /// The first ejection's length.
     pub eject_for: Duration,
+    /// `backend.send_proxy`: probes then start with a PROXY header too (command LOCAL, as
+    /// HAProxy's checks of a `send-proxy` server), so an upstream that requires the header
+    /// does not log every probe as a broken connection.
+    pub send_proxy: SendProxy,
 }
 
 impl HealthPolicy {
@@ -52,6 +58,7 @@ impl HealthPolicy {
             fall: backend.health_check_fall.max(1),
             max_fails: backend.max_fails.max(1),
             eject_for: backend.eject_for,
+            send_proxy: backend.send_proxy,
         }
     }
 }
@@ -196,11 +203,15 @@ impl Upstream {
 }
 
 /// A TCP health probe: can we connect within `limit`?
-pub async fn probe(address: SocketAddr, limit: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(limit, TcpStream::connect(address)).await,
-        Ok(Ok(_))
-    )
+pub async fn probe(address: SocketAddr, limit: Duration, send_proxy: SendProxy) -> bool {
+    let attempt = async {
+        let mut stream = TcpStream::connect(address).await?;
+        if send_proxy != SendProxy::Off {
+            stream.write_all(&proxy_header::local(send_proxy)).await?;
+        }
+        std::io::Result::Ok(())
+    };
+    matches!(tokio::time::timeout(limit, attempt).await, Ok(Ok(())))
 }
 
 /// Probes every upstream once, concurrently; `record` takes each result.
@@ -208,7 +219,7 @@ async fn probe_all(upstreams: &[Arc<Upstream>], limit: Duration, first: bool) {
     let probes = upstreams.iter().map(|u| {
         let u = u.clone();
         tokio::spawn(async move {
-            let ok = probe(u.address, limit).await;
+            let ok = probe(u.address, limit, u.policy.send_proxy).await;
             if first {
                 u.set_initial(ok);
             } else {
@@ -259,6 +270,7 @@ mod tests {
             fall,
             max_fails,
             eject_for: Duration::from_secs(10),
+            send_proxy: SendProxy::Off,
         };
         Upstream::new(SocketAddr::from(([127, 0, 0, 1], 1)), Size::Medium, policy)
     }

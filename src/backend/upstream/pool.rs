@@ -209,9 +209,9 @@ impl UpstreamPool {
             });
         }
         info!(upstream = %address, %size, ?origin, "upstream added");
-        let limit = self.probe_timeout;
+        let (limit, send_proxy) = (self.probe_timeout, self.policy.send_proxy);
         tokio::spawn(async move {
-            let ok = health::probe(upstream.address, limit).await;
+            let ok = health::probe(upstream.address, limit, send_proxy).await;
             upstream.set_initial(ok);
         });
         Ok(())
@@ -460,6 +460,7 @@ mod tests {
             fall: 1,
             max_fails: 3,
             eject_for: Duration::from_secs(10),
+            send_proxy: crate::config::SendProxy::Off,
         };
         UpstreamPool::new(Vec::new(), policy, Duration::from_millis(100), None)
     }

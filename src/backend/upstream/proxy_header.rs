@@ -56,6 +56,21 @@ pub fn header(version: SendProxy, source: SocketAddr, destination: SocketAddr) -
     }
 }
 
+/// The header of a connection the balancer opens on its own behalf (a health probe): v1
+/// `PROXY UNKNOWN`, v2 command LOCAL with no addresses; empty for [`SendProxy::Off`].
+pub fn local(version: SendProxy) -> Vec<u8> {
+    match version {
+        SendProxy::Off => Vec::new(),
+        SendProxy::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        SendProxy::V2 => {
+            let mut out = V2_SIGNATURE.to_vec();
+            // Version 2, command LOCAL; AF_UNSPEC, UNSPEC; no address bytes.
+            out.extend_from_slice(&[0x20, 0x00, 0, 0]);
+            out
+        }
+    }
+}
+
 fn v6(ip: IpAddr) -> Ipv6Addr {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
@@ -98,6 +113,15 @@ mod tests {
         );
         assert_eq!(h, b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n");
         assert!(header(SendProxy::Off, addr("10.0.0.1:1"), addr("10.0.0.2:2")).is_empty());
+    }
+
+    #[test]
+    fn local_headers_for_probes() {
+        assert_eq!(local(SendProxy::V1), b"PROXY UNKNOWN\r\n");
+        let h = local(SendProxy::V2);
+        assert_eq!(&h[..12], &V2_SIGNATURE);
+        assert_eq!(&h[12..], &[0x20, 0x00, 0, 0]);
+        assert!(local(SendProxy::Off).is_empty());
     }
 
     #[test]
