@@ -92,6 +92,9 @@ async fn serve(info: Arc<MachineInfo>, mut jobs_rx: mpsc::Receiver<Job>, ctx: Ba
 /// reply goes out so that a client that has all its replies sees consistent totals.
 fn finish(info: &MachineInfo, totals: &Totals, job: Job, served: bool) {
     info.finish(job.weight);
+    // The time its weight counted toward `used` (from just before it was queued): the
+    // `target` policy's time-averaged load reads it.
+    info.record_held(job.weight, job.queued_at.elapsed());
     let reply = if served {
         totals.request_ok(job.weight);
         totals.latencies.request(job.class, job.queued_at.elapsed());
