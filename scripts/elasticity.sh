@@ -113,7 +113,7 @@ TOML
     if [ "$2" = yes ]; then
         echo "policy = \"$1\""
         if [ "$1" = target ]; then
-            printf 'target = 50.0\ntolerance = 0.1\nmax_step = 4\n'
+            printf 'target = 50.0\ntolerance = 0.1\nscale_up_tolerance = 0.0\nmax_step = 4\n'
         fi
     fi
     printf '[shutdown]\ngrace = "1s"\n'

@@ -12,12 +12,14 @@
 //! - `threshold` — the seeds' rule: acquire while the average is above
 //!   `scale_up_threshold`; retire one machine once it has stayed below
 //!   `scale_down_threshold` for `scale_down_after`.
-//! - `target` — target tracking as in the Kubernetes HPA: with `ratio = average / target`,
-//!   nothing happens while `|ratio − 1| ≤ tolerance`; above the band, machines are acquired
-//!   until the average is back at `target`; below it, the recommendation is
-//!   `ceil(active × ratio)` machines, and one machine is retired once every recommendation
-//!   of the last `scale_down_after` was below the active count (the highest recommendation
-//!   in the window wins, so a dip never retires capacity that the next peak needs).
+//! - `target` — target tracking as in the Kubernetes HPA, on a time-averaged load
+//!   ([`WorkMeter`], [`smoothed_load`]: reservations now plus the request work averaged over
+//!   the last interval, so that one coarse request in service does not move it): with
+//!   `ratio = average / target`, nothing happens while `1 − tolerance ≤ ratio ≤ 1 +
+//!   scale_up_tolerance`; above the band, machines are acquired until the average is back
+//!   at `target`; below it, the recommendation is `ceil(active × ratio)` machines, and the
+//!   set shrinks to the highest recommendation of the last `scale_down_after` once the
+//!   window is full (a dip never retires capacity that the next peak needs).
 //!
 //! The dispatcher applies them: on its periodic tick (every `autoscaler.interval`, inside
 //! the dispatcher task) and right after every admission, so scale-up reacts within the
@@ -46,7 +48,7 @@ pub fn size_preference(preferred: Size) -> Vec<Size> {
 pub fn wants_more(avg_load: f64, cfg: &AutoscalerConfig) -> bool {
     match cfg.policy {
         ScalingPolicy::Threshold => avg_load > cfg.scale_up_threshold,
-        ScalingPolicy::Target => avg_load > cfg.target * (1.0 + cfg.tolerance),
+        ScalingPolicy::Target => avg_load > cfg.target * (1.0 + cfg.up_tolerance()),
     }
 }
 
@@ -59,11 +61,13 @@ pub fn scale_up_goal(cfg: &AutoscalerConfig) -> f64 {
 }
 
 /// The `target` policy's recommendation: `ceil(active × average / target)` machines, or
-/// `active` while the ratio is within the tolerance band (the HPA formula).
+/// `active` while the ratio is within the tolerance band `[1 − tolerance, 1 +
+/// scale_up_tolerance]` (the HPA formula).
 pub fn desired_machines(active: usize, avg_load: f64, cfg: &AutoscalerConfig) -> usize {
     let ratio = avg_load / cfg.target;
     // The epsilon keeps the band's edges inside it despite rounding (55 / 50 − 1 > 0.1).
-    if !ratio.is_finite() || (ratio - 1.0).abs() <= cfg.tolerance + 1e-9 {
+    let in_band = ratio <= 1.0 + cfg.up_tolerance() + 1e-9 && ratio >= 1.0 - cfg.tolerance - 1e-9;
+    if !ratio.is_finite() || in_band {
         return active;
     }
     // Bounded by max_machines, so the cast cannot overflow.
@@ -84,7 +88,7 @@ pub fn wants_fewer(active: usize, avg_load: f64, cfg: &AutoscalerConfig) -> bool
 pub fn retire_ceiling(cfg: &AutoscalerConfig) -> f64 {
     match cfg.policy {
         ScalingPolicy::Threshold => cfg.scale_up_threshold,
-        ScalingPolicy::Target => cfg.target * (1.0 + cfg.tolerance),
+        ScalingPolicy::Target => cfg.target * (1.0 + cfg.up_tolerance()),
     }
 }
 
@@ -429,6 +433,24 @@ mod target_tests {
         assert!(!wants_fewer(3, 40.0, &cfg));
         // Never more than max_machines.
         assert_eq!(desired_machines(10, 400.0, &cfg), 16);
+    }
+
+    #[test]
+    fn scale_up_tolerance_moves_only_the_upper_side_of_the_band() {
+        let cfg = AutoscalerConfig {
+            scale_up_tolerance: Some(0.0),
+            ..target()
+        };
+        // Above the target at all: acquire (back to the target), and recommend more.
+        assert!(wants_more(50.5, &cfg) && !wants_more(50.0, &cfg));
+        assert_eq!(desired_machines(10, 53.0, &cfg), 11);
+        // The lower side stays at tolerance: 45 % does nothing, 44 % recommends fewer.
+        assert!(!wants_fewer(10, 45.0, &cfg));
+        assert_eq!(desired_machines(10, 44.0, &cfg), 9);
+        // A retirement may not take the others past the target.
+        assert_eq!(retire_ceiling(&cfg), 50.0);
+        // Unset: the band is symmetric.
+        assert_eq!(retire_ceiling(&target()), 50.0 * 1.1);
     }
 
     #[test]
