@@ -39,7 +39,12 @@ impl Dispatcher {
         let config = self.config.clone();
         let cfg = &config.autoscaler;
         let now = Instant::now();
-        if !policy::wants_more(self.policy_load(now), cfg) {
+        // `target`: above the band on average over the last interval *and* now, so that
+        // neither one coarse request in service nor a backlog that has already drained (a
+        // stall of the host) acquires a machine. (`threshold`: the same reading twice.)
+        if !policy::wants_more(self.policy_load(now), cfg)
+            || !policy::wants_more(self.average_load(), cfg)
+        {
             return;
         }
         let goal = policy::scale_up_goal(cfg);
