@@ -12,6 +12,8 @@
 #        DURATION=40 (s of load per run)  COOLDOWN=4 (s sampled after it, plot only)
 #        PEAK=400 (req/s)  CONNECTIONS=40  PORT=27270 (admin: PORT+1)  SVG_DIR=docs
 #        WEIGHT=100 (units of a SMALL request)  SERVICE_MS=0.1 (load.requests.service_ms_per_unit)
+#        TARGET=50.0 (autoscaler.target of the target policy; the demand stays defined at
+#        scale_up_threshold = 50)
 #
 # The requests are SMALL lines of weight WEIGHT; with the defaults a request occupies a
 # whole medium machine (100 units) for its 10 ms of service, so the daemon's load counts
@@ -35,6 +37,7 @@ PEAK=${PEAK:-400}
 CONNECTIONS=${CONNECTIONS:-40}
 WEIGHT=${WEIGHT:-100}
 SERVICE_MS=${SERVICE_MS:-0.1}
+TARGET=${TARGET:-50.0}
 PORT=${PORT:-27270}
 SVG_DIR=${SVG_DIR:-docs}
 LB_ADDR=127.0.0.1:$PORT
@@ -113,7 +116,7 @@ TOML
     if [ "$2" = yes ]; then
         echo "policy = \"$1\""
         if [ "$1" = target ]; then
-            printf 'target = 50.0\ntolerance = 0.1\nmax_step = 4\n'
+            printf 'target = %s\ntolerance = 0.1\nscale_up_tolerance = 0.0\nmax_step = 4\n' "$TARGET"
         fi
     fi
     printf '[shutdown]\ngrace = "1s"\n'

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::handle::{AdmitError, Command};
 use super::placement::{CapacityFreed, Placement, PlacementShared};
-use super::policy::{self, RecommendationWindow, ScaleDownTimer, StepBudget};
+use super::policy::{self, RecommendationWindow, ScaleDownTimer, StepBudget, WorkMeter};
 use super::queue::{AdmissionQueue, Waiting};
 use super::routing::{self, FastAdmission, Router, RoutingTable, ScaleHint};
 use crate::backend::{Machine, MachineFactory};
@@ -68,6 +68,8 @@ pub struct Dispatcher {
     pub(super) recommendations: RecommendationWindow,
     /// Acquisitions in the current interval (`autoscaler.max_step`).
     pub(super) step: StepBudget,
+    /// The request work of the active machines, marked on each tick (`target` policy).
+    pub(super) work: WorkMeter,
     /// Draining machines that drain because their upstream went down (not scale-down):
     /// they become active again when it recovers.
     pub(super) health_drained: HashSet<MachineId>,
@@ -139,6 +141,7 @@ impl Dispatcher {
             scale_down: ScaleDownTimer::default(),
             recommendations: RecommendationWindow::default(),
             step: StepBudget::default(),
+            work: WorkMeter::default(),
             health_drained: HashSet::new(),
             routes,
             hint: Arc::new(ScaleHint::new()),
@@ -395,6 +398,7 @@ impl Dispatcher {
         self.recover_healthy();
         self.replace_unhealthy();
         self.top_up();
+        self.mark_work(now);
         self.scale_up();
         // Never fewer machines while connections wait for one.
         if self.queue.is_empty() {

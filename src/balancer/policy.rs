@@ -12,12 +12,14 @@
 //! - `threshold` — the seeds' rule: acquire while the average is above
 //!   `scale_up_threshold`; retire one machine once it has stayed below
 //!   `scale_down_threshold` for `scale_down_after`.
-//! - `target` — target tracking as in the Kubernetes HPA: with `ratio = average / target`,
-//!   nothing happens while `|ratio − 1| ≤ tolerance`; above the band, machines are acquired
-//!   until the average is back at `target`; below it, the recommendation is
-//!   `ceil(active × ratio)` machines, and one machine is retired once every recommendation
-//!   of the last `scale_down_after` was below the active count (the highest recommendation
-//!   in the window wins, so a dip never retires capacity that the next peak needs).
+//! - `target` — target tracking as in the Kubernetes HPA, on a time-averaged load
+//!   ([`WorkMeter`], [`smoothed_load`]: reservations now plus the request work averaged over
+//!   the last interval, so that one coarse request in service does not move it): with
+//!   `ratio = average / target`, nothing happens while `1 − tolerance ≤ ratio ≤ 1 +
+//!   scale_up_tolerance`; above the band, machines are acquired until the average is back
+//!   at `target`; below it, the recommendation is `ceil(active × ratio)` machines, and the
+//!   set shrinks to the highest recommendation of the last `scale_down_after` once the
+//!   window is full (a dip never retires capacity that the next peak needs).
 //!
 //! The dispatcher applies them: on its periodic tick (every `autoscaler.interval`, inside
 //! the dispatcher task) and right after every admission, so scale-up reacts within the
@@ -46,7 +48,7 @@ pub fn size_preference(preferred: Size) -> Vec<Size> {
 pub fn wants_more(avg_load: f64, cfg: &AutoscalerConfig) -> bool {
     match cfg.policy {
         ScalingPolicy::Threshold => avg_load > cfg.scale_up_threshold,
-        ScalingPolicy::Target => avg_load > cfg.target * (1.0 + cfg.tolerance),
+        ScalingPolicy::Target => avg_load > cfg.target * (1.0 + cfg.up_tolerance()),
     }
 }
 
@@ -59,11 +61,13 @@ pub fn scale_up_goal(cfg: &AutoscalerConfig) -> f64 {
 }
 
 /// The `target` policy's recommendation: `ceil(active × average / target)` machines, or
-/// `active` while the ratio is within the tolerance band (the HPA formula).
+/// `active` while the ratio is within the tolerance band `[1 − tolerance, 1 +
+/// scale_up_tolerance]` (the HPA formula).
 pub fn desired_machines(active: usize, avg_load: f64, cfg: &AutoscalerConfig) -> usize {
     let ratio = avg_load / cfg.target;
     // The epsilon keeps the band's edges inside it despite rounding (55 / 50 − 1 > 0.1).
-    if !ratio.is_finite() || (ratio - 1.0).abs() <= cfg.tolerance + 1e-9 {
+    let in_band = ratio <= 1.0 + cfg.up_tolerance() + 1e-9 && ratio >= 1.0 - cfg.tolerance - 1e-9;
+    if !ratio.is_finite() || in_band {
         return active;
     }
     // Bounded by max_machines, so the cast cannot overflow.
@@ -84,7 +88,7 @@ pub fn wants_fewer(active: usize, avg_load: f64, cfg: &AutoscalerConfig) -> bool
 pub fn retire_ceiling(cfg: &AutoscalerConfig) -> f64 {
     match cfg.policy {
         ScalingPolicy::Threshold => cfg.scale_up_threshold,
-        ScalingPolicy::Target => cfg.target * (1.0 + cfg.tolerance),
+        ScalingPolicy::Target => cfg.target * (1.0 + cfg.up_tolerance()),
     }
 }
 
@@ -154,6 +158,96 @@ impl RecommendationWindow {
     }
 }
 
+/// The `target` policy's load signal: the time-weighted mean of the request work of the
+/// active machines over the last `autoscaler.interval`, instead of one instantaneous
+/// reading.
+///
+/// Each machine counts the request work it answered (weight × time held,
+/// [`MachineInfo::work_held`]); the meter adds up the active machines' increments into one
+/// cumulative count and marks it on every tick. The mean over a span is the difference of
+/// two counts divided by the span's length. A request counts when it is answered, with all
+/// the time it was queued or in service, so the mean lags by about one service time and
+/// equals the mean pending weight (Little's law) however coarse the requests are.
+#[derive(Debug, Default)]
+pub struct WorkMeter {
+    /// (tick, cumulative work then, milli-unit·µs), oldest first: the latest mark at or
+    /// before `now − window` and every later one.
+    marks: std::collections::VecDeque<(Instant, u128)>,
+    /// The cumulative work at the last mark.
+    base: u128,
+    /// Each active machine's [`MachineInfo::work_held`] at the last mark.
+    seen: std::collections::HashMap<crate::core::MachineId, u64>,
+}
+
+impl WorkMeter {
+    /// The cumulative work of the active machines among `machines` now: the count at the
+    /// last mark plus what each has answered since (a machine not seen then, since it
+    /// started).
+    fn total(&self, machines: &[&MachineInfo]) -> u128 {
+        let since: u128 = machines
+            .iter()
+            .filter(|m| m.is_active())
+            .map(|m| {
+                let seen = self.seen.get(&m.id).copied().unwrap_or(0);
+                u128::from(m.work_held().wrapping_sub(seen))
+            })
+            .sum();
+        self.base + since
+    }
+
+    /// Marks the cumulative work at `now` (on each tick), keeping the marks that the mean
+    /// over `window` may start from.
+    pub fn mark(&mut self, now: Instant, machines: &[&MachineInfo], window: Duration) {
+        self.base = self.total(machines);
+        self.seen = machines
+            .iter()
+            .filter(|m| m.is_active())
+            .map(|m| (m.id, m.work_held()))
+            .collect();
+        self.marks.push_back((now, self.base));
+        while self
+            .marks
+            .get(1)
+            .is_some_and(|&(t, _)| now.duration_since(t) >= window)
+        {
+            self.marks.pop_front();
+        }
+    }
+
+    /// The mean request work (units) of the active machines among `machines` from the
+    /// latest mark at or before `now − window` (the oldest mark while none is that old) to
+    /// `now`. `None` without a mark at least 1 ms old: then only an instantaneous reading
+    /// exists.
+    pub fn mean(&self, now: Instant, machines: &[&MachineInfo], window: Duration) -> Option<Units> {
+        let &(since, base) = self
+            .marks
+            .iter()
+            .rev()
+            .find(|&&(t, _)| now.duration_since(t) >= window)
+            .or_else(|| self.marks.front())?;
+        let span = now.duration_since(since).as_micros();
+        if span < 1000 {
+            return None;
+        }
+        let mean = self.total(machines).saturating_sub(base) / span;
+        Some(Units(u64::try_from(mean).unwrap_or(u64::MAX)))
+    }
+}
+
+/// The `target` policy's average load (percent) over the active machines among `machines`:
+/// `100 × (Σ reservations now + work) / Σ capacity`, with the request work `work` from
+/// [`WorkMeter::mean`]. Reservations change only when connections come and go, and enter
+/// at once (a burst of connections is acted on in the admission that brought it).
+pub fn smoothed_load(machines: &[&MachineInfo], work: Units) -> f64 {
+    let (reserved, capacity) = machines
+        .iter()
+        .filter(|m| m.is_active())
+        .fold((Units::ZERO, Units::ZERO), |(r, c), m| {
+            (r + m.reserved(), c + m.capacity)
+        });
+    (reserved + work).percent_of(capacity)
+}
+
 /// Tracks how long the policy has recommended fewer machines (a stabilization window).
 #[derive(Debug, Default)]
 pub struct ScaleDownTimer {
@@ -192,7 +286,15 @@ impl ScaleDownTimer {
 /// that the average over the others — with the retiree's reservations moved onto them —
 /// stays at or below [`retire_ceiling`] (`scale_up_threshold` for the threshold policy,
 /// SPEC §5).
-pub fn pick_retiree(machines: &[&MachineInfo], cfg: &AutoscalerConfig) -> Option<usize> {
+///
+/// `work` is the request work the others would carry: `None` counts their pending weights
+/// now (the threshold policy's instantaneous average); `Some(w)` counts `w` instead (the
+/// `target` policy's time-averaged work of all active machines, [`WorkWindow`]).
+pub fn pick_retiree(
+    machines: &[&MachineInfo],
+    work: Option<Units>,
+    cfg: &AutoscalerConfig,
+) -> Option<usize> {
     let active: Vec<usize> = (0..machines.len())
         .filter(|&i| machines[i].is_active())
         .collect();
@@ -210,9 +312,16 @@ pub fn pick_retiree(machines: &[&MachineInfo], cfg: &AutoscalerConfig) -> Option
     let (mut used, mut capacity) = (retiree.reserved(), Units::ZERO);
     for &i in &active {
         if i != candidate {
-            used = used + machines[i].used();
+            used = used
+                + match work {
+                    None => machines[i].used(),
+                    Some(_) => machines[i].reserved(),
+                };
             capacity = capacity + machines[i].capacity;
         }
+    }
+    if let Some(work) = work {
+        used = used + work;
     }
     if used.percent_of(capacity) > retire_ceiling(cfg) {
         return None;
@@ -327,6 +436,24 @@ mod target_tests {
     }
 
     #[test]
+    fn scale_up_tolerance_moves_only_the_upper_side_of_the_band() {
+        let cfg = AutoscalerConfig {
+            scale_up_tolerance: Some(0.0),
+            ..target()
+        };
+        // Above the target at all: acquire (back to the target), and recommend more.
+        assert!(wants_more(50.5, &cfg) && !wants_more(50.0, &cfg));
+        assert_eq!(desired_machines(10, 53.0, &cfg), 11);
+        // The lower side stays at tolerance: 45 % does nothing, 44 % recommends fewer.
+        assert!(!wants_fewer(10, 45.0, &cfg));
+        assert_eq!(desired_machines(10, 44.0, &cfg), 9);
+        // A retirement may not take the others past the target.
+        assert_eq!(retire_ceiling(&cfg), 50.0);
+        // Unset: the band is symmetric.
+        assert_eq!(retire_ceiling(&target()), 50.0 * 1.1);
+    }
+
+    #[test]
     fn threshold_keeps_the_seed_rules() {
         let cfg = AutoscalerConfig::default();
         assert!(wants_more(50.1, &cfg) && !wants_more(50.0, &cfg));
@@ -365,6 +492,116 @@ mod target_tests {
 }
 
 #[cfg(test)]
+mod work_tests {
+    use super::*;
+    use crate::core::{MachineId, MachineState};
+
+    fn machine(id: u32) -> MachineInfo {
+        MachineInfo::new(MachineId(id), Size::Medium, Units::from_whole(100), 8)
+    }
+
+    /// One request of `weight` units held for `ms` milliseconds, answered now.
+    fn answer(m: &MachineInfo, weight: u64, ms: u64) {
+        m.record_held(Units::from_whole(weight), Duration::from_millis(ms));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_mean_is_the_work_answered_over_the_last_interval() {
+        let window = Duration::from_millis(100);
+        let (a, b) = (machine(1), machine(2));
+        let mut meter = WorkMeter::default();
+        let t0 = Instant::now();
+        assert_eq!(meter.mean(t0, &[&a, &b], window), None, "no mark yet");
+        meter.mark(t0, &[&a, &b], window);
+        assert_eq!(meter.mean(t0, &[&a, &b], window), None, "a span under 1 ms");
+        // Ten 10 ms requests of 100 units in 100 ms on the two machines: 100 units on average,
+        // one machine's worth, whatever the instantaneous readings were.
+        for i in 0..10 {
+            answer(if i % 2 == 0 { &a } else { &b }, 100, 10);
+        }
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(
+            meter.mean(t1, &[&a, &b], window),
+            Some(Units::from_whole(100))
+        );
+        meter.mark(t1, &[&a, &b], window);
+        // Half of it in the next 100 ms; the mean starts from the mark at t1.
+        for _ in 0..5 {
+            answer(&a, 100, 10);
+        }
+        let t2 = t1 + Duration::from_millis(100);
+        assert_eq!(
+            meter.mean(t2, &[&a, &b], window),
+            Some(Units::from_whole(50))
+        );
+        // Between ticks the span reaches back to the mark a whole window old: t1 to t2 + 50.
+        meter.mark(t2, &[&a, &b], window);
+        let t3 = t2 + Duration::from_millis(50);
+        assert_eq!(
+            meter.mean(t3, &[&a, &b], window),
+            Some(Units::from_f64(5.0 * 100.0 * 10.0 / 150.0))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_active_machines_count_and_newcomers_from_their_start() {
+        let window = Duration::from_millis(100);
+        let (a, b) = (machine(1), machine(2));
+        answer(&a, 100, 1000); // before the first mark: never counted
+        let mut meter = WorkMeter::default();
+        let t0 = Instant::now();
+        meter.mark(t0, &[&a], window);
+        b.set_state(MachineState::Draining);
+        answer(&a, 100, 10);
+        answer(&b, 100, 10); // draining: not counted
+        let c = machine(3); // joined after the mark: counted from its start
+        answer(&c, 100, 10);
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(
+            meter.mean(t1, &[&a, &b, &c], window),
+            Some(Units::from_whole(20))
+        );
+    }
+
+    #[test]
+    fn the_smoothed_load_adds_reservations_now_to_the_mean_work() {
+        let (a, b) = (machine(1), machine(2));
+        a.reserve(Units::from_whole(30));
+        b.reserve(Units::from_whole(10));
+        // A request in service now does not count; the mean work does.
+        assert!(a.try_enqueue(Units::from_whole(100)));
+        assert_eq!(smoothed_load(&[&a, &b], Units::from_whole(60)), 50.0);
+        b.set_state(crate::core::MachineState::Draining);
+        assert_eq!(smoothed_load(&[&a, &b], Units::from_whole(20)), 50.0);
+    }
+
+    #[test]
+    fn the_retiree_check_can_use_the_mean_work() {
+        let cfg = AutoscalerConfig {
+            policy: ScalingPolicy::Target,
+            ..AutoscalerConfig::default()
+        };
+        let (a, b, c) = (machine(1), machine(2), machine(3));
+        for m in [&a, &b, &c] {
+            m.reserve(Units::from_whole(10));
+        }
+        // One 100-unit request in service on a: instantaneously the others would be at
+        // (10 + 110 + 10) / 200 = 65 % > 55 %, with the mean work of 40 units at 35 %.
+        assert!(a.try_enqueue(Units::from_whole(100)));
+        assert_eq!(pick_retiree(&[&a, &b, &c], None, &cfg), None);
+        assert_eq!(
+            pick_retiree(&[&a, &b, &c], Some(Units::from_whole(40)), &cfg),
+            Some(2)
+        );
+        // With 90 units of mean work: (30 + 90) / 200 = 60 % > 55 %, none may go.
+        assert_eq!(
+            pick_retiree(&[&a, &b, &c], Some(Units::from_whole(90)), &cfg),
+            None
+        );
+    }
+}
+
+#[cfg(test)]
 mod retiree_tests {
     use super::*;
     use crate::core::{MachineId, MachineState};
@@ -379,7 +616,7 @@ mod retiree_tests {
     fn picks_the_least_loaded_and_the_newest_on_ties() {
         let cfg = AutoscalerConfig::default();
         let (a, b, c) = (machine(1, 100, 10), machine(2, 100, 5), machine(3, 100, 5));
-        assert_eq!(pick_retiree(&[&a, &b, &c], &cfg), Some(2));
+        assert_eq!(pick_retiree(&[&a, &b, &c], None, &cfg), Some(2));
     }
 
     #[test]
@@ -389,9 +626,9 @@ mod retiree_tests {
             ..AutoscalerConfig::default()
         };
         let (a, b) = (machine(1, 100, 1), machine(2, 100, 1));
-        assert_eq!(pick_retiree(&[&a, &b], &cfg), None);
+        assert_eq!(pick_retiree(&[&a, &b], None, &cfg), None);
         let c = machine(3, 100, 0);
-        assert_eq!(pick_retiree(&[&a, &b, &c], &cfg), Some(2));
+        assert_eq!(pick_retiree(&[&a, &b, &c], None, &cfg), Some(2));
     }
 
     #[test]
@@ -403,10 +640,10 @@ mod retiree_tests {
             machine(2, 100, 45),
             machine(3, 100, 15),
         );
-        assert_eq!(pick_retiree(&[&a, &b, &c], &cfg), None);
+        assert_eq!(pick_retiree(&[&a, &b, &c], None, &cfg), None);
         // 40 + 40 + 15: 47.5 % is fine.
         let (a, b) = (machine(1, 100, 40), machine(2, 100, 40));
-        assert_eq!(pick_retiree(&[&a, &b, &c], &cfg), Some(2));
+        assert_eq!(pick_retiree(&[&a, &b, &c], None, &cfg), Some(2));
     }
 
     #[test]
@@ -414,6 +651,6 @@ mod retiree_tests {
         let cfg = AutoscalerConfig::default();
         let (a, b) = (machine(1, 100, 10), machine(2, 100, 0));
         b.set_state(MachineState::Draining);
-        assert_eq!(pick_retiree(&[&a, &b], &cfg), None);
+        assert_eq!(pick_retiree(&[&a, &b], None, &cfg), None);
     }
 }

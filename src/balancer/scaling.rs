@@ -38,11 +38,17 @@ impl Dispatcher {
     pub(super) fn scale_up(&mut self) {
         let config = self.config.clone();
         let cfg = &config.autoscaler;
-        if !policy::wants_more(self.average_load(), cfg) {
+        let now = Instant::now();
+        // `target`: above the band on average over the last interval *and* now, so that
+        // neither one coarse request in service nor a backlog that has already drained (a
+        // stall of the host) acquires a machine. (`threshold`: the same reading twice.)
+        if !policy::wants_more(self.policy_load(now), cfg)
+            || !policy::wants_more(self.average_load(), cfg)
+        {
             return;
         }
         let goal = policy::scale_up_goal(cfg);
-        while self.average_load() > goal {
+        while self.policy_load(now) > goal {
             let active = self.active_count();
             if active >= self.usable_work() || !self.step.take(Instant::now(), active, cfg) {
                 break;
@@ -52,6 +58,36 @@ impl Dispatcher {
             };
             self.rebalance_onto(index);
         }
+    }
+
+    /// The average load the policy acts on: `threshold`, the average now (SPEC §5);
+    /// `target`, with the request work averaged over the last `autoscaler.interval`
+    /// ([`policy::WorkMeter`]; the average now until a tick has marked the work).
+    pub(super) fn policy_load(&self, now: Instant) -> f64 {
+        match self.smoothed_work(now) {
+            Some(work) => {
+                let infos: Vec<_> = self.machines.iter().map(|m| &*m.info).collect();
+                policy::smoothed_load(&infos, work)
+            }
+            None => self.average_load(),
+        }
+    }
+
+    /// The `target` policy's time-averaged request work of the active machines; `None`
+    /// for the threshold policy (or before the first tick).
+    fn smoothed_work(&self, now: Instant) -> Option<Units> {
+        let cfg = &self.config.autoscaler;
+        if cfg.policy != ScalingPolicy::Target {
+            return None;
+        }
+        let infos: Vec<_> = self.machines.iter().map(|m| &*m.info).collect();
+        self.work.mean(now, &infos, cfg.interval)
+    }
+
+    /// Marks the active machines' cumulative request work for [`Self::policy_load`].
+    pub(super) fn mark_work(&mut self, now: Instant) {
+        let infos: Vec<_> = self.machines.iter().map(|m| &*m.info).collect();
+        self.work.mark(now, &infos, self.config.autoscaler.interval);
     }
 
     /// How many machines the current work could keep busy: each open connection can hold a
@@ -176,7 +212,8 @@ impl Dispatcher {
     pub(super) fn scale_down(&mut self, now: Instant) {
         let config = self.config.clone();
         let cfg = &config.autoscaler;
-        let (avg, active) = (self.average_load(), self.active_count());
+        let (avg, active) = (self.policy_load(now), self.active_count());
+        let work = self.smoothed_work(now);
         let to_drain = match cfg.policy {
             ScalingPolicy::Threshold => {
                 let fewer = policy::wants_fewer(active, avg, cfg);
@@ -193,17 +230,15 @@ impl Dispatcher {
                 }
             }
         };
-        let mut drained = 0;
+        // The `target` window is not restarted by a drain (as in the HPA): the set may
+        // shrink again as soon as the highest recommendation of the last `scale_down_after`
+        // is lower, e.g. once the readings taken while the load fell have left it.
         for _ in 0..to_drain {
             let infos: Vec<_> = self.machines.iter().map(|m| &*m.info).collect();
-            let Some(index) = policy::pick_retiree(&infos, cfg) else {
+            let Some(index) = policy::pick_retiree(&infos, work, cfg) else {
                 break;
             };
             self.drain(index);
-            drained += 1;
-        }
-        if drained > 0 {
-            self.recommendations.reset();
         }
     }
 

@@ -371,6 +371,10 @@ pub struct AutoscalerConfig {
     pub target: f64,
     /// `target` policy: no change while `|average / target − 1|` is within this.
     pub tolerance: f64,
+    /// `target` policy: acquire once `average / target − 1` passes this instead of
+    /// `tolerance` (the band's upper side; as the HPA's `behavior.scaleUp.tolerance`).
+    /// Unset: `tolerance`.
+    pub scale_up_tolerance: Option<f64>,
     /// At most `max(max_step, active machines)` acquisitions per `interval`.
     pub max_step: usize,
     /// After a scale-up, connections move off machines more than this many points above
@@ -392,9 +396,17 @@ impl Default for AutoscalerConfig {
             policy: ScalingPolicy::Threshold,
             target: 50.0,
             tolerance: 0.1,
+            scale_up_tolerance: None,
             max_step: 4,
             rebalance_tolerance: 10.0,
         }
+    }
+}
+
+impl AutoscalerConfig {
+    /// The `target` band's upper side: `scale_up_tolerance`, or `tolerance` when unset.
+    pub fn up_tolerance(&self) -> f64 {
+        self.scale_up_tolerance.unwrap_or(self.tolerance)
     }
 }
 

@@ -67,6 +67,7 @@ fn to_toml_round_trips_a_custom_config() {
     c.autoscaler.scale_up_threshold = 80.5;
     c.autoscaler.interval = Duration::from_millis(1500);
     c.autoscaler.scale_down_after = Duration::from_millis(250);
+    c.autoscaler.scale_up_tolerance = Some(0.0);
     c.backend.mode = BackendMode::Proxy;
     c.backend.upstreams = vec![
         UpstreamConfig {
@@ -84,6 +85,7 @@ fn to_toml_round_trips_a_custom_config() {
     let text = c.to_toml();
     assert!(text.contains("address = \"off\""), "{text}");
     assert!(text.contains("scale_down_after = \"250ms\""), "{text}");
+    assert!(text.contains("scale_up_tolerance = 0.0"), "{text}");
     assert!(text.contains("[[backend.upstreams]]"), "{text}");
     assert_eq!(Config::from_toml(&text, "check").expect("round trip"), c);
 }
@@ -530,4 +532,16 @@ fn admin_token_is_optional_round_trips_and_is_never_echoed_in_errors() {
         assert!(!msg.contains("words") && !msg.contains("here"), "{msg}");
     }
     rejects("[admin]\ntoken = 42\n", &["x.toml:2: admin.token"]);
+}
+
+#[test]
+fn scale_up_tolerance_is_optional_and_bounded() {
+    assert_eq!(Config::default().autoscaler.scale_up_tolerance, None);
+    assert_eq!(Config::default().autoscaler.up_tolerance(), 0.1);
+    let c = Config::from_toml("[autoscaler]\nscale_up_tolerance = 0.0\n", "x.toml").unwrap();
+    assert_eq!(c.autoscaler.up_tolerance(), 0.0);
+    rejects(
+        "[autoscaler]\nscale_up_tolerance = 1.0\n",
+        &["x.toml:2: autoscaler.scale_up_tolerance = 1.0: must be at least 0 and below 1"],
+    );
 }

@@ -392,6 +392,15 @@ impl Config {
                 "must be at least 0 and below 1 (a fraction of the target)",
             ));
         }
+        if let Some(up) = a.scale_up_tolerance {
+            if !(0.0..1.0).contains(&up) {
+                return Err(ValidationError::new(
+                    "autoscaler.scale_up_tolerance",
+                    float(up),
+                    "must be at least 0 and below 1 (a fraction of the target)",
+                ));
+            }
+        }
         if a.max_step == 0 || a.max_step > MAX_STEP {
             return Err(ValidationError::new(
                 "autoscaler.max_step",

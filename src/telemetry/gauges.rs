@@ -5,6 +5,7 @@
 //! readers (admin API, `STATS`, autoscaler). Nobody locks it to read a load.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,10 @@ pub struct MachineInfo {
     connections: AtomicU64,
     /// Requests waiting plus the one in service.
     queued: AtomicU64,
+    /// Σ weight × time held (queued or in service) of the requests answered here, in
+    /// milli-unit·µs, wrapping: the integral of the pending weights over time, counted when
+    /// each request leaves. Differences of two readings give the request work over a span.
+    work_held: AtomicU64,
     state: AtomicU8,
 }
 
@@ -68,6 +73,7 @@ impl MachineInfo {
             pending: UnitsGauge::default(),
             connections: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            work_held: AtomicU64::new(0),
             state: AtomicU8::new(MachineState::Active as u8),
         }
     }
@@ -118,7 +124,23 @@ impl MachineInfo {
         self.queued.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// A request of `weight` that was counted in `used` for `held` was answered: adds
+    /// `weight × held` to [`Self::work_held`]. Called by the machine's worker next to
+    /// [`Self::finish`]; it does not change `used` or the load.
+    pub fn record_held(&self, weight: Units, held: Duration) {
+        let micros = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+        self.work_held
+            .fetch_add(weight.0.wrapping_mul(micros), Ordering::Relaxed);
+    }
+
     // === readings ===
+
+    /// The cumulative request work answered here, milli-unit·µs (wrapping; see
+    /// [`Self::record_held`]). `b.wrapping_sub(a)` of two readings is the work of the
+    /// requests answered between them.
+    pub fn work_held(&self) -> u64 {
+        self.work_held.load(Ordering::Relaxed)
+    }
 
     /// Used capacity: reservations plus pending request weights (SPEC §1).
     pub fn used(&self) -> Units {
@@ -234,5 +256,16 @@ mod tests {
         m.release(Units::from_f64(7.5));
         assert_eq!(m.used(), Units::ZERO);
         assert_eq!((m.connections(), m.queued()), (0, 0));
+    }
+
+    #[test]
+    fn work_held_adds_weight_times_time_and_leaves_used_alone() {
+        let m = MachineInfo::new(MachineId(1), Size::Medium, Units::from_whole(100), 1);
+        assert_eq!(m.work_held(), 0);
+        m.record_held(Units::from_whole(100), Duration::from_millis(10));
+        m.record_held(Units::from_f64(0.5), Duration::from_micros(3));
+        // 100 000 milli-units × 10 000 µs + 500 × 3.
+        assert_eq!(m.work_held(), 1_000_000_000 + 1_500);
+        assert_eq!(m.used(), Units::ZERO);
     }
 }

@@ -73,25 +73,36 @@ async fn serve(info: Arc<MachineInfo>, mut jobs_rx: mpsc::Receiver<Job>, ctx: Ba
             tokio::select! {
                 biased;
                 _ = ctx.hard_stop.cancelled() => {
-                    finish(&info, &ctx.totals, job, false);
+                    finish(&info, &ctx.totals, job, None);
                     break;
                 }
                 _ = tokio::time::sleep_until(free_at) => {}
             }
+            finish(&info, &ctx.totals, job, Some(free_at));
+        } else {
+            finish(&info, &ctx.totals, job, Some(Instant::now()));
         }
-        finish(&info, &ctx.totals, job, true);
     }
     // Hard stop: answer everything still queued, and refuse what comes later.
     jobs_rx.close();
     while let Some(job) = jobs_rx.recv().await {
-        finish(&info, &ctx.totals, job, false);
+        finish(&info, &ctx.totals, job, None);
     }
 }
 
-/// Answers `job` (`OK …` when `served`, else `ERR shutting-down`), counting it *before* the
-/// reply goes out so that a client that has all its replies sees consistent totals.
-fn finish(info: &MachineInfo, totals: &Totals, job: Job, served: bool) {
+/// Answers `job`: `OK …` when it was served, finishing at `served_at` on the machine's
+/// clock, else `ERR shutting-down`; counted *before* the reply goes out so that a client that
+/// has all its replies sees consistent totals.
+///
+/// The request work it adds for the `target` policy ([`MachineInfo::record_held`]) runs from
+/// its queueing to `served_at`, the end of its service on the simulated clock: the time a
+/// late timer takes to wake the worker after that is not work (the machine is idle then),
+/// although `used` counts the weight until this call.
+fn finish(info: &MachineInfo, totals: &Totals, job: Job, served_at: Option<Instant>) {
     info.finish(job.weight);
+    let ended = served_at.unwrap_or_else(Instant::now);
+    info.record_held(job.weight, ended.saturating_duration_since(job.queued_at));
+    let served = served_at.is_some();
     let reply = if served {
         totals.request_ok(job.weight);
         totals.latencies.request(job.class, job.queued_at.elapsed());
@@ -208,6 +219,34 @@ mod tests {
         assert_eq!(m.info.used(), Units::ZERO);
         assert_eq!(m.info.queued(), 0);
         assert_eq!(totals.snapshot().requests_ok, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_held_runs_from_queueing_to_the_end_of_service_on_the_machine_clock() {
+        let (ctx, config_tx) = ctx();
+        let mut config = Config::default();
+        config.load.requests.service_ms_per_unit = 1.0;
+        config_tx.send_replace(Arc::new(config));
+        let m = spawn(
+            MachineInfo::new(MachineId(1), Size::Medium, Units::from_whole(100), 4),
+            ctx,
+        );
+        // Two jobs of 10 units (10 ms each) queued at once: held 10 ms and 20 ms.
+        let (j1, r1) = job(10, "one");
+        let (j2, r2) = job(10, "two");
+        m.try_submit(j1).unwrap();
+        m.try_submit(j2).unwrap();
+        r1.await.unwrap();
+        r2.await.unwrap();
+        // 10 000 milli-units × (10 000 + 20 000) µs.
+        assert_eq!(m.info.work_held(), 10_000 * 30_000);
+        // A job queued alone is held for its 10 ms of service, however late its reply is
+        // read.
+        let (j3, r3) = job(10, "three");
+        m.try_submit(j3).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        r3.await.unwrap();
+        assert_eq!(m.info.work_held(), 10_000 * 40_000);
     }
 
     #[tokio::test(start_paused = true)]
