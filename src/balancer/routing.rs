@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::placement::Placement;
-use crate::backend::{Job, Machine, SubmitError};
+use crate::backend::{Job, Machine, SubmitError, Submitted};
 use crate::config::Routing;
 use crate::strategy::{MachineView, PickRequest, Strategy};
 
@@ -99,7 +99,7 @@ thread_local! {
 }
 
 impl Router {
-    /// Queues `job` from the connection of `placement`: on the machine the strategy picks
+    /// Queues (or serves, see [`Machine::try_submit`]) `job` from the connection of `placement`: on the machine the strategy picks
     /// among the active machines with queue room, or on the home machine when routing is
     /// per connection.
     ///
@@ -107,12 +107,12 @@ impl Router {
     ///
     /// [`RouteError::Busy`] when no machine the request may go to has room,
     /// [`RouteError::Gone`] after the machines stopped; both hand the job back.
-    pub fn submit(&self, placement: &Placement, job: Job) -> Result<(), RouteError> {
+    pub fn submit(&self, placement: &Placement, job: Job) -> Result<Submitted, RouteError> {
         let table = self.table.load();
         if table.routing == Routing::Connection {
             let machine = placement.machine();
             return match machine.try_submit(job) {
-                Ok(()) => Ok(()),
+                Ok(submitted) => Ok(submitted),
                 Err(SubmitError::QueueFull(job)) => {
                     self.hint.nudge();
                     let message = format!(
@@ -136,7 +136,7 @@ impl Router {
         client_ip: IpAddr,
         mut job: Job,
         views: &mut Vec<MachineView>,
-    ) -> Result<(), RouteError> {
+    ) -> Result<Submitted, RouteError> {
         views.clear();
         views.extend(table.machines.iter().map(|m| MachineView {
             id: m.info.id,
@@ -160,11 +160,11 @@ impl Router {
             };
             let machine = &table.machines[i];
             match machine.try_submit(job) {
-                Ok(()) => {
+                Ok(submitted) => {
                     if machine.info.load_percent() > table.nudge_above {
                         self.hint.nudge();
                     }
-                    return Ok(());
+                    return Ok(submitted);
                 }
                 // Filled up since the view was taken: try another.
                 Err(SubmitError::QueueFull(back)) => job = back,

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! The reader frames lines, answers commands locally and submits work straight to the
-//! connection's machine (never through the dispatcher). For every reply it owes, in
+//! connection's machine (never through the dispatcher); a machine that serves a request on
+//! the spot (instant service, idle machine) answers it at once. For every reply it owes, in
 //! request order, it pushes a `Pending` slot: either a reply that is already known
 //! (`PONG`, `ERR busy`, …) or the receiving half of the machine's oneshot. The writer
 //! (`writer.rs`) takes the slots in order and awaits each one.
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
@@ -34,7 +35,7 @@ use super::access::{self, ConnCounters};
 use super::close::{far_future, linger, refuse, shutting_down};
 use super::context::SessionContext;
 use super::writer::{write_loop, InFlight, Pending, MEMORY_CAP};
-use crate::backend::Job;
+use crate::backend::{Job, Submitted};
 use crate::balancer::{AdmitError, Placement, RouteError};
 use crate::core::{RequestClass, Units};
 use crate::protocol::{self, ErrorCode, Frame, Request};
@@ -387,17 +388,20 @@ impl Reader<'_> {
 
     fn submit(&self, class: RequestClass, weight: Units, payload: Bytes) -> Pending {
         let payload_len = payload.len();
-        let (reply_tx, reply_rx) = oneshot::channel();
         let job = Job {
             class,
             weight,
             payload,
-            reply_tx,
             queued_at: tokio::time::Instant::now(),
         };
         match self.ctx.router.submit(self.placement, job) {
+            // Served on the spot (instant service on an idle machine): counted already.
+            Ok(Submitted::Answered(reply)) => {
+                self.counters.request_ok();
+                Pending::Ready(reply)
+            }
             // `OK <machine> <class> <payload>\n`: the payload plus a few dozen bytes.
-            Ok(()) => Pending::Waiting(reply_rx, payload_len + 32),
+            Ok(Submitted::Queued(reply_rx)) => Pending::Waiting(reply_rx, payload_len + 32),
             Err(RouteError::Busy(_, message)) => {
                 self.fail(weight);
                 Pending::Ready(ErrorCode::Busy.reply(&message))
