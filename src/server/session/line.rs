@@ -38,6 +38,7 @@ use tracing::{debug, Instrument};
 use super::access::{self, ConnCounters};
 use super::close::{far_future, linger, refuse, shutting_down};
 use super::context::SessionContext;
+use super::gate::Gated;
 use super::input::{self, next_config, sleep_until, Direct};
 use super::writer::{write_loop, InFlight, Pending, MEMORY_CAP};
 use crate::backend::{Job, Submitted};
@@ -149,13 +150,11 @@ impl Reader<'_> {
         // NOTE: the waits that last as long as the connection (shutdown, writer gone,
         // reload, idle timer) are created and registered once, not once per read: a
         // shared `Notify` (the shutdown token, the config channel) costs a lock and a list
-        // update per registration, and a timer a wheel update.
-        let shutdown = self.ctx.shutdown.cancelled();
-        tokio::pin!(shutdown);
-        let writer_gone = self.pending_tx.closed();
-        tokio::pin!(writer_gone);
-        let reload = next_config(self.ctx.config.clone());
-        tokio::pin!(reload);
+        // update per registration, and a timer a wheel update. The rare ones are gated
+        // (`gate.rs`): polled again only after they woke the task.
+        let mut shutdown = Gated::new(self.ctx.shutdown.cancelled());
+        let mut writer_gone = Gated::new(self.pending_tx.closed());
+        let mut reload = Gated::new(next_config(self.ctx.config.clone()));
         let mut watching_config = true;
         let mut last_read = Instant::now();
         // Armed for `last_read + idle` or earlier; when it fires early (input came since)
