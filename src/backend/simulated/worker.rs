@@ -180,7 +180,8 @@ fn finish(info: &MachineInfo, totals: &Totals, job: Job, served: bool) -> Bytes 
 
 /// `OK <machine> <class> <payload>\n`, leaving out ` <payload>` when it is empty.
 fn ok_reply(machine: &str, class: RequestClass, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(8 + machine.len() + payload.len());
+    // `OK ` + machine + ` ` + class (6 bytes at most) + ` ` + payload + `\n`.
+    let mut out = BytesMut::with_capacity(12 + machine.len() + payload.len());
     out.put_slice(b"OK ");
     out.put_slice(machine.as_bytes());
     out.put_u8(b' ');
