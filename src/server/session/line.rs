@@ -150,10 +150,13 @@ impl Reader<'_> {
         // NOTE: the waits that last as long as the connection (shutdown, writer gone,
         // reload, idle timer) are created and registered once, not once per read: a
         // shared `Notify` (the shutdown token, the config channel) costs a lock and a list
-        // update per registration, and a timer a wheel update. The rare ones are gated
-        // (`gate.rs`): polled again only after they woke the task.
+        // update per registration, and a timer a wheel update. The two shared ones are
+        // gated (`gate.rs`): polled again only after they woke the task. (The writer's
+        // channel is this connection's own: polling it is cheap, and not gating it saves
+        // memory on every idle connection.)
         let mut shutdown = Gated::new(self.ctx.shutdown.cancelled());
-        let mut writer_gone = Gated::new(self.pending_tx.closed());
+        let writer_gone = self.pending_tx.closed();
+        tokio::pin!(writer_gone);
         let mut reload = Gated::new(next_config(self.ctx.config.clone()));
         let mut watching_config = true;
         let mut last_read = Instant::now();
