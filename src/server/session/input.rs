@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -95,17 +95,17 @@ impl Direct {
             Some(one) => one,
             None => &self.many,
         };
+        let len = bytes.len();
         let written = socket.try_write(bytes).unwrap_or(0);
-        match &mut self.one {
-            Some(one) => {
-                let _ = one.split_to(written);
-                if one.is_empty() {
-                    self.one = None;
-                }
-            }
-            None => {
-                let _ = self.many.split_to(written);
-            }
+        if written == len {
+            // All out (the usual case): nothing to keep, nothing to split, and no buffer
+            // held while the connection waits.
+            self.one = None;
+            self.many = BytesMut::new();
+        } else if let Some(one) = &mut self.one {
+            one.advance(written);
+        } else {
+            self.many.advance(written);
         }
         written
     }
@@ -118,7 +118,7 @@ impl Direct {
         if self.many.is_empty() {
             return None;
         }
-        Some(self.many.split().freeze())
+        Some(std::mem::take(&mut self.many).freeze())
     }
 }
 

@@ -427,13 +427,15 @@ impl Reader<'_> {
         if line.is_empty() {
             return Step::Nothing;
         }
-        if std::str::from_utf8(&line).is_err() {
-            self.fail(Units::ZERO);
-            let reply = ErrorCode::BadRequest.reply("line is not valid UTF-8");
-            return Step::Reply(Pending::Ready(reply));
-        }
         let weights = &config.load.requests;
         let Some(request) = protocol::parse(&line, weights.default_class) else {
+            // `parse` gives nothing for a line that is empty once cleaned or not UTF-8;
+            // which one is checked here, off the path of valid lines (validated once).
+            if std::str::from_utf8(&line).is_err() {
+                self.fail(Units::ZERO);
+                let reply = ErrorCode::BadRequest.reply("line is not valid UTF-8");
+                return Step::Reply(Pending::Ready(reply));
+            }
             return Step::Nothing;
         };
         let reply = match request {
