@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::upstream::health::Upstream;
@@ -22,12 +22,24 @@ pub struct Machine {
 /// Where a machine's work goes.
 #[derive(Debug, Clone)]
 enum Endpoint {
-    /// Sending half of a simulated worker's queue; the worker task owns the receiver. The
-    /// queue closes (and the worker exits once it has drained it) when the last handle is
-    /// dropped, so a connection holding a handle to a retiring machine still gets answers.
-    Worker(mpsc::Sender<Job>),
+    /// A simulated worker: the sending half of its queue (the worker task owns the
+    /// receiver) and what serving a request on the spot needs. The queue closes (and the
+    /// worker exits once it has drained it) when the last handle is dropped, so a
+    /// connection holding a handle to a retiring machine still gets answers.
+    Worker(Arc<dyn JobSink>),
     /// A real upstream server.
     Upstream(Arc<Upstream>),
+}
+
+/// Where a simulated machine's jobs go (implemented by `simulated::worker::WorkerLink`;
+/// a trait so that this file does not import the worker that imports it).
+pub trait JobSink: std::fmt::Debug + Send + Sync {
+    /// Serves `job` on the spot or queues it; see [`Machine::try_submit`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Machine::try_submit`].
+    fn submit(&self, info: &MachineInfo, job: Job) -> Result<Submitted, SubmitError>;
 }
 
 /// Why a job could not be queued.
@@ -42,10 +54,10 @@ pub enum SubmitError {
 }
 
 impl Machine {
-    pub(super) fn worker(info: Arc<MachineInfo>, jobs_tx: mpsc::Sender<Job>) -> Machine {
+    pub(super) fn worker(info: Arc<MachineInfo>, link: Arc<dyn JobSink>) -> Machine {
         Machine {
             info,
-            endpoint: Endpoint::Worker(jobs_tx),
+            endpoint: Endpoint::Worker(link),
         }
     }
 
@@ -56,29 +68,22 @@ impl Machine {
         }
     }
 
-    /// Queues `job` without waiting. Its weight counts toward `used` from now until the
-    /// machine has answered it.
+    /// Queues `job` without waiting, or serves it on the spot when that cannot be told
+    /// apart from queueing it: instant service (`service_ms_per_unit = 0`, or a service
+    /// time that rounds to zero) on a machine with nothing queued or in service. Either way
+    /// the gauges and totals move exactly as for a queued job, and a queued job's weight
+    /// counts toward `used` from now until the machine has answered it.
     ///
     /// # Errors
     ///
     /// [`SubmitError::QueueFull`] when the queue is at `queue_depth`, and
     /// [`SubmitError::MachineGone`] after a hard stop (or on a machine that serves no jobs);
     /// both hand the job back.
-    pub fn try_submit(&self, job: Job) -> Result<(), SubmitError> {
-        let Endpoint::Worker(jobs_tx) = &self.endpoint else {
+    pub fn try_submit(&self, job: Job) -> Result<Submitted, SubmitError> {
+        let Endpoint::Worker(link) = &self.endpoint else {
             return Err(SubmitError::MachineGone(job));
         };
-        let weight = job.weight;
-        if !self.info.try_enqueue(weight) {
-            return Err(SubmitError::QueueFull(job));
-        }
-        jobs_tx.try_send(job).map_err(|e| {
-            self.info.finish(weight);
-            match e {
-                mpsc::error::TrySendError::Full(job) => SubmitError::QueueFull(job),
-                mpsc::error::TrySendError::Closed(job) => SubmitError::MachineGone(job),
-            }
-        })
+        link.submit(&self.info, job)
     }
 
     /// The upstream server this machine fronts, if it fronts one.
@@ -114,6 +119,15 @@ impl Machine {
     }
 }
 
+/// What became of a submitted job.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Served on the spot (and counted): the reply line.
+    Answered(Bytes),
+    /// Queued: the machine answers through this (always exactly once).
+    Queued(oneshot::Receiver<Bytes>),
+}
+
 /// One request on its way to a machine.
 #[derive(Debug)]
 pub struct Job {
@@ -123,8 +137,6 @@ pub struct Job {
     pub weight: Units,
     /// Payload (valid UTF-8, may be empty).
     pub payload: Bytes,
-    /// Where the reply line goes; the connection's writer awaits the other half in order.
-    pub reply_tx: oneshot::Sender<Bytes>,
     /// When it was queued (request latency = queue wait + service, for `/metrics`).
     pub queued_at: Instant,
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{BackendMode, Config};
 
 pub use factory::{BackendContext, FactoryError, MachineFactory};
-pub use machine::{Job, Machine, SubmitError};
+pub use machine::{Job, Machine, SubmitError, Submitted};
 
 /// How the server talks to a client of this backend; chosen once at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

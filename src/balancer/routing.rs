@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::placement::{CapacityFreed, Placement};
-use crate::backend::{Job, Machine, SubmitError};
+use crate::backend::{Job, Machine, SubmitError, Submitted};
 use crate::config::Routing;
 use crate::strategy::rng::AtomicRng;
 use crate::strategy::{MachineView, PickRequest, Strategy};
@@ -120,7 +120,7 @@ thread_local! {
 }
 
 impl Router {
-    /// Queues `job` from the connection of `placement`: on the machine the strategy picks
+    /// Queues (or serves, see [`Machine::try_submit`]) `job` from the connection of `placement`: on the machine the strategy picks
     /// among the active machines with queue room, or on the home machine when routing is
     /// per connection.
     ///
@@ -128,12 +128,12 @@ impl Router {
     ///
     /// [`RouteError::Busy`] when no machine the request may go to has room,
     /// [`RouteError::Gone`] after the machines stopped; both hand the job back.
-    pub fn submit(&self, placement: &Placement, job: Job) -> Result<(), RouteError> {
+    pub fn submit(&self, placement: &Placement, job: Job) -> Result<Submitted, RouteError> {
         let table = self.table.load();
         if table.routing == Routing::Connection {
             let machine = placement.machine();
             return match machine.try_submit(job) {
-                Ok(()) => Ok(()),
+                Ok(submitted) => Ok(submitted),
                 Err(SubmitError::QueueFull(job)) => {
                     self.hint.nudge();
                     let message = format!(
@@ -157,7 +157,7 @@ impl Router {
         client_ip: IpAddr,
         mut job: Job,
         views: &mut Vec<MachineView>,
-    ) -> Result<(), RouteError> {
+    ) -> Result<Submitted, RouteError> {
         views.clear();
         views.extend(table.machines.iter().map(|m| MachineView {
             id: m.info.id,
@@ -181,11 +181,11 @@ impl Router {
             };
             let machine = &table.machines[i];
             match machine.try_submit(job) {
-                Ok(()) => {
+                Ok(submitted) => {
                     if machine.info.load_percent() > table.nudge_above {
                         self.hint.nudge();
                     }
-                    return Ok(());
+                    return Ok(submitted);
                 }
                 // Filled up since the view was taken: try another.
                 Err(SubmitError::QueueFull(back)) => job = back,

@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatcher::Dispatcher;
 use super::handle::AdmitError;
 use crate::backend::simulated::LocalFactory;
-use crate::backend::{BackendContext, Job};
+use crate::backend::{BackendContext, Job, Submitted};
 use crate::config::Config;
 use crate::core::{MachineState, RequestClass, Size, Units};
 use crate::telemetry::Totals;
@@ -100,15 +100,15 @@ async fn drain_moves_connections_and_lets_queued_requests_finish() {
     assert_eq!(p2.machine().info.name, "m2");
 
     // A slow request queued on m2 before it drains.
-    let (reply_tx, reply_rx) = oneshot::channel();
     let job = Job {
         class: RequestClass::Large,
         weight: Units::from_whole(10),
         payload: bytes::Bytes::new(),
-        reply_tx,
         queued_at: tokio::time::Instant::now(),
     };
-    p2.machine().try_submit(job).unwrap();
+    let Ok(Submitted::Queued(reply_rx)) = p2.machine().try_submit(job) else {
+        panic!("a slow request is queued");
+    };
 
     d.drain(1);
     let (m1, m2) = (d.machines[0].info.clone(), d.machines[1].info.clone());

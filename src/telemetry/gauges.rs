@@ -117,6 +117,22 @@ impl MachineInfo {
         true
     }
 
+    /// Takes the service slot of an idle machine (nothing queued or in service) for a
+    /// request of `weight`, as [`Self::try_enqueue`] would; false (and nothing counted) when
+    /// the machine is not idle. Pairs with [`Self::finish`]. A request served this way
+    /// cannot overtake one that was queued before it.
+    pub fn try_start(&self, weight: Units) -> bool {
+        if self
+            .queued
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.pending.add(weight);
+        true
+    }
+
     /// A request of `weight` left the queue: answered, or handed back unsent. Pairs with
     /// a successful [`Self::try_enqueue`].
     pub fn finish(&self, weight: Units) {

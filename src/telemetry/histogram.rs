@@ -1,9 +1,10 @@
 //! Fixed-bucket latency histograms, lock-free, in the shape Prometheus exposes them.
 //!
 //! Each histogram is a row of atomic counters, one per upper bound (`le`), plus the sum
-//! and count of the observations; recording is three relaxed atomic adds and a short
-//! search. The admin endpoint renders [`HistogramSnapshot`]s as `_bucket`, `_sum` and
-//! `_count` series.
+//! of the observations; their count is the sum of the buckets (no counter of its own: one
+//! atomic add less per request, and `_count` always equals the `+Inf` bucket). Recording
+//! is two relaxed atomic adds and a short search. The admin endpoint renders
+//! [`HistogramSnapshot`]s as `_bucket`, `_sum` and `_count` series.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,14 +22,13 @@ const CONNECTION_BOUNDS_S: [f64; 10] = [
     0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0,
 ];
 
-/// One histogram: a counter per bound plus the overflow (`+Inf`), the sum and the count.
+/// One histogram: a counter per bound plus the overflow (`+Inf`), and the sum.
 #[derive(Debug)]
 pub struct Histogram {
     bounds_s: &'static [f64],
     /// Observations per bucket (not cumulative); the last one is `+Inf`.
     buckets: Vec<AtomicU64>,
     sum_ns: AtomicU64,
-    count: AtomicU64,
 }
 
 impl Histogram {
@@ -38,7 +38,6 @@ impl Histogram {
             bounds_s,
             buckets: (0..=bounds_s.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_ns: AtomicU64::new(0),
-            count: AtomicU64::new(0),
         }
     }
 
@@ -49,7 +48,6 @@ impl Histogram {
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let ns = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A plain copy with cumulative bucket counts.
@@ -64,7 +62,8 @@ impl Histogram {
             bounds_s: self.bounds_s.to_vec(),
             cumulative,
             sum_s: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
-            count: self.count.load(Ordering::Relaxed),
+            // Every observation lands in exactly one bucket (`+Inf` included).
+            count: running,
         }
     }
 }

@@ -5,16 +5,21 @@
 //! every [`Machine`] handle is gone and the queue is empty, or — at the end of the shutdown
 //! grace — when the hard-stop token fires, after answering what is still queued with
 //! `ERR shutting-down`.
+//!
+//! Connections reach the worker through its [`WorkerLink`]. When service is instant and the
+//! machine has nothing queued or in service, the link serves the request in the connection's
+//! own task instead ([`WorkerLink::submit`]): the same gauges, totals and reply, without the
+//! two task wake-ups (queue in, reply out) that a round trip through the worker costs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::backend::factory::BackendContext;
-use crate::backend::machine::{Job, Machine};
+use crate::backend::machine::{Job, JobSink, Machine, SubmitError, Submitted};
 use crate::core::{RequestClass, Units};
 use crate::protocol;
 use crate::telemetry::{MachineInfo, Totals};
@@ -29,12 +34,82 @@ pub fn spawn(info: MachineInfo, ctx: BackendContext) -> Machine {
     // the channel is sized so that it is never the tighter bound.
     let (jobs_tx, jobs_rx) = mpsc::channel(info.queue_depth + 1);
     let info = Arc::new(info);
+    let link = Arc::new(WorkerLink {
+        jobs_tx,
+        ctx: ctx.clone(),
+    });
     tokio::spawn(serve(info.clone(), jobs_rx, ctx));
-    Machine::worker(info, jobs_tx)
+    Machine::worker(info, link)
+}
+
+/// A job in the worker's queue, with where its reply goes.
+#[derive(Debug)]
+struct Queued {
+    job: Job,
+    /// The connection's writer awaits the other half, in request order.
+    reply_tx: oneshot::Sender<Bytes>,
+}
+
+/// The connections' side of a worker: its queue, plus what serving a request on the spot
+/// needs. Shared by every handle of the machine; the queue closes when the last one goes.
+#[derive(Debug)]
+pub struct WorkerLink {
+    /// Sending half of the queue; the worker task owns the receiver.
+    jobs_tx: mpsc::Sender<Queued>,
+    /// Configuration (service time), totals and the hard-stop token, as the worker has.
+    ctx: BackendContext,
+}
+
+// === impl WorkerLink ===
+
+impl JobSink for WorkerLink {
+    /// Serves `job` on the spot when the worker would have served it at once and instantly,
+    /// else queues it. See [`Machine::try_submit`].
+    fn submit(&self, info: &MachineInfo, job: Job) -> Result<Submitted, SubmitError> {
+        let weight = job.weight;
+        // NOTE: serving here is indistinguishable from a round trip through the worker: the
+        // machine is idle (nothing queued or in service, so FIFO order is kept), the service
+        // time is zero, and the slot is taken and given back with the same gauge updates
+        // (`queued` 0 → 1 → 0, `pending` + w − w) and counted like `finish` counts. After the
+        // hard stop the queue path answers (`ERR shutting-down`), as before.
+        if !self.ctx.hard_stop.is_cancelled()
+            && self.instant(info, weight)
+            && info.try_start(weight)
+        {
+            return Ok(Submitted::Answered(finish(
+                info,
+                &self.ctx.totals,
+                job,
+                Some(Instant::now()),
+            )));
+        }
+        if !info.try_enqueue(weight) {
+            return Err(SubmitError::QueueFull(job));
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        match self.jobs_tx.try_send(Queued { job, reply_tx }) {
+            Ok(()) => Ok(Submitted::Queued(reply_rx)),
+            Err(e) => {
+                info.finish(weight);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(q) => SubmitError::QueueFull(q.job),
+                    mpsc::error::TrySendError::Closed(q) => SubmitError::MachineGone(q.job),
+                })
+            }
+        }
+    }
+}
+
+impl WorkerLink {
+    /// Whether a request of `weight` takes no time on this machine.
+    fn instant(&self, info: &MachineInfo, weight: Units) -> bool {
+        let ms_per_unit = self.ctx.config.borrow().load.requests.service_ms_per_unit;
+        service_time(weight, info.capacity, ms_per_unit).is_zero()
+    }
 }
 
 /// The machine task: FIFO service until the queue closes or the hard stop fires.
-async fn serve(info: Arc<MachineInfo>, mut jobs_rx: mpsc::Receiver<Job>, ctx: BackendContext) {
+async fn serve(info: Arc<MachineInfo>, mut jobs_rx: mpsc::Receiver<Queued>, ctx: BackendContext) {
     // NOTE: service is simulated on a virtual clock. A job that was already waiting starts
     // when the previous one finished (`free_at`), one that finds the machine idle starts
     // now, and the worker sleeps until the job's finish. Timer granularity (1 ms in tokio)
@@ -46,21 +121,23 @@ async fn serve(info: Arc<MachineInfo>, mut jobs_rx: mpsc::Receiver<Job>, ctx: Ba
         if ctx.hard_stop.is_cancelled() {
             break;
         }
-        let (job, waited) = match jobs_rx.try_recv() {
-            Ok(job) => (job, true),
+        let (Queued { job, reply_tx }, waited) = match jobs_rx.try_recv() {
+            Ok(queued) => (queued, true),
             Err(mpsc::error::TryRecvError::Disconnected) => return,
             Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
                 biased;
                 _ = ctx.hard_stop.cancelled() => break,
-                job = jobs_rx.recv() => match job {
-                    Some(job) => (job, false),
+                queued = jobs_rx.recv() => match queued {
+                    Some(queued) => (queued, false),
                     None => return, // every handle dropped and the queue is empty
                 },
             },
         };
         let ms_per_unit = ctx.config.borrow().load.requests.service_ms_per_unit;
         let service = service_time(job.weight, info.capacity, ms_per_unit);
-        if !service.is_zero() {
+        let served_at = if service.is_zero() {
+            Instant::now()
+        } else {
             let start = if waited {
                 free_at
             } else {
@@ -73,51 +150,49 @@ async fn serve(info: Arc<MachineInfo>, mut jobs_rx: mpsc::Receiver<Job>, ctx: Ba
             tokio::select! {
                 biased;
                 _ = ctx.hard_stop.cancelled() => {
-                    finish(&info, &ctx.totals, job, None);
+                    // The connection may be gone; the request was still counted.
+                    let _ = reply_tx.send(finish(&info, &ctx.totals, job, None));
                     break;
                 }
                 _ = tokio::time::sleep_until(free_at) => {}
             }
-            finish(&info, &ctx.totals, job, Some(free_at));
-        } else {
-            finish(&info, &ctx.totals, job, Some(Instant::now()));
-        }
+            free_at
+        };
+        let _ = reply_tx.send(finish(&info, &ctx.totals, job, Some(served_at)));
     }
     // Hard stop: answer everything still queued, and refuse what comes later.
     jobs_rx.close();
-    while let Some(job) = jobs_rx.recv().await {
-        finish(&info, &ctx.totals, job, None);
+    while let Some(Queued { job, reply_tx }) = jobs_rx.recv().await {
+        let _ = reply_tx.send(finish(&info, &ctx.totals, job, None));
     }
 }
 
-/// Answers `job`: `OK …` when it was served, finishing at `served_at` on the machine's
-/// clock, else `ERR shutting-down`; counted *before* the reply goes out so that a client that
-/// has all its replies sees consistent totals.
+/// The reply to `job`: `OK …` when it was served, finishing at `served_at` on the machine's
+/// clock, else `ERR shutting-down`; counted *before* it goes out so that a client that has
+/// all its replies sees consistent totals.
 ///
 /// The request work it adds for the `target` policy ([`MachineInfo::record_held`]) runs from
 /// its queueing to `served_at`, the end of its service on the simulated clock: the time a
 /// late timer takes to wake the worker after that is not work (the machine is idle then),
 /// although `used` counts the weight until this call.
-fn finish(info: &MachineInfo, totals: &Totals, job: Job, served_at: Option<Instant>) {
+fn finish(info: &MachineInfo, totals: &Totals, job: Job, served_at: Option<Instant>) -> Bytes {
     info.finish(job.weight);
     let ended = served_at.unwrap_or_else(Instant::now);
     info.record_held(job.weight, ended.saturating_duration_since(job.queued_at));
-    let served = served_at.is_some();
-    let reply = if served {
+    if served_at.is_some() {
         totals.request_ok(job.weight);
         totals.latencies.request(job.class, job.queued_at.elapsed());
         ok_reply(&info.name, job.class, &job.payload)
     } else {
         totals.request_failed(job.weight);
         protocol::ErrorCode::ShuttingDown.reply("server is shutting down")
-    };
-    // The connection may be gone; the request was still served and counted.
-    let _ = job.reply_tx.send(reply);
+    }
 }
 
 /// `OK <machine> <class> <payload>\n`, leaving out ` <payload>` when it is empty.
 fn ok_reply(machine: &str, class: RequestClass, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(8 + machine.len() + payload.len());
+    // `OK ` + machine + ` ` + class (6 bytes at most) + ` ` + payload + `\n`.
+    let mut out = BytesMut::with_capacity(12 + machine.len() + payload.len());
     out.put_slice(b"OK ");
     out.put_slice(machine.as_bytes());
     out.put_u8(b' ');
@@ -147,8 +222,6 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use tokio::sync::oneshot;
-
     use crate::backend::machine::SubmitError;
     use crate::config::Config;
     use crate::core::{MachineId, Size};
@@ -163,16 +236,21 @@ mod tests {
         (ctx, config_tx)
     }
 
-    fn job(weight: u64, payload: &'static str) -> (Job, oneshot::Receiver<Bytes>) {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let job = Job {
+    fn job(weight: u64, payload: &'static str) -> Job {
+        Job {
             class: RequestClass::Small,
             weight: Units::from_whole(weight),
             payload: Bytes::from_static(payload.as_bytes()),
-            reply_tx,
             queued_at: Instant::now(),
-        };
-        (job, reply_rx)
+        }
+    }
+
+    /// Submits `job`, which must be queued (not served on the spot).
+    fn queue(m: &Machine, job: Job) -> oneshot::Receiver<Bytes> {
+        match m.try_submit(job) {
+            Ok(Submitted::Queued(reply_rx)) => reply_rx,
+            other => panic!("expected a queued job, got {other:?}"),
+        }
     }
 
     #[test]
@@ -209,10 +287,8 @@ mod tests {
             MachineInfo::new(MachineId(1), Size::Medium, Units::from_whole(100), 4),
             ctx,
         );
-        let (j1, r1) = job(5, "one");
-        let (j2, r2) = job(1, "two");
-        m.try_submit(j1).unwrap();
-        m.try_submit(j2).unwrap();
+        let r1 = queue(&m, job(5, "one"));
+        let r2 = queue(&m, job(1, "two"));
         assert_eq!(m.info.used(), Units::from_whole(6));
         assert_eq!(&r1.await.unwrap()[..], b"OK m1 small one\n");
         assert_eq!(&r2.await.unwrap()[..], b"OK m1 small two\n");
@@ -232,18 +308,15 @@ mod tests {
             ctx,
         );
         // Two jobs of 10 units (10 ms each) queued at once: held 10 ms and 20 ms.
-        let (j1, r1) = job(10, "one");
-        let (j2, r2) = job(10, "two");
-        m.try_submit(j1).unwrap();
-        m.try_submit(j2).unwrap();
+        let r1 = queue(&m, job(10, "one"));
+        let r2 = queue(&m, job(10, "two"));
         r1.await.unwrap();
         r2.await.unwrap();
         // 10 000 milli-units × (10 000 + 20 000) µs.
         assert_eq!(m.info.work_held(), 10_000 * 30_000);
         // A job queued alone is held for its 10 ms of service, however late its reply is
         // read.
-        let (j3, r3) = job(10, "three");
-        m.try_submit(j3).unwrap();
+        let r3 = queue(&m, job(10, "three"));
         tokio::time::sleep(Duration::from_millis(50)).await;
         r3.await.unwrap();
         assert_eq!(m.info.work_held(), 10_000 * 40_000);
@@ -259,11 +332,11 @@ mod tests {
         let mut replies = Vec::new();
         let mut full = 0;
         for _ in 0..5 {
-            let (j, r) = job(10, "x");
-            match m.try_submit(j) {
-                Ok(()) => replies.push(r),
+            match m.try_submit(job(10, "x")) {
+                Ok(Submitted::Queued(r)) => replies.push(r),
                 Err(SubmitError::QueueFull(_)) => full += 1,
                 Err(e) => panic!("unexpected {e}"),
+                Ok(Submitted::Answered(_)) => panic!("a 10 ms job is never served on the spot"),
             }
         }
         // One in service + one waiting; the rest were refused and left no weight behind.
@@ -284,15 +357,42 @@ mod tests {
             MachineInfo::new(MachineId(3), Size::Small, Units::from_whole(50), 8),
             ctx,
         );
-        let (j1, r1) = job(10, "a");
-        let (j2, r2) = job(10, "b");
-        m.try_submit(j1).unwrap();
-        m.try_submit(j2).unwrap();
+        let r1 = queue(&m, job(10, "a"));
+        let r2 = queue(&m, job(10, "b"));
         stop.cancel();
         assert!(r1.await.unwrap().starts_with(b"ERR shutting-down"));
         assert!(r2.await.unwrap().starts_with(b"ERR shutting-down"));
         let t = totals.snapshot();
         assert_eq!((t.requests_ok, t.requests_failed), (0, 2));
+        assert_eq!(m.info.used(), Units::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn instant_service_on_an_idle_machine_is_answered_on_the_spot() {
+        let (ctx, config_tx) = ctx();
+        let totals = ctx.totals.clone();
+        let mut config = Config::default();
+        config.load.requests.service_ms_per_unit = 0.0;
+        config_tx.send(Arc::new(config)).unwrap();
+        let m = spawn(
+            MachineInfo::new(MachineId(2), Size::Medium, Units::from_whole(100), 4),
+            ctx,
+        );
+        match m.try_submit(job(5, "now")) {
+            Ok(Submitted::Answered(line)) => assert_eq!(&line[..], b"OK m2 small now\n"),
+            other => panic!("expected an answer on the spot, got {other:?}"),
+        }
+        // Counted exactly as the worker counts, and nothing left behind.
+        assert_eq!(m.info.used(), Units::ZERO);
+        assert_eq!(m.info.queued(), 0);
+        let t = totals.snapshot();
+        assert_eq!((t.requests_ok, t.requests_failed), (1, 0));
+
+        // A machine with work queued or in service keeps FIFO order: the job is queued.
+        assert!(m.info.try_start(Units::from_whole(1)));
+        let r = queue(&m, job(1, "later"));
+        m.info.finish(Units::from_whole(1));
+        assert_eq!(&r.await.unwrap()[..], b"OK m2 small later\n");
         assert_eq!(m.info.used(), Units::ZERO);
     }
 }

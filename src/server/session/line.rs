@@ -3,15 +3,20 @@
 //! ```text
 //!            lines                    Pending (bounded, in order)
 //! socket ──► reader ──► try_submit ──► machine queue ──┐ oneshot
-//!              │                                       ▼
-//!              └────────► pending_tx ──────────────► writer ──► socket
+//!              │  │                                    ▼
+//!              │  └─────► pending_tx ──────────────► writer ──► socket
+//!              └────────────────────── (nothing owed) ────────► socket
 //! ```
 //!
 //! The reader frames lines, answers commands locally and submits work straight to the
-//! connection's machine (never through the dispatcher). For every reply it owes, in
+//! connection's machine (never through the dispatcher); a machine that serves a request on
+//! the spot (instant service, idle machine) answers it at once. For every reply it owes, in
 //! request order, it pushes a `Pending` slot: either a reply that is already known
 //! (`PONG`, `ERR busy`, …) or the receiving half of the machine's oneshot. The writer
-//! (`writer.rs`) takes the slots in order and awaits each one.
+//! (`writer.rs`) takes the slots in order and awaits each one. Replies known at once while
+//! nothing is owed before them (the closed-loop case) skip the writer: the reader writes
+//! them itself at the end of its round (`input.rs`), so such a request costs one read, one
+//! write and no task wake-up beyond the socket's.
 //!
 //! Back-pressure: the slot channel is bounded (`queue_depth + 1 + PIPELINE_SLACK`). One
 //! pipelining connection can still fill its machine's queue (and get `busy` for the
@@ -26,23 +31,24 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
 use super::access::{self, ConnCounters};
 use super::close::{far_future, linger, refuse, shutting_down};
 use super::context::SessionContext;
+use super::gate::Gated;
+use super::input::{self, next_config, sleep_until, Direct};
 use super::writer::{write_loop, InFlight, Pending, MEMORY_CAP};
-use crate::backend::Job;
+use crate::backend::{Job, Submitted};
 use crate::balancer::{AdmitError, Placement, RouteError};
+use crate::config::Config;
 use crate::core::{RequestClass, Units};
 use crate::protocol::{self, ErrorCode, Frame, Request};
 
 /// Replies a connection may owe beyond a full machine queue before it stops reading.
 const PIPELINE_SLACK: usize = 1024;
-/// Bytes read at most per read call.
-const READ_CHUNK: usize = 4096;
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
@@ -69,6 +75,8 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>
         );
         let started = Instant::now();
         let counters = ConnCounters::default();
+        // Linux: inherited from the listening socket (`server::bind`).
+        #[cfg(not(target_os = "linux"))]
         let _ = socket.set_nodelay(true);
         let (read_half, write_half) = socket.into_split();
         let depth = ctx.config.borrow().machines.queue_depth;
@@ -138,14 +146,33 @@ impl Reader<'_> {
     }
 
     async fn read_loop(&self, read_half: &mut OwnedReadHalf) -> ReadEnd {
-        // Woken by a reload so that a new idle_timeout re-arms even a silent connection.
-        let mut config_rx = self.ctx.config.clone();
+        // The configuration in force, refreshed when a reload publishes a new one (which
+        // also re-arms the idle timer of a silent connection).
+        let mut config = self.ctx.config.borrow().clone();
+        // NOTE: the waits that last as long as the connection (shutdown, writer gone,
+        // reload, idle timer) are created and registered once, not once per read: a
+        // shared `Notify` (the shutdown token, the config channel) costs a lock and a list
+        // update per registration, and a timer a wheel update. The two shared ones are
+        // gated (`gate.rs`): polled again only after they woke the task. (The writer's
+        // channel is this connection's own: polling it is cheap, and not gating it saves
+        // memory on every idle connection.)
+        let mut shutdown = Gated::new(self.ctx.shutdown.cancelled());
+        let writer_gone = self.pending_tx.closed();
+        tokio::pin!(writer_gone);
+        let mut reload = Gated::new(next_config(self.ctx.config.clone()));
         let mut watching_config = true;
+        let mut last_read = Instant::now();
+        // Armed for `last_read + idle` or earlier; when it fires early (input came since)
+        // it is moved to the real deadline, so a busy connection never touches the timer.
+        let idle_timer = tokio::time::sleep_until(far_future());
+        tokio::pin!(idle_timer);
+        let mut idle_armed = None;
         // Shutdown has begun but replies are still owed (see SPEC §5 "Shutdown").
         let mut stopping = false;
         let mut buf = BytesMut::new();
         let mut scanned = 0;
-        let mut last_read = Instant::now();
+        // Replies to write straight to the socket at the end of this round (see `Direct`).
+        let mut direct = Direct::default();
         // When the line now being received began (its first byte arrived); `None` while
         // no partial line is buffered.
         let mut line_started: Option<Instant> = None;
@@ -154,9 +181,7 @@ impl Reader<'_> {
         // The client half-closed: answer what it sent, then stop reading.
         let mut eof = false;
         loop {
-            // Read per round so that a reload applies to open connections too.
             let (max_line, idle, line_timeout) = {
-                let config = self.ctx.config.borrow();
                 let l = &config.listener;
                 (l.max_line_bytes, l.idle_timeout, l.line_timeout)
             };
@@ -169,7 +194,7 @@ impl Reader<'_> {
                     // refused (and counted), and the connection closes once the replies
                     // before them are out.
                     let too_long = frame == Frame::TooLong;
-                    if let Some(reply) = self.refuse_late(frame) {
+                    if let Some(reply) = self.refuse_late(frame, &config) {
                         if !self.push(Pending::Ready(reply)).await {
                             return ReadEnd::ClientGone;
                         }
@@ -181,14 +206,32 @@ impl Reader<'_> {
                     continue;
                 }
                 line_started = None;
-                match self.handle(frame, max_line) {
+                match self.handle(frame, max_line, &config) {
                     Step::Nothing => {}
+                    // Nothing owed before it: it may go out directly.
+                    Step::Reply(Pending::Ready(reply)) if self.in_flight.is_zero() => {
+                        direct.add(reply);
+                    }
                     Step::Reply(item) => {
-                        if !self.push(item).await {
+                        if !self.hand_over(&mut direct).await || !self.push(item).await {
                             return ReadEnd::ClientGone;
                         }
                     }
-                    Step::Last(reason, reply) => return self.close_with(reason, Some(reply)).await,
+                    Step::Last(reason, reply) => {
+                        if !self.hand_over(&mut direct).await {
+                            return ReadEnd::ClientGone;
+                        }
+                        return self.close_with(reason, Some(reply)).await;
+                    }
+                }
+            }
+            if !direct.is_empty() {
+                // Written now, before waiting: whatever the socket does not take goes to
+                // the writer, so nothing is owed only when everything is out.
+                let written = direct.write(read_half.as_ref());
+                self.counters.bytes_out(written);
+                if !self.hand_over(&mut direct).await {
+                    return ReadEnd::ClientGone;
                 }
             }
             if refused_late {
@@ -204,6 +247,15 @@ impl Reader<'_> {
                 scanned = 0;
             } else if line_started.is_none() {
                 line_started = Some(last_read);
+            }
+            if idle_armed != Some(idle) {
+                // First round, or a reload changed the timeout: arm for the real deadline.
+                let deadline = match idle.is_zero() {
+                    true => far_future(),
+                    false => last_read.checked_add(idle).unwrap_or_else(far_future),
+                };
+                idle_timer.as_mut().reset(deadline);
+                idle_armed = Some(idle);
             }
             // Owed replies plus unread input past the cap: stop reading until the writer
             // catches up (TCP pushes back on the client meanwhile). With nothing owed the
@@ -231,7 +283,7 @@ impl Reader<'_> {
             };
             tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.cancelled(), if !stopping => {
+                _ = &mut shutdown, if !stopping => {
                     if self.in_flight.is_zero() {
                         return self.close_with("shutdown", Some(shutting_down())).await;
                     }
@@ -242,19 +294,23 @@ impl Reader<'_> {
                         return self.close_with("shutdown", Some(shutting_down())).await;
                     }
                 }
-                _ = self.pending_tx.closed() => return ReadEnd::ClientGone,
-                changed = config_rx.changed(), if watching_config => {
-                    // Loop round to re-read the limits; a closed channel means no more reloads.
-                    watching_config = changed.is_ok();
-                }
+                _ = &mut writer_gone => return ReadEnd::ClientGone,
+                changed = &mut reload, if watching_config => match changed {
+                    // Loop round to apply the new limits.
+                    Some(config_rx) => {
+                        config = config_rx.borrow().clone();
+                        reload.set(next_config(config_rx));
+                    }
+                    // A closed channel means no more reloads.
+                    None => watching_config = false,
+                },
                 _ = self.in_flight.room.notified(), if capped => {}
                 ready = read_half.readable(), if !capped => {
                     if let Err(e) = ready {
                         debug!(error = %e, "read failed");
                         return ReadEnd::ClientGone;
                     }
-                    buf.reserve(READ_CHUNK);
-                    match read_half.try_read_buf(&mut buf) {
+                    match input::read(read_half.as_ref(), &mut buf) {
                         Ok(0) if buf.is_empty() => return ReadEnd::ClientGone,
                         // A last line without its newline before the half-close is still
                         // a line: frame it, answer it, then stop.
@@ -273,7 +329,7 @@ impl Reader<'_> {
                         }
                     }
                 },
-                _ = tokio::time::sleep_until(line_deadline.unwrap_or_else(far_future)), if line_deadline.is_some() => {
+                _ = sleep_until(line_deadline), if line_deadline.is_some() => {
                     // Slowloris: a line that never completes. Like too-long, it counts as
                     // a failed request of weight 0.
                     self.fail(Units::ZERO);
@@ -284,7 +340,13 @@ impl Reader<'_> {
                     let reply = ErrorCode::Timeout.reply(&msg);
                     return self.close_with("line timeout", Some(reply)).await;
                 }
-                _ = tokio::time::sleep_until(last_read.checked_add(idle).unwrap_or_else(far_future)), if !idle.is_zero() => {
+                () = &mut idle_timer, if !idle.is_zero() => {
+                    let due = last_read.checked_add(idle).unwrap_or_else(far_future);
+                    if due > Instant::now() {
+                        // Input came since it was armed: not idle yet.
+                        idle_timer.as_mut().reset(due);
+                        continue;
+                    }
                     if self.in_flight.is_zero() {
                         let msg = format!("idle for {}", crate::config::duration_str::format(idle));
                         let reply = ErrorCode::Timeout.reply(&msg);
@@ -292,8 +354,18 @@ impl Reader<'_> {
                     }
                     // Work in flight is not idleness: count the silence from now on.
                     last_read = Instant::now();
+                    idle_timer.as_mut().reset(last_read.checked_add(idle).unwrap_or_else(far_future));
                 }
             }
+        }
+    }
+
+    /// Hands the replies not written directly to the writer (in order, before anything
+    /// pushed after them); false when the writer is gone.
+    async fn hand_over(&self, direct: &mut Direct) -> bool {
+        match direct.take() {
+            Some(rest) => self.push(Pending::Ready(rest)).await,
+            None => true,
         }
     }
 
@@ -323,12 +395,12 @@ impl Reader<'_> {
     /// After shutdown began: the reply for a late frame (`None` for an empty line). A work
     /// line counts as a failed request of its weight, an unreadable one of weight 0;
     /// commands are not requests and are not counted.
-    fn refuse_late(&self, frame: Frame) -> Option<Bytes> {
+    fn refuse_late(&self, frame: Frame, config: &Config) -> Option<Bytes> {
         let weight = match &frame {
             Frame::TooLong => Some(Units::ZERO),
             Frame::Line(line) if line.is_empty() => return None,
             Frame::Line(line) => {
-                let requests = self.ctx.config.borrow().load.requests.clone();
+                let requests = &config.load.requests;
                 match protocol::parse(line, requests.default_class) {
                     Some(Request::Work { class, .. }) => {
                         Some(Units::from_whole(requests.weight(class)))
@@ -345,7 +417,7 @@ impl Reader<'_> {
     }
 
     /// Turns one frame into what the connection owes for it.
-    fn handle(&self, frame: Frame, max_line: usize) -> Step {
+    fn handle(&self, frame: Frame, max_line: usize, config: &Config) -> Step {
         let line = match frame {
             Frame::TooLong => {
                 self.fail(Units::ZERO);
@@ -357,19 +429,15 @@ impl Reader<'_> {
         if line.is_empty() {
             return Step::Nothing;
         }
-        if std::str::from_utf8(&line).is_err() {
-            self.fail(Units::ZERO);
-            let reply = ErrorCode::BadRequest.reply("line is not valid UTF-8");
-            return Step::Reply(Pending::Ready(reply));
-        }
-        let (default_class, weights) = {
-            let config = self.ctx.config.borrow();
-            (
-                config.load.requests.default_class,
-                config.load.requests.clone(),
-            )
-        };
-        let Some(request) = protocol::parse(&line, default_class) else {
+        let weights = &config.load.requests;
+        let Some(request) = protocol::parse(&line, weights.default_class) else {
+            // `parse` gives nothing for a line that is empty once cleaned or not UTF-8;
+            // which one is checked here, off the path of valid lines (validated once).
+            if std::str::from_utf8(&line).is_err() {
+                self.fail(Units::ZERO);
+                let reply = ErrorCode::BadRequest.reply("line is not valid UTF-8");
+                return Step::Reply(Pending::Ready(reply));
+            }
             return Step::Nothing;
         };
         let reply = match request {
@@ -387,17 +455,20 @@ impl Reader<'_> {
 
     fn submit(&self, class: RequestClass, weight: Units, payload: Bytes) -> Pending {
         let payload_len = payload.len();
-        let (reply_tx, reply_rx) = oneshot::channel();
         let job = Job {
             class,
             weight,
             payload,
-            reply_tx,
             queued_at: tokio::time::Instant::now(),
         };
         match self.ctx.router.submit(self.placement, job) {
+            // Served on the spot (instant service on an idle machine): counted already.
+            Ok(Submitted::Answered(reply)) => {
+                self.counters.request_ok();
+                Pending::Ready(reply)
+            }
             // `OK <machine> <class> <payload>\n`: the payload plus a few dozen bytes.
-            Ok(()) => Pending::Waiting(reply_rx, payload_len + 32),
+            Ok(Submitted::Queued(reply_rx)) => Pending::Waiting(reply_rx, payload_len + 32),
             Err(RouteError::Busy(_, message)) => {
                 self.fail(weight);
                 Pending::Ready(ErrorCode::Busy.reply(&message))

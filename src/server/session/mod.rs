@@ -9,6 +9,8 @@
 mod access;
 mod close;
 mod context;
+mod gate;
+mod input;
 pub mod line;
 pub mod stream;
 mod writer;
