@@ -289,7 +289,7 @@ impl ScaleDownTimer {
 ///
 /// `work` is the request work the others would carry: `None` counts their pending weights
 /// now (the threshold policy's instantaneous average); `Some(w)` counts `w` instead (the
-/// `target` policy's time-averaged work of all active machines, [`WorkWindow`]).
+/// `target` policy's time-averaged work of all active machines, [`WorkMeter`]).
 pub fn pick_retiree(
     machines: &[&MachineInfo],
     work: Option<Units>,

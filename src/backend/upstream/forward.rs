@@ -11,8 +11,8 @@ use tracing::debug;
 use super::health::Upstream;
 use super::proxy_header;
 use super::pump::{self, Pump, Way};
-use super::sidecar::{self, Either};
 use crate::config::SendProxy;
+use crate::core::gate::Gated;
 
 /// The time limits and settings of one proxied connection.
 #[derive(Debug, Clone, Copy)]
@@ -69,22 +69,27 @@ pub async fn forward(
     let (mut client, mut server) = (client, server);
     let activity = Activity::default();
     // The timers and the shutdown signal are polled only when one of them fires, not on
-    // every read and write (see `sidecar`).
-    let watchdog = async {
+    // every read and write (`Gated`).
+    let mut watchdog = Gated::new(async {
         tokio::select! {
             _ = activity.idle_for(idle), if !idle.is_zero() => Watchdog::Idle,
             _ = activity.unanswered_for(limits.server) => Watchdog::Unanswered,
             _ = stop.cancelled() => Watchdog::Stop,
         }
+    });
+    let pumped = tokio::select! {
+        biased;
+        pumped = pump::pump(&mut client, &mut server, &activity) => Ok(pumped),
+        why = &mut watchdog => Err(why),
     };
-    let pumped = sidecar::race(pump::pump(&mut client, &mut server, &activity), watchdog).await;
+    drop(watchdog);
     let reason = match pumped {
-        Either::Main(Ok(_)) => "closed",
-        Either::Main(Err(e)) => {
+        Ok(Ok(_)) => "closed",
+        Ok(Err(e)) => {
             debug!(error = %e, "proxied connection ended");
             "error"
         }
-        Either::Side(why) => {
+        Err(why) => {
             let reason = match why {
                 Watchdog::Idle => {
                     debug!(?idle, "proxied connection idle; closing");

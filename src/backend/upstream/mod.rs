@@ -23,7 +23,6 @@ pub mod pool;
 pub mod provider;
 pub mod proxy_header;
 mod pump;
-mod sidecar;
 
 use std::sync::Arc;
 

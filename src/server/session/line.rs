@@ -38,12 +38,12 @@ use tracing::{debug, Instrument};
 use super::access::{self, ConnCounters};
 use super::close::{far_future, linger, refuse, shutting_down};
 use super::context::SessionContext;
-use super::gate::Gated;
 use super::input::{self, next_config, sleep_until, Direct};
 use super::writer::{write_loop, InFlight, Pending, MEMORY_CAP};
 use crate::backend::{Job, Submitted};
 use crate::balancer::{AdmitError, Placement, RouteError};
 use crate::config::Config;
+use crate::core::gate::Gated;
 use crate::core::{RequestClass, Units};
 use crate::protocol::{self, ErrorCode, Frame, Request};
 

@@ -9,7 +9,6 @@
 mod access;
 mod close;
 mod context;
-mod gate;
 mod input;
 pub mod line;
 pub mod stream;
