@@ -174,70 +174,40 @@ echo "scale-up reaction" >&2
 "$BIN/examples/scale_reaction" 30 --json >"$tmp/reaction.json"
 
 python3 - "$tmp" "$ROUNDS" "$IDLE" <<'PY'
-import json, sys
-tmp, rounds, idle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-load = lambda p: json.load(open(f"{tmp}/{p}"))
-mean = lambda xs: sum(xs) / len(xs)
-def series(test, srv, key):
-    out = []
-    for r in range(1, rounds + 1):
-        d = load(f"{test}-{srv}-{r}.json")
-        if "requests_failed" in d:
-            assert d["requests_failed"] == 0, f"{test}-{srv}-{r}: {d['errors']}"
-        out.append(d[key] if key != "p99" else d["latency_ms"]["p99"])
-    return out
-def cpu(test, srv, what):
-    out = []
-    for r in range(1, rounds + 1):
-        c, d = load(f"{test}-{srv}-{r}.cpu"), load(f"{test}-{srv}-{r}.json")
-        requests = d.get("requests") or d.get("requests_ok")
-        if what == "server_us_per_req":
-            out.append(1e6 * c["server_s"] / requests)
-        else:  # generator CPU use, % of one core
-            out.append(100.0 * c["gen_s"] / c["wall_s"])
-    return out
+import sys
+sys.path.insert(0, "scripts")
+from bench_report import Runs
+runs = Runs(sys.argv[1], int(sys.argv[2]))
+idle = int(sys.argv[3])
 def rss(srv):
     out = []
-    for r in range(1, rounds + 1):
-        d = load(f"c-{srv}-{r}.rss")
+    for r in range(1, runs.rounds + 1):
+        d = runs.load(f"c-{srv}-{r}.rss")
         assert d["open"] == idle, f"c-{srv}-{r}: only {d['open']} of {idle} connections open"
         out.append((d["after_kib"] - d["before_kib"]) / d["open"])
     return out
-rows = []
-def row(name, lb, bare, fmt, target=None, ratio=True):
-    a, b = mean(lb), mean(bare)
-    r = a / b if ratio and b else None
-    ok = ""
-    if target:
-        ok = "PASS" if target(a, r) else "FAIL"
-    rows.append((name, fmt.format(a), fmt.format(b), f"{r:.2f}" if r is not None else "",
-                 ok, " / ".join(fmt.format(x) for x in lb), " / ".join(fmt.format(x) for x in bare)))
+series, cpu, row = runs.series, runs.cpu, runs.row
 row("(a) 50 conns closed loop, req/s", series("a", "lb", "requests_per_s"),
-    series("a", "bare", "requests_per_s"), "{:.0f}", lambda a, r: r >= 0.85)
+    series("a", "bare", "requests_per_s"), "{:.0f}", lambda a, b, r: r >= 0.85)
 row("(a) p99 latency, ms", series("a", "lb", "p99"), series("a", "bare", "p99"), "{:.2f}")
-row("(a) server CPU per request, us", cpu("a", "lb", "server_us_per_req"),
-    cpu("a", "bare", "server_us_per_req"), "{:.2f}")
+row("(a) server CPU per request, us", cpu("a", "lb", "us_per"), cpu("a", "bare", "us_per"),
+    "{:.2f}")
 row("(a) generator CPU, % of a core", cpu("a", "lb", "gen"), cpu("a", "bare", "gen"), "{:.0f}",
     ratio=False)
 row("(a') pingpong closed loop, req/s", series("p", "lb", "requests_per_s"),
-    series("p", "bare", "requests_per_s"), "{:.0f}", lambda a, r: r >= 0.85)
-row("(a') server CPU per request, us", cpu("p", "lb", "server_us_per_req"),
-    cpu("p", "bare", "server_us_per_req"), "{:.2f}")
+    series("p", "bare", "requests_per_s"), "{:.0f}", lambda a, b, r: r >= 0.85)
+row("(a') server CPU per request, us", cpu("p", "lb", "us_per"), cpu("p", "bare", "us_per"),
+    "{:.2f}")
 row("(a') generator CPU, % of a core", cpu("p", "lb", "gen"), cpu("p", "bare", "gen"), "{:.0f}",
     ratio=False)
 row("(b) connect+request+close, conn/s", series("b", "lb", "connections_per_s"),
-    series("b", "bare", "connections_per_s"), "{:.0f}", lambda a, r: r >= 0.80)
+    series("b", "bare", "connections_per_s"), "{:.0f}", lambda a, b, r: r >= 0.80)
 row("(b) p99 cycle latency, ms", series("b", "lb", "p99"), series("b", "bare", "p99"), "{:.2f}")
 row(f"(c) RSS per idle conn ({idle}), KiB", rss("lb"), rss("bare"), "{:.1f}",
-    lambda a, r: a <= 16.0)
-hdr = ("benchmark", "elastic-lb", "baseline", "ratio", "target", "elastic-lb rounds", "baseline rounds")
-w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
-line = lambda cells: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(cells)) + " |"
-print(line(hdr))
-print("|" + "|".join("-" * (x + 2) for x in w) + "|")
-for r in rows:
-    print(line(r))
-re = load("reaction.json")
+    lambda a, b, r: a <= 16.0)
+runs.print_table(("benchmark", "elastic-lb", "baseline", "ratio", "target", "elastic-lb rounds",
+                  "baseline rounds"))
+re = runs.load("reaction.json")
 verdict = "PASS" if re["max_us"] <= 10_000 else "FAIL"
 print(f"\nscale-up reaction (connect of the pushing connection -> new machine listed), "
       f"{re['trials']} trials: p50 {re['p50_us']/1000:.2f} ms, p90 {re['p90_us']/1000:.2f} ms, "
@@ -323,35 +293,11 @@ done
 stop "$LBP_PID"; stop "$HAP_PID"; stop "$UP_PID"
 
 python3 - "$tmp" "$ROUNDS" <<'PY'
-import json, sys
-tmp, rounds = sys.argv[1], int(sys.argv[2])
-load = lambda p: json.load(open(f"{tmp}/{p}"))
-mean = lambda xs: sum(xs) / len(xs)
-def series(test, srv, key):
-    out = []
-    for r in range(1, rounds + 1):
-        d = load(f"{test}-{srv}-{r}.json")
-        if "requests_failed" in d:
-            assert d["requests_failed"] == 0, f"{test}-{srv}-{r}: {d['errors']}"
-        out.append(d[key] if key != "p99" else d["latency_ms"]["p99"])
-    return out
-def cpu(test, srv, what):
-    out = []
-    for r in range(1, rounds + 1):
-        c, d = load(f"{test}-{srv}-{r}.cpu"), load(f"{test}-{srv}-{r}.json")
-        count = d.get("requests") or d.get("requests_ok")
-        if what == "us_per":
-            out.append(1e6 * c["server_s"] / count)
-        else:
-            out.append(100.0 * c["gen_s"] / c["wall_s"])
-    return out
-rows = []
-def row(name, lb, hap, fmt, target=None, ratio=True):
-    a, b = mean(lb), mean(hap)
-    r = a / b if ratio and b else None
-    ok = ("PASS" if target(a, b, r) else "FAIL") if target else ""
-    rows.append((name, fmt.format(a), fmt.format(b), f"{r:.2f}" if r is not None else "", ok,
-                 " / ".join(fmt.format(x) for x in lb), " / ".join(fmt.format(x) for x in hap)))
+import sys
+sys.path.insert(0, "scripts")
+from bench_report import Runs
+runs = Runs(sys.argv[1], int(sys.argv[2]))
+series, cpu, row = runs.series, runs.cpu, runs.row
 faster = lambda a, b, r: r >= 1.05
 lower = lambda a, b, r: a <= b
 row("(pa) 50 conns closed loop, req/s", series("pa", "lbp", "requests_per_s"),
@@ -369,14 +315,8 @@ row("(pb) p99 cycle latency, ms", series("pb", "lbp", "p99"), series("pb", "hap"
     lower)
 row("(pb) proxy CPU per connection, us", cpu("pb", "lbp", "us_per"), cpu("pb", "hap", "us_per"),
     "{:.2f}")
-hdr = ("proxy benchmark", "elastic-lb", "HAProxy", "ratio", "target", "elastic-lb rounds",
-       "HAProxy rounds")
-w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
-line = lambda cells: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(cells)) + " |"
 print()
-print(line(hdr))
-print("|" + "|".join("-" * (x + 2) for x in w) + "|")
-for r in rows:
-    print(line(r))
+runs.print_table(("proxy benchmark", "elastic-lb", "HAProxy", "ratio", "target",
+                  "elastic-lb rounds", "HAProxy rounds"))
 PY
 fi
