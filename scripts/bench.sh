@@ -121,6 +121,17 @@ gen() {
         >"$tmp/$test-$srv-$round.cpu"
 }
 
+# closed_loops TEST_A TEST_P SRV ROUND PID ADDR: the closed loop of 50 connections against
+# ADDR with both generators, `elastic-lb load` (TEST_A) then pingpong (TEST_P).
+closed_loops() {
+    local a=$1 p=$2 srv=$3 round=$4 pid=$5 addr=$6
+    echo "round $round: $srv closed loop" >&2
+    gen "$a" "$srv" "$round" "$pid" -- "$BIN/elastic-lb" load --target "$addr" \
+        --connections 50 --duration "$RUN" --mix small=100 --json
+    echo "round $round: $srv closed loop (pingpong)" >&2
+    gen "$p" "$srv" "$round" "$pid" -- "$BIN/examples/pingpong" "$addr" 50 "${RUN%s}"
+}
+
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" >&2
 
 if [ "$SECTION" != proxy ]; then
@@ -131,11 +142,7 @@ for round in $(seq "$ROUNDS"); do
     for srv in lb bare; do
         addr=$LB_ADDR; pid=$LB_PID
         [ "$srv" = bare ] && { addr=$BARE_ADDR; pid=$BARE_PID; }
-        echo "round $round: $srv closed loop" >&2
-        gen a "$srv" "$round" "$pid" -- "$BIN/elastic-lb" load --target "$addr" \
-            --connections 50 --duration "$RUN" --mix small=100 --json
-        echo "round $round: $srv closed loop (pingpong)" >&2
-        gen p "$srv" "$round" "$pid" -- "$BIN/examples/pingpong" "$addr" 50 "${RUN%s}"
+        closed_loops a p "$srv" "$round" "$pid" "$addr"
     done
     for srv in lb bare; do
         addr=$LB_ADDR; [ "$srv" = bare ] && addr=$BARE_ADDR
@@ -280,11 +287,7 @@ for round in $(seq "$ROUNDS"); do
     for srv in lbp hap; do
         addr=$LBP_ADDR; pid=$LBP_PID
         [ "$srv" = hap ] && { addr=$HAP_ADDR; pid=$HAP_PID; }
-        echo "round $round: $srv proxy closed loop" >&2
-        gen pa "$srv" "$round" "$pid" -- "$BIN/elastic-lb" load --target "$addr" \
-            --connections 50 --duration "$RUN" --mix small=100 --json
-        echo "round $round: $srv proxy closed loop (pingpong)" >&2
-        gen pp "$srv" "$round" "$pid" -- "$BIN/examples/pingpong" "$addr" 50 "${RUN%s}"
+        closed_loops pa pp "$srv" "$round" "$pid" "$addr"
         echo "round $round: $srv proxy connect-per-request" >&2
         gen pb "$srv" "$round" "$pid" -- "$BIN/elastic-lb" load --target "$addr" \
             --connections 16 --duration "$RUN" --mix small=100 --connect-per-request --json
