@@ -21,7 +21,9 @@
 # Every number is compared as a ratio measured in the same run: the machine is shared and
 # noisy. Only loopback addresses are used.
 #
-#   scripts/bench.sh [all|simulated|proxy]   (env: ROUNDS=2 RUN=5s IDLE=5000 PORT=27070)
+#   scripts/bench.sh [all|simulated|proxy]   (env: ROUNDS=2 RUN=5s IDLE=5000 PORT=27070,
+#   and for the proxy section LB_THREADS= (elastic-lb's worker threads, TOKIO_WORKER_THREADS;
+#   default one per core) and HAP_THREADS=2 (HAProxy's nbthread))
 #
 # Takes about a minute and a half per section after the build.
 set -euo pipefail
@@ -255,7 +257,7 @@ TOML
 # connection at RUST_LOG=warn either).
 cat >"$tmp/haproxy.cfg" <<CFG
 global
-    nbthread 2
+    nbthread ${HAP_THREADS:-2}
     maxconn 8000
 defaults
     mode tcp
@@ -271,8 +273,14 @@ CFG
 "$BIN/examples/bare_server" "$UP_ADDR" 2>>"$tmp/bare.log" &
 UP_PID=$!; pids+=("$UP_PID")
 wait_port "$UP_ADDR"
-RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lbp.toml" 2>>"$tmp/lbp.log" &
+if [ -n "${LB_THREADS:-}" ]; then
+    TOKIO_WORKER_THREADS=$LB_THREADS RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lbp.toml" \
+        2>>"$tmp/lbp.log" &
+else
+    RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lbp.toml" 2>>"$tmp/lbp.log" &
+fi
 LBP_PID=$!; pids+=("$LBP_PID")
+echo "elastic-lb worker threads: ${LB_THREADS:-one per core}; HAProxy nbthread ${HAP_THREADS:-2}" >&2
 wait_port "$LBP_ADDR"
 haproxy -db -f "$tmp/haproxy.cfg" 2>>"$tmp/haproxy.log" &
 HAP_PID=$!; pids+=("$HAP_PID")
