@@ -83,12 +83,13 @@ helpers=()
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A port nobody listens on (a connect is refused). Racy by nature; the daemon's start-up
-# check below catches a lost race.
+# A port nobody listens on (a connect is refused), below Linux's ephemeral range
+# (32768-60999) so that no outgoing connection holds it as its source port. Racy by nature:
+# the start-up below picks new ports when the daemon finds one taken.
 free_port() {
     local port
     for _ in $(seq 100); do
-        port=$((20000 + RANDOM % 40000))
+        port=$((20000 + RANDOM % 12000))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return 0
@@ -96,6 +97,8 @@ free_port() {
     done
     return 1
 }
+# Up to three tries: a port can be taken between the check and the daemon's bind.
+for attempt in 1 2 3; do
 lb_port="$(free_port)" || fail "no free port"
 admin_port="$(free_port)" || fail "no free port"
 while [[ "$admin_port" == "$lb_port" ]]; do admin_port="$(free_port)"; done
@@ -124,8 +127,16 @@ daemon_pid=$!
 admin="http://127.0.0.1:$admin_port"
 for _ in $(seq 100); do
     curl -fsS -o /dev/null "$admin/api/stats" 2>/dev/null && break
-    kill -0 "$daemon_pid" 2>/dev/null || fail "the daemon exited during start-up"
+    kill -0 "$daemon_pid" 2>/dev/null || break
     sleep 0.1
+done
+kill -0 "$daemon_pid" 2>/dev/null && break
+wait "$daemon_pid" 2>/dev/null || true
+if [[ "$attempt" -lt 3 ]] && grep -q "Address already in use" "$work/daemon.log"; then
+    say "a port was taken meanwhile; trying other ports"
+    continue
+fi
+fail "the daemon exited during start-up"
 done
 curl -fsS -o /dev/null "$admin/api/stats" || fail "the admin endpoint does not answer"
 
