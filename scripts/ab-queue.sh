@@ -31,10 +31,25 @@ fi
 (cd "$root" && cargo build --release --quiet)
 BIN="${CARGO_TARGET_DIR:-$root/target}/release/elastic-lb"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP_PORT="$(free_port)"
-LB_PORT="$(free_port)"
-ADMIN_PORT="$(free_port)"
+# Three distinct free ports below Linux's ephemeral range (32768-60999), where no outgoing
+# connection can take one as its source port between this check and the servers' bind.
+read -r UP_PORT LB_PORT ADMIN_PORT < <(python3 - <<'PY'
+import random, socket
+ports = []
+while len(ports) < 3:
+    p = random.randrange(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    if p not in ports:
+        ports.append(p)
+print(*ports)
+PY
+)
 
 mkdir -p "$tmp/www" && echo "hello" >"$tmp/www/index.html"
 (cd "$tmp/www" && exec python3 -m http.server "$UP_PORT" --bind 127.0.0.1 >"$tmp/http.log" 2>&1) &
