@@ -147,6 +147,20 @@ impl Traffic {
         let goal = self.ok() + more;
         common::wait_until(LONG, "traffic flows", || self.ok() >= goal).await;
     }
+
+    /// Of the next 20 exchanges, at least 19 reach `echo`. One exchange was already under
+    /// way: it may have been placed before the change (a draining machine keeps what it
+    /// had), or accepted by `echo` before its count was read.
+    async fn assert_new_clients_go_to(&self, echo: &Echo) {
+        self.wait_more(1).await;
+        let before = echo.accepted();
+        self.wait_more(20).await;
+        assert!(
+            echo.accepted() >= before + 19,
+            "new clients go to {}",
+            echo.addr
+        );
+    }
 }
 
 /// One HTTP/1.1 request (`Connection: close`); (status, body).
@@ -236,12 +250,7 @@ async fn reload_adds_and_removes_upstreams_while_traffic_flows() {
             && find(l, b.addr).is_some_and(|u| u.state == "active")
     })
     .await;
-    // One exchange was already under way: it may have been placed before the change (a
-    // draining machine keeps what it had), or accepted by b before `b_before` was read.
-    traffic.wait_more(1).await;
-    let b_before = b.accepted();
-    traffic.wait_more(20).await;
-    assert!(b.accepted() >= b_before + 19, "new clients go to b");
+    traffic.assert_new_clients_go_to(&b).await;
     assert_eq!(round_trip(&mut long, b"still").await, b"still");
     drop(long);
     wait_upstreams(&lb, "a leaves once its last connection closed", |l| {
@@ -313,12 +322,7 @@ async fn admin_api_adds_lists_and_removes_upstreams() {
         find(l, b.addr).is_some_and(|u| u.state == "active")
     })
     .await;
-    // One exchange was already under way: it may have been placed before the change (a
-    // draining machine keeps what it had), or accepted by b before `b_before` was read.
-    traffic.wait_more(1).await;
-    let b_before = b.accepted();
-    traffic.wait_more(20).await;
-    assert!(b.accepted() >= b_before + 19, "new clients go to b");
+    traffic.assert_new_clients_go_to(&b).await;
     assert_eq!(round_trip(&mut long, b"still").await, b"still");
     drop(long);
     wait_upstreams(&lb, "a gone", |l| find(l, a.addr).is_none()).await;
