@@ -13,7 +13,10 @@
 #        PEAK=400 (req/s)  CONNECTIONS=40  PORT=27270 (admin: PORT+1)  SVG_DIR=docs
 #        WEIGHT=100 (units of a SMALL request)  SERVICE_MS=0.1 (load.requests.service_ms_per_unit)
 #        TARGET=50.0 (autoscaler.target of the target policy; the demand stays defined at
-#        scale_up_threshold = 50)
+#        scale_up_threshold = 50)  TOLERANCE=0.1 (autoscaler.tolerance of the target policy)
+#        SIZE=medium (the one machine size of the pool)  MACHINES=16 (pool and max_machines)
+#        SCALE_DOWN_AFTER=3s  INTERVAL=100ms (autoscaler.scale_down_after / interval, both
+#        policies)
 #
 # The requests are SMALL lines of weight WEIGHT; with the defaults a request occupies a
 # whole medium machine (100 units) for its 10 ms of service, so the daemon's load counts
@@ -38,6 +41,11 @@ CONNECTIONS=${CONNECTIONS:-40}
 WEIGHT=${WEIGHT:-100}
 SERVICE_MS=${SERVICE_MS:-0.1}
 TARGET=${TARGET:-50.0}
+TOLERANCE=${TOLERANCE:-0.1}
+SIZE=${SIZE:-medium}
+MACHINES=${MACHINES:-16}
+SCALE_DOWN_AFTER=${SCALE_DOWN_AFTER:-3s}
+INTERVAL=${INTERVAL:-100ms}
 PORT=${PORT:-27270}
 SVG_DIR=${SVG_DIR:-docs}
 LB_ADDR=127.0.0.1:$PORT
@@ -100,23 +108,23 @@ connection_max = 2.5
 small = $WEIGHT
 service_ms_per_unit = $SERVICE_MS
 [pool]
-small = 0
-medium = 16
-large = 0
-xlarge = 0
+$(for size in small medium large xlarge; do
+        if [ "$size" = "$SIZE" ]; then echo "$size = $MACHINES"; else echo "$size = 0"; fi
+    done)
 [autoscaler]
-initial = ["medium"]
+initial = ["$SIZE"]
 min_machines = 1
-max_machines = 16
+max_machines = $MACHINES
 scale_up_threshold = 50.0
+scale_up_size = "$SIZE"
 scale_down_threshold = 20.0
-scale_down_after = "3s"
-interval = "100ms"
+scale_down_after = "$SCALE_DOWN_AFTER"
+interval = "$INTERVAL"
 TOML
     if [ "$2" = yes ]; then
         echo "policy = \"$1\""
         if [ "$1" = target ]; then
-            printf 'target = %s\ntolerance = 0.1\nscale_up_tolerance = 0.0\nmax_step = 4\n' "$TARGET"
+            printf 'target = %s\ntolerance = %s\nscale_up_tolerance = 0.0\nmax_step = 4\n' "$TARGET" "$TOLERANCE"
         fi
     fi
     printf '[shutdown]\ngrace = "1s"\n'
