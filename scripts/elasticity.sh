@@ -11,16 +11,23 @@
 #   env: POLICIES="threshold target"  PROFILES="step ramp spike sine"
 #        DURATION=40 (s of load per run)  COOLDOWN=4 (s sampled after it, plot only)
 #        PEAK=400 (req/s)  CONNECTIONS=40  PORT=27270 (admin: PORT+1)  SVG_DIR=docs
-#        WEIGHT=100 (units of a SMALL request)  SERVICE_MS=0.1 (load.requests.service_ms_per_unit)
-#        TARGET=50.0 (autoscaler.target of the target policy; the demand stays defined at
-#        scale_up_threshold = 50)
+#        SIZE=small (the one machine size of the pool)  MACHINES=32 (pool and max_machines)
+#        WEIGHT=capacity of SIZE (units of a SMALL request)  SERVICE_MS=10/WEIGHT
+#        (load.requests.service_ms_per_unit)
+#        TARGET=49.0 (autoscaler.target of the target policy; the demand stays defined at
+#        scale_up_threshold = 50)  TOLERANCE=0.0 (autoscaler.tolerance of the target policy)
+#        SCALE_DOWN_AFTER=1s  INTERVAL=100ms (autoscaler.scale_down_after / interval, both
+#        policies)
+#   The experiment before issue 9's tuning (docs/elasticity.md, earlier tables):
+#        SIZE=medium MACHINES=16 SCALE_DOWN_AFTER=3s TARGET=50.0 TOLERANCE=0.1
 #
 # The requests are SMALL lines of weight WEIGHT; with the defaults a request occupies a
-# whole medium machine (100 units) for its 10 ms of service, so the daemon's load counts
+# whole machine (50 units, small) for its 20 ms of service (10 ms of a medium machine's
+# time: the demand, 280-1000 units, is the same for every SIZE), so the daemon's load counts
 # request work as the share of time machines are busy, which is what the demand counts
-# (docs/elasticity.md, "Choosing the weights"). 10 ms rather than 1 ms keeps tokio's 1 ms
+# (docs/elasticity.md, "Choosing the weights"). 10-20 ms rather than 1 ms keeps tokio's 1 ms
 # timer granularity from stretching the time a request is counted. WEIGHT=1 SERVICE_MS=10
-# is the default load model's small request (also 10 ms), whose work the load barely sees.
+# is the default load model's small request (10 ms), whose work the load barely sees.
 #
 # Bounded: every run is at most DURATION + COOLDOWN + 15 s (and DURATION + COOLDOWN ≤ 45), so
 # 8 runs take under 8 minutes after the build; every process it starts is stopped on exit.
@@ -35,9 +42,25 @@ DURATION=${DURATION:-40}
 COOLDOWN=${COOLDOWN:-4}
 PEAK=${PEAK:-400}
 CONNECTIONS=${CONNECTIONS:-40}
-WEIGHT=${WEIGHT:-100}
-SERVICE_MS=${SERVICE_MS:-0.1}
-TARGET=${TARGET:-50.0}
+SIZE=${SIZE:-small}
+MACHINES=${MACHINES:-32}
+case $SIZE in
+    small) capacity=50 ;;
+    medium) capacity=100 ;;
+    large) capacity=200 ;;
+    xlarge) capacity=400 ;;
+    *)
+        echo "error: SIZE must be small, medium, large or xlarge" >&2
+        exit 1
+        ;;
+esac
+# A request weighs a whole machine and takes 10 ms of a medium machine's time.
+WEIGHT=${WEIGHT:-$capacity}
+SERVICE_MS=${SERVICE_MS:-$(awk -v w="$WEIGHT" 'BEGIN { printf "%g", 10 / w }')}
+TARGET=${TARGET:-49.0}
+TOLERANCE=${TOLERANCE:-0.0}
+SCALE_DOWN_AFTER=${SCALE_DOWN_AFTER:-1s}
+INTERVAL=${INTERVAL:-100ms}
 PORT=${PORT:-27270}
 SVG_DIR=${SVG_DIR:-docs}
 LB_ADDR=127.0.0.1:$PORT
@@ -83,9 +106,9 @@ done
 # config POLICY WITH_POLICY_KEYS -> the experiment's configuration on stdout
 config() {
     cat <<TOML
-# The elasticity experiment (scripts/elasticity.sh): medium machines only, a fixed
-# reservation per connection, small requests of weight $WEIGHT served in
-# $WEIGHT × $SERVICE_MS ms on a medium machine, a short scale-down window.
+# The elasticity experiment (scripts/elasticity.sh): $SIZE machines only, a fixed
+# reservation per connection, small requests of weight $WEIGHT at $SERVICE_MS ms per unit
+# (× 100 / capacity), a short scale-down window.
 [listener]
 address = "$LB_ADDR"
 idle_timeout = "0s"
@@ -100,23 +123,23 @@ connection_max = 2.5
 small = $WEIGHT
 service_ms_per_unit = $SERVICE_MS
 [pool]
-small = 0
-medium = 16
-large = 0
-xlarge = 0
+$(for size in small medium large xlarge; do
+        if [ "$size" = "$SIZE" ]; then echo "$size = $MACHINES"; else echo "$size = 0"; fi
+    done)
 [autoscaler]
-initial = ["medium"]
+initial = ["$SIZE"]
 min_machines = 1
-max_machines = 16
+max_machines = $MACHINES
 scale_up_threshold = 50.0
+scale_up_size = "$SIZE"
 scale_down_threshold = 20.0
-scale_down_after = "3s"
-interval = "100ms"
+scale_down_after = "$SCALE_DOWN_AFTER"
+interval = "$INTERVAL"
 TOML
     if [ "$2" = yes ]; then
         echo "policy = \"$1\""
         if [ "$1" = target ]; then
-            printf 'target = %s\ntolerance = 0.1\nscale_up_tolerance = 0.0\nmax_step = 4\n' "$TARGET"
+            printf 'target = %s\ntolerance = %s\nscale_up_tolerance = 0.0\nmax_step = 4\n' "$TARGET" "$TOLERANCE"
         fi
     fi
     printf '[shutdown]\ngrace = "1s"\n'
@@ -184,9 +207,10 @@ done
 
 echo
 echo "elastic-lb elasticity: $CONNECTIONS connections × 2.5 units, SMALL requests of weight $WEIGHT"
-echo "at $SERVICE_MS ms/unit, peak $PEAK req/s, ${DURATION}s per run, medium machines (pool 16),"
-echo "threshold 50 %, demand = 100 × (reserved + rate × $WEIGHT × $SERVICE_MS / 10) / 50 load units"
-echo "(docs/elasticity.md); $((SECONDS - started)) s."
+echo "at $SERVICE_MS ms/unit, peak $PEAK req/s, ${DURATION}s per run, $SIZE machines (pool $MACHINES),"
+echo "threshold 50 %, scale_down_after $SCALE_DOWN_AFTER, interval $INTERVAL; target $TARGET,"
+echo "tolerance $TOLERANCE, scale_up_tolerance 0.0; demand = 100 × (reserved + rate × $WEIGHT ×"
+echo "$SERVICE_MS / 10) / 50 load units (docs/elasticity.md); $((SECONDS - started)) s."
 echo
 echo "| profile | policy | θU % | θO % | τU % | τO % | instability /min | scale events | failed | p99 ms |"
 echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
