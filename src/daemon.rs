@@ -23,7 +23,8 @@ use crate::backend::{self, BackendContext};
 use crate::balancer::{self, Command, DispatcherHandle};
 use crate::config::{AdminAddress, Config};
 use crate::core::StrategyKind;
-use crate::server::listener::Listener;
+use crate::server::bind::Listening;
+use crate::server::listener::{self, Listener};
 use crate::server::session::SessionContext;
 use crate::telemetry::{StatsHandle, Totals};
 
@@ -57,10 +58,11 @@ impl Server {
     /// When a listener's local address cannot be read.
     pub async fn start(
         config: Config,
-        listener: TcpListener,
+        listener: impl Into<Listening>,
         admin_listener: Option<TcpListener>,
     ) -> std::io::Result<Server> {
-        let local_addr = listener.local_addr()?;
+        let listening = listener.into();
+        let local_addr = listening.local_addr()?;
         let admin_addr = admin_listener
             .as_ref()
             .map(TcpListener::local_addr)
@@ -99,15 +101,39 @@ impl Server {
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),
         });
-        let accept_loop = Listener {
-            listener,
-            open: Arc::default(),
-            ctx,
-            session: backend.session,
-            tracker: tracker.clone(),
-            shutdown: shutdown.clone(),
-        };
-        tokio::spawn(accept_loop.run());
+        match listening {
+            Listening::Shared(listener) => {
+                info!(addr = %local_addr, "listening");
+                tokio::spawn(
+                    Listener {
+                        listener,
+                        open: Arc::default(),
+                        ctx,
+                        session: backend.session,
+                        tracker: tracker.clone(),
+                        shutdown: shutdown.clone(),
+                    }
+                    .run(),
+                );
+            }
+            Listening::Loops(sockets) => {
+                let threads = sockets.len();
+                let open = Arc::default();
+                let spawned = listener::spawn_loops(
+                    sockets,
+                    &open,
+                    &ctx,
+                    backend.session,
+                    &tracker,
+                    &shutdown,
+                );
+                if let Err(e) = spawned {
+                    shutdown.cancel();
+                    return Err(e);
+                }
+                info!(addr = %local_addr, threads, "listening on event-loop threads");
+            }
+        }
 
         if let Some(admin_listener) = admin_listener {
             let state = admin::AdminState {

@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use elastic_lb::config::{self, AdminAddress, Config, ConfigSource};
 use elastic_lb::core::StrategyKind;
-use elastic_lb::server::{bind, descriptors};
+use elastic_lb::server::bind::{self, Listening};
+use elastic_lb::server::descriptors;
 use elastic_lb::{Error, Result, Server};
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -213,10 +213,22 @@ async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Re
 
     let requested = config.listener.backlog;
     let backlog = bind::effective_backlog(requested, bind::somaxconn());
-    let listener = listen(config.listener.address, backlog, false)?;
+    let addr = config.listener.address;
+    let loops = elastic_lb::backend::event_loops(&config);
+    let listener = Listening::bind(addr, backlog, loops).map_err(|source| Error::Bind {
+        addr,
+        admin: false,
+        source,
+    })?;
     let admin_listener = match config.admin.address {
         AdminAddress::Off => None,
-        AdminAddress::Addr(addr) => Some(listen(addr, backlog, true)?),
+        AdminAddress::Addr(addr) => {
+            Some(bind::bind(addr, backlog).map_err(|source| Error::Bind {
+                addr,
+                admin: true,
+                source,
+            })?)
+        }
     };
     // Warnings come after the binds, so that a start-up error stays the only line.
     if backlog < requested {
@@ -264,15 +276,6 @@ async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Re
             Ok(ExitCode::from(130))
         }
     }
-}
-
-/// Binds a listener with `backlog` (`admin` only changes the error message).
-fn listen(addr: SocketAddr, backlog: u32, admin: bool) -> Result<TcpListener> {
-    bind::bind(addr, backlog).map_err(|source| Error::Bind {
-        addr,
-        admin,
-        source,
-    })
 }
 
 /// SIGHUP: read the file again; apply it, or keep the old configuration and log one error.

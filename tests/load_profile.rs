@@ -56,7 +56,9 @@ async fn profiled_run_follows_the_curve_and_reports_elasticity() {
     assert_eq!((e.mean_weight, e.service_ms_per_unit), (1.0, 1.0));
     assert!(e.samples >= 6, "{e:#?}");
     let m = e.metrics;
-    assert!((m.covered_s - 2.0).abs() < 0.3, "{m:?}");
+    // From the first sample to the end of the run: the first sample can come late on a
+    // busy machine (one shared core, CI), never after the run or before its start.
+    assert!(m.covered_s > 1.4 && m.covered_s < 2.3, "{m:?}");
     // 4 connections hold 20 units; at the peak the work keeps 40 busy: demand up to 120.
     assert!(m.mean_demand > 40.0 && m.mean_demand < 121.0, "{m:?}");
     assert!(m.mean_supply >= 100.0, "{m:?}");

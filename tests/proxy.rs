@@ -7,62 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::echo::Echo;
 use common::{fixed_reservation, start_lb, within, TIMEOUT};
 use elastic_lb::config::{BackendMode, Config, UpstreamConfig};
 use elastic_lb::core::Size;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-
-/// An echo server on 127.0.0.1:0 that counts the connections it accepted. Dropping it (or
-/// calling `kill`) closes the listener and every connection.
-struct Echo {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Echo {
-    async fn start() -> Echo {
-        Echo::start_on("127.0.0.1:0".parse().expect("addr")).await
-    }
-
-    async fn start_on(addr: SocketAddr) -> Echo {
-        let listener = TcpListener::bind(addr).await.expect("bind echo");
-        let addr = listener.local_addr().expect("echo addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            while let Ok((mut s, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                conns.spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
-        Echo {
-            addr,
-            accepted,
-            task,
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    fn kill(&self) {
-        self.task.abort();
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn proxy_config(reservation: f64, upstreams: &[&Echo]) -> Config {
     let mut cfg = fixed_reservation(reservation);

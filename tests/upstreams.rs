@@ -10,58 +10,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::echo::Echo;
 use common::{fixed_reservation, start_lb, within, Lb};
 use elastic_lb::backend::upstream::{Provider, UpstreamView};
 use elastic_lb::config::{AdminToken, BackendMode, Config, ProviderConfig, UpstreamConfig};
 use elastic_lb::core::Size;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Bound of the waits that include scaling steps and provider commands.
 const LONG: Duration = Duration::from_secs(20);
-
-/// An in-process echo server on 127.0.0.1:0, counting accepted connections.
-struct Echo {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Echo {
-    async fn start() -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-        let addr = listener.local_addr().expect("echo addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            while let Ok((mut s, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                conns.spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
-        Echo {
-            addr,
-            accepted,
-            task,
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn upstream(addr: SocketAddr) -> UpstreamConfig {
     UpstreamConfig {

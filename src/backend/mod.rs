@@ -9,7 +9,14 @@
 //! | `proxy` | [`upstream::UpstreamFactory`]: the `[[backend.upstreams]]` list | a real upstream server | [`SessionKind::Stream`]: bytes copied both ways (SPEC §8) |
 //!
 //! The balancer owns a `Box<dyn` [`MachineFactory]`>` and hands out [`Machine`]s; the
-//! server picks the session kind once from [`Backend::session`]. Neither looks at the mode.
+//! server picks the session kind once from [`Backend::session`], and how many event loops
+//! serve connections from [`event_loops`]. Neither looks at the mode.
+//!
+//! Event loops: a proxied stream touches only its two sockets and shared atomics, so it can
+//! live on an event-loop thread of its own (`listener.threads`, one per core by default,
+//! like HAProxy's threads). A line session meets its machine's task on every request — a
+//! task of the shared runtime — so in simulated mode connections stay on that runtime,
+//! where a wake-up between them costs no thread hand-off.
 //!
 //! Depends on `core`, `config`, `protocol` (reply lines) and `telemetry`.
 
@@ -24,6 +31,19 @@ use crate::config::{BackendMode, Config};
 
 pub use factory::{BackendContext, FactoryError, MachineFactory};
 pub use machine::{Job, Machine, SubmitError, Submitted};
+
+/// Event-loop threads that should accept and serve connections for `config`: 0 = serve
+/// them on the shared runtime (simulated mode, see the module docs); in proxy mode
+/// `listener.threads`, where 0 means one per core.
+pub fn event_loops(config: &Config) -> usize {
+    match config.backend.mode {
+        BackendMode::Simulated => 0,
+        BackendMode::Proxy => match config.listener.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        },
+    }
+}
 
 /// How the server talks to a client of this backend; chosen once at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

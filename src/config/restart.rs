@@ -1,7 +1,8 @@
 //! The keys a reload cannot change: what the daemon reads once, at start.
 //!
-//! `listener.address`, `listener.backlog`, `admin.address` and `admin.max_connections` are
-//! properties of sockets and of the admin server bound at start, and every key of
+//! `listener.address`, `listener.backlog`, `listener.threads`, `admin.address` and
+//! `admin.max_connections` are properties of sockets, event loops and of the admin server
+//! bound at start, and every key of
 //! `[backend]` but `upstreams` shapes the machines and health checks built at start
 //! (`[[backend.upstreams]]` is applied on reload: added upstreams join the pool, removed
 //! ones drain). On SIGHUP, `main` calls
@@ -23,9 +24,10 @@ const RESTART_TABLES: [&str; 1] = ["backend"];
 /// Keys of [`RESTART_TABLES`] that a reload applies: (table, key).
 const RELOADABLE_KEYS: [(&str, &str); 1] = [("backend", "upstreams")];
 /// Single keys that need a restart: (table, key).
-const RESTART_KEYS: [(&str, &str); 4] = [
+const RESTART_KEYS: [(&str, &str); 5] = [
     ("listener", "address"),
     ("listener", "backlog"),
+    ("listener", "threads"),
     ("admin", "address"),
     ("admin", "max_connections"),
 ];
@@ -50,6 +52,7 @@ pub fn keep_restart_keys(running: &Config, next: &mut Config) -> Vec<RestartChan
     let changes = restart_changes(running, next);
     next.listener.address = running.listener.address;
     next.listener.backlog = running.listener.backlog;
+    next.listener.threads = running.listener.threads;
     next.admin.address = running.admin.address;
     next.admin.max_connections = running.admin.max_connections;
     let upstreams = std::mem::take(&mut next.backend.upstreams);

@@ -59,6 +59,10 @@ pub struct ListenerConfig {
     /// Listen backlog of the main and the admin listener (the kernel caps it at
     /// `net.core.somaxconn`). Read once at start.
     pub backlog: u32,
+    /// Event-loop threads that accept and serve connections, each with its own listening
+    /// socket (`SO_REUSEPORT`); 0 = one per core where the backend's sessions can run on
+    /// their own loops (proxy mode). Read once at start.
+    pub threads: usize,
 }
 
 impl Default for ListenerConfig {
@@ -70,6 +74,7 @@ impl Default for ListenerConfig {
             idle_timeout: Duration::from_secs(60),
             line_timeout: Duration::from_secs(10),
             backlog: 1024,
+            threads: 0,
         }
     }
 }

@@ -106,7 +106,7 @@ fn unknown_key_is_reworded() {
     assert_eq!(
         err(text),
         "x.toml:3: listener.colour: unknown key (expected one of address, \
-         max_connections, max_line_bytes, idle_timeout, line_timeout, backlog)"
+         max_connections, max_line_bytes, idle_timeout, line_timeout, backlog, threads)"
     );
 }
 
@@ -497,6 +497,10 @@ fn backlog_and_admin_limits_have_bounds_naming_the_key() {
         &["x.toml:2: listener.backlog = 70000: must be between 1 and 65535"],
     );
     rejects(
+        "[listener]\nthreads = 257\n",
+        &["x.toml:2: listener.threads = 257: must be between 0 (one per core) and 256"],
+    );
+    rejects(
         "[admin]\nmax_connections = 0\n",
         &["x.toml:2: admin.max_connections = 0: must be between 1 and 10000"],
     );
@@ -509,11 +513,18 @@ fn backlog_and_admin_limits_have_bounds_naming_the_key() {
         &["x.toml:2: listener.backlog"],
     );
     let ok = Config::from_toml(
-        "[listener]\nbacklog = 16\n[admin]\nmax_connections = 2\n",
+        "[listener]\nbacklog = 16\nthreads = 3\n[admin]\nmax_connections = 2\n",
         "x.toml",
     )
     .expect("valid");
-    assert_eq!((ok.listener.backlog, ok.admin.max_connections), (16, 2));
+    assert_eq!(
+        (
+            ok.listener.backlog,
+            ok.listener.threads,
+            ok.admin.max_connections
+        ),
+        (16, 3, 2)
+    );
 }
 
 #[test]

@@ -30,6 +30,8 @@ pub const MAX_UNITS: u64 = 1_000_000_000;
 pub const MAX_SERVICE_MS_PER_UNIT: f64 = 60_000.0;
 /// Largest `autoscaler.max_step`.
 pub const MAX_STEP: usize = 10_000;
+/// Most `listener.threads` (each is an OS thread with its own event loop).
+const MAX_LISTENER_THREADS: usize = 256;
 /// Largest `listener.backlog` (the kernel caps it further at `net.core.somaxconn`).
 pub const MAX_BACKLOG: u32 = 65_535;
 /// Largest `admin.max_connections`.
@@ -470,6 +472,14 @@ impl Config {
                 "listener.backlog",
                 backlog.to_string(),
                 format!("must be between 1 and {MAX_BACKLOG}"),
+            ));
+        }
+        let threads = self.listener.threads;
+        if threads > MAX_LISTENER_THREADS {
+            return Err(ValidationError::new(
+                "listener.threads",
+                threads.to_string(),
+                format!("must be between 0 (one per core) and {MAX_LISTENER_THREADS}"),
             ));
         }
         let admin = &self.admin;

@@ -9,8 +9,10 @@
 //! semaphore because a semaphore cannot shrink while its permits are out.
 //!
 //! Connection tasks are spawned on a [`TaskTracker`] so that shutdown can wait for them.
-//! Each runs the session kind the backend chose at start-up.
+//! Each runs the session kind the backend chose at start-up. The loop runs either on the
+//! shared runtime or, once per thread, on event loops of its own ([`spawn_loops`]).
 
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::session::{self, SessionContext};
 use crate::backend::SessionKind;
@@ -47,9 +49,6 @@ pub struct Listener {
 impl Listener {
     /// Accepts until `shutdown` fires.
     pub async fn run(self) {
-        if let Ok(addr) = self.listener.local_addr() {
-            info!(%addr, "listening");
-        }
         let mut backoff = Duration::from_millis(1);
         let refusing = Arc::new(AtomicUsize::new(0));
         let mut overloaded_log = RefusalLog::default();
@@ -114,8 +113,61 @@ impl Listener {
                 }
             }
         }
-        info!("listener closed");
+        debug!("accept loop closed");
     }
+}
+
+/// Starts one event-loop thread per socket of a [`super::bind::bind_group`]: each runs a
+/// current-thread runtime with its own accept loop ([`Listener::run`]; `open`, `ctx` and
+/// `session` shared by all loops) and the connections it accepts, start to end — no hand-off to another
+/// thread, no work stealing (HAProxy's and nginx's model). Each thread holds a token of
+/// `tracker` until its last connection has ended, so [`crate::Server::shutdown`]
+/// waits for these connections exactly as for the shared runtime's.
+///
+/// # Errors
+///
+/// When a runtime, a socket registration or a thread cannot be created; threads already
+/// started stop with the shutdown token.
+pub fn spawn_loops(
+    sockets: Vec<std::net::TcpListener>,
+    open: &Arc<AtomicUsize>,
+    ctx: &Arc<SessionContext>,
+    session: SessionKind,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> io::Result<()> {
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        socket.set_nonblocking(true)?;
+        // Registered with the loop's own reactor, from here, so that an error is returned.
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(socket)?
+        };
+        let connections = TaskTracker::new();
+        let accept_loop = Listener {
+            listener,
+            open: open.clone(),
+            ctx: ctx.clone(),
+            session,
+            tracker: connections.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let token = tracker.token();
+        std::thread::Builder::new()
+            .name(format!("elastic-lb-loop-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    accept_loop.run().await;
+                    connections.close();
+                    connections.wait().await;
+                });
+                drop(token);
+            })?;
+    }
+    Ok(())
 }
 
 /// Refusals (`ERR overloaded` being written) in progress at once, at most.

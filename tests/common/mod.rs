@@ -2,11 +2,14 @@
 //! client, a polling helper and a tiny HTTP client for `GET /api/stats`.
 #![allow(dead_code)]
 
+pub mod echo;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use elastic_lb::config::Config;
+use elastic_lb::server::bind::Listening;
 use elastic_lb::telemetry::Snapshot;
 use elastic_lb::Server;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -50,6 +53,24 @@ pub async fn start_lb(cfg: Config) -> Lb {
         .expect("bind balancer");
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
     let server = Server::start(cfg, listener, Some(admin_listener))
+        .await
+        .expect("server starts");
+    let addr = server.local_addr();
+    let admin = server.admin_addr().expect("admin enabled");
+    Lb {
+        server,
+        addr,
+        admin,
+    }
+}
+
+/// As [`start_lb`], with the balancer's connections served by `loops` event-loop threads
+/// of their own (one `SO_REUSEPORT` socket each), as the daemon does in proxy mode.
+pub async fn start_lb_loops(cfg: Config, loops: usize) -> Lb {
+    let listening =
+        Listening::bind("127.0.0.1:0".parse().expect("addr"), 128, loops).expect("bind balancer");
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let server = Server::start(cfg, listening, Some(admin_listener))
         .await
         .expect("server starts");
     let addr = server.local_addr();

@@ -1,0 +1,117 @@
+//! Proxy mode on event-loop threads of its own (`listener.threads`): connections accepted
+//! and served by per-thread loops are counted, placed and shut down exactly as on the
+//! shared runtime.
+
+mod common;
+
+use std::time::Duration;
+
+use common::echo::Echo;
+use common::{fixed_reservation, start_lb_loops, within, TIMEOUT};
+use elastic_lb::config::{BackendMode, Config, UpstreamConfig};
+use elastic_lb::core::Size;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+fn proxy_config(reservation: f64, upstreams: &[&Echo]) -> Config {
+    let mut cfg = fixed_reservation(reservation);
+    cfg.backend.mode = BackendMode::Proxy;
+    cfg.backend.health_check_interval = Duration::from_millis(50);
+    cfg.backend.upstreams = upstreams
+        .iter()
+        .map(|e| UpstreamConfig {
+            address: e.addr,
+            size: Size::Medium,
+            max_connections: None,
+        })
+        .collect();
+    cfg
+}
+
+async fn round_trip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    s.write_all(data).await.expect("write");
+    let mut back = vec![0; data.len()];
+    within("echo reply", s.read_exact(&mut back))
+        .await
+        .expect("read echo");
+    back
+}
+
+/// 120 clients on two loops (the kernel spreads them by port), through a scale-up: every
+/// byte comes back, every admission and reservation is counted once, and closing them all
+/// releases everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_loops_serve_count_and_release_every_connection() {
+    let (a, b, c) = (
+        Echo::start().await,
+        Echo::start().await,
+        Echo::start().await,
+    );
+    // 120 × 0.6 = 72 units: past 50 % of one medium machine.
+    let lb = start_lb_loops(proxy_config(0.6, &[&a, &b, &c]), 2).await;
+    let mut tasks = JoinSet::new();
+    for i in 0..120u32 {
+        let addr = lb.addr;
+        tasks.spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let data: Vec<u8> = (0..4096u32).map(|k| (k * 7 + i) as u8).collect();
+            assert_eq!(round_trip(&mut s, &data).await, data);
+            s
+        });
+    }
+    let mut clients = Vec::new();
+    while let Some(client) = tasks.join_next().await {
+        clients.push(client.expect("client task"));
+    }
+    let s = lb.snapshot();
+    assert_eq!(s.totals.connections_admitted, 120, "{s:#?}");
+    assert_eq!(s.totals.connections_open, 120);
+    assert_eq!(s.machines.iter().map(|m| m.connections).sum::<u64>(), 120);
+    let used: f64 = s.machines.iter().map(|m| m.used).sum();
+    assert!((used - 72.0).abs() < 1e-6, "used {used}: {s:#?}");
+    assert!(s.machines.len() >= 2, "scaled up: {s:#?}");
+    drop(clients);
+    lb.wait_stats("every connection released", |s| {
+        s.totals.connections_open == 0
+            && s.machines
+                .iter()
+                .all(|m| m.used == 0.0 && m.connections == 0)
+    })
+    .await;
+}
+
+/// Graceful shutdown waits for connections on the loops: an open stream keeps working
+/// after shutdown began, the port closes, and shutdown returns once the client is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_streams_on_the_loops() {
+    let echo = Echo::start().await;
+    let lb = start_lb_loops(proxy_config(1.0, &[&echo]), 2).await;
+    let addr = lb.addr;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(round_trip(&mut s, b"hello").await, b"hello");
+        clients.push(s);
+    }
+    let shutting = tokio::spawn(lb.server.shutdown(Duration::from_secs(10)));
+    // No loop accepts any more: new clients are refused by the kernel (port closed).
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the port stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The streams that were open still carry bytes both ways.
+    for s in &mut clients {
+        assert_eq!(round_trip(s, b"still here").await, b"still here");
+    }
+    assert!(!shutting.is_finished(), "shutdown waits for open streams");
+    drop(clients);
+    tokio::time::timeout(TIMEOUT, shutting)
+        .await
+        .expect("shutdown ends once the streams closed")
+        .expect("shutdown task");
+}
