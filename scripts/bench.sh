@@ -22,7 +22,7 @@
 # noisy. Only loopback addresses are used.
 #
 #   scripts/bench.sh [all|simulated|proxy]   (env: ROUNDS=2 RUN=5s IDLE=5000 PORT=27070,
-#   and for the proxy section LB_THREADS= (elastic-lb's worker threads, TOKIO_WORKER_THREADS;
+#   and for the proxy section LB_THREADS= (elastic-lb's event-loop threads, listener.threads;
 #   default one per core) and HAP_THREADS=2 (HAProxy's nbthread))
 #
 # Takes about a minute and a half per section after the build.
@@ -241,6 +241,7 @@ cat >"$tmp/lbp.toml" <<TOML
 address = "$LBP_ADDR"
 max_connections = 20000
 idle_timeout = "0s"
+threads = ${LB_THREADS:-0}
 [admin]
 address = "off"
 [load]
@@ -273,14 +274,9 @@ CFG
 "$BIN/examples/bare_server" "$UP_ADDR" 2>>"$tmp/bare.log" &
 UP_PID=$!; pids+=("$UP_PID")
 wait_port "$UP_ADDR"
-if [ -n "${LB_THREADS:-}" ]; then
-    TOKIO_WORKER_THREADS=$LB_THREADS RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lbp.toml" \
-        2>>"$tmp/lbp.log" &
-else
-    RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lbp.toml" 2>>"$tmp/lbp.log" &
-fi
+RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lbp.toml" 2>>"$tmp/lbp.log" &
 LBP_PID=$!; pids+=("$LBP_PID")
-echo "elastic-lb worker threads: ${LB_THREADS:-one per core}; HAProxy nbthread ${HAP_THREADS:-2}" >&2
+echo "elastic-lb event-loop threads: ${LB_THREADS:-one per core}; HAProxy nbthread ${HAP_THREADS:-2}" >&2
 wait_port "$LBP_ADDR"
 haproxy -db -f "$tmp/haproxy.cfg" 2>>"$tmp/haproxy.log" &
 HAP_PID=$!; pids+=("$HAP_PID")
