@@ -6,37 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::echo::Echo;
-use common::{fixed_reservation, start_lb_loops, within, TIMEOUT};
-use elastic_lb::config::{BackendMode, Config, UpstreamConfig};
-use elastic_lb::core::Size;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::echo::{proxy_config, round_trip, Echo};
+use common::{start_lb_loops, TIMEOUT};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-
-fn proxy_config(reservation: f64, upstreams: &[&Echo]) -> Config {
-    let mut cfg = fixed_reservation(reservation);
-    cfg.backend.mode = BackendMode::Proxy;
-    cfg.backend.health_check_interval = Duration::from_millis(50);
-    cfg.backend.upstreams = upstreams
-        .iter()
-        .map(|e| UpstreamConfig {
-            address: e.addr,
-            size: Size::Medium,
-            max_connections: None,
-        })
-        .collect();
-    cfg
-}
-
-async fn round_trip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
-    s.write_all(data).await.expect("write");
-    let mut back = vec![0; data.len()];
-    within("echo reply", s.read_exact(&mut back))
-        .await
-        .expect("read echo");
-    back
-}
 
 /// 120 clients on two loops (the kernel spreads them by port), through a scale-up: every
 /// byte comes back, every admission and reservation is counted once, and closing them all
@@ -49,7 +22,7 @@ async fn two_loops_serve_count_and_release_every_connection() {
         Echo::start().await,
     );
     // 120 × 0.6 = 72 units: past 50 % of one medium machine.
-    let lb = start_lb_loops(proxy_config(0.6, &[&a, &b, &c]), 2).await;
+    let lb = start_lb_loops(proxy_config(0.6, &[a.addr, b.addr, c.addr]), 2).await;
     let mut tasks = JoinSet::new();
     for i in 0..120u32 {
         let addr = lb.addr;
@@ -86,7 +59,7 @@ async fn two_loops_serve_count_and_release_every_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_streams_on_the_loops() {
     let echo = Echo::start().await;
-    let lb = start_lb_loops(proxy_config(1.0, &[&echo]), 2).await;
+    let lb = start_lb_loops(proxy_config(1.0, &[echo.addr]), 2).await;
     let addr = lb.addr;
     let mut clients = Vec::new();
     for _ in 0..8 {

@@ -7,43 +7,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::echo::Echo;
+use common::echo::{proxy_config, round_trip, Echo};
 use common::{fixed_reservation, start_lb, within, TIMEOUT};
-use elastic_lb::config::{BackendMode, Config, UpstreamConfig};
+use elastic_lb::config::{BackendMode, UpstreamConfig};
 use elastic_lb::core::Size;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-fn proxy_config(reservation: f64, upstreams: &[&Echo]) -> Config {
-    let mut cfg = fixed_reservation(reservation);
-    cfg.backend.mode = BackendMode::Proxy;
-    cfg.backend.health_check_interval = Duration::from_millis(50);
-    cfg.backend.upstreams = upstreams
-        .iter()
-        .map(|e| UpstreamConfig {
-            address: e.addr,
-            size: Size::Medium,
-            max_connections: None,
-        })
-        .collect();
-    cfg
-}
-
-/// Writes `data` and reads back exactly as many bytes.
-async fn round_trip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
-    s.write_all(data).await.expect("write");
-    let mut back = vec![0; data.len()];
-    within("echo reply", s.read_exact(&mut back))
-        .await
-        .expect("read echo");
-    back
-}
-
 #[tokio::test]
 async fn bytes_pass_through_unchanged_both_ways() {
     let echo = Echo::start().await;
-    let lb = start_lb(proxy_config(10.0, &[&echo])).await;
+    let lb = start_lb(proxy_config(10.0, &[echo.addr])).await;
     let mut c = TcpStream::connect(lb.addr).await.expect("connect");
     // Not the line protocol: binary, no newline, invalid UTF-8 — nothing is parsed or added.
     let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
@@ -70,7 +45,7 @@ async fn scaling_up_activates_the_next_upstream() {
         Echo::start().await,
         Echo::start().await,
     );
-    let mut cfg = proxy_config(30.0, &[&a, &b, &c]);
+    let mut cfg = proxy_config(30.0, &[a.addr, b.addr, c.addr]);
     // Only the start-up probe: the accept counts below are exact.
     cfg.backend.health_check_interval = Duration::from_secs(60);
     let lb = start_lb(cfg).await;
@@ -106,7 +81,7 @@ async fn scaling_up_activates_the_next_upstream() {
 #[tokio::test]
 async fn a_failing_upstream_is_marked_down_and_replaced() {
     let (a, b) = (Echo::start().await, Echo::start().await);
-    let lb = start_lb(proxy_config(10.0, &[&a, &b])).await;
+    let lb = start_lb(proxy_config(10.0, &[a.addr, b.addr])).await;
     let mut first = TcpStream::connect(lb.addr).await.expect("connect");
     assert_eq!(round_trip(&mut first, b"hi").await, b"hi");
     drop(first);
@@ -130,7 +105,7 @@ async fn a_failing_upstream_is_marked_down_and_replaced() {
 #[tokio::test]
 async fn exhausted_pool_closes_the_connection_without_adding_bytes() {
     let echo = Echo::start().await;
-    let mut cfg = proxy_config(60.0, &[&echo]);
+    let mut cfg = proxy_config(60.0, &[echo.addr]);
     cfg.autoscaler.max_machines = 1;
     // The second client waits in the admission queue this long before it is refused.
     cfg.backend.queue_timeout = Duration::from_millis(200);
@@ -152,7 +127,7 @@ async fn exhausted_pool_closes_the_connection_without_adding_bytes() {
 #[tokio::test]
 async fn an_idle_proxied_stream_is_closed_after_idle_timeout() {
     let echo = Echo::start().await;
-    let mut cfg = proxy_config(10.0, &[&echo]);
+    let mut cfg = proxy_config(10.0, &[echo.addr]);
     cfg.listener.idle_timeout = Duration::from_millis(300);
     let lb = start_lb(cfg).await;
     let mut c = TcpStream::connect(lb.addr).await.expect("connect");
@@ -175,7 +150,7 @@ async fn an_idle_proxied_stream_is_closed_after_idle_timeout() {
 async fn machines_come_back_to_min_machines_when_an_upstream_recovers() {
     let echo = Echo::start().await;
     let addr = echo.addr;
-    let lb = start_lb(proxy_config(10.0, &[&echo])).await;
+    let lb = start_lb(proxy_config(10.0, &[echo.addr])).await;
     echo.kill();
     drop(echo);
     lb.wait_stats("the only machine retired", |s| s.machines.is_empty())
@@ -387,7 +362,7 @@ async fn a_burst_across_the_scale_up_point_is_counted_exactly() {
         Echo::start().await,
     );
     // 150 × 0.6 = 90 units: past 50 % of one medium machine, under 50 % of three.
-    let lb = start_lb(proxy_config(0.6, &[&a, &b, &c])).await;
+    let lb = start_lb(proxy_config(0.6, &[a.addr, b.addr, c.addr])).await;
     let mut tasks = JoinSet::new();
     for i in 0..150u32 {
         let addr = lb.addr;
@@ -427,7 +402,7 @@ async fn a_burst_across_the_scale_up_point_is_counted_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_holds_under_a_burst() {
     let echo = Echo::start().await;
-    let mut cfg = proxy_config(0.0, &[&echo]);
+    let mut cfg = proxy_config(0.0, &[echo.addr]);
     cfg.backend.upstreams[0].max_connections = Some(5);
     cfg.backend.queue_timeout = Duration::from_millis(300);
     let lb = start_lb(cfg).await;

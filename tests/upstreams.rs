@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::echo::Echo;
-use common::{fixed_reservation, start_lb, within, Lb};
+use common::echo::{proxy_config, round_trip, upstream, Echo};
+use common::{start_lb, within, Lb};
 use elastic_lb::backend::upstream::{Provider, UpstreamView};
-use elastic_lb::config::{AdminToken, BackendMode, Config, ProviderConfig, UpstreamConfig};
+use elastic_lb::config::{AdminToken, BackendMode, ProviderConfig};
 use elastic_lb::core::Size;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,31 +21,6 @@ use tokio::time::Instant;
 
 /// Bound of the waits that include scaling steps and provider commands.
 const LONG: Duration = Duration::from_secs(20);
-
-fn upstream(addr: SocketAddr) -> UpstreamConfig {
-    UpstreamConfig {
-        address: addr,
-        size: Size::Medium,
-        max_connections: None,
-    }
-}
-
-fn proxy_config(reservation: f64, upstreams: &[SocketAddr]) -> Config {
-    let mut cfg = fixed_reservation(reservation);
-    cfg.backend.mode = BackendMode::Proxy;
-    cfg.backend.health_check_interval = Duration::from_millis(50);
-    cfg.backend.upstreams = upstreams.iter().copied().map(upstream).collect();
-    cfg
-}
-
-async fn round_trip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
-    s.write_all(data).await.expect("write");
-    let mut back = vec![0; data.len()];
-    within("echo reply", s.read_exact(&mut back))
-        .await
-        .expect("read echo");
-    back
-}
 
 /// Short connections (connect, one echo, close) in a loop until stopped; every failure is
 /// counted.

@@ -1,11 +1,48 @@
-//! An in-process echo upstream for the proxy-mode tests.
+//! An in-process echo upstream for the proxy-mode tests, and what those tests share: a
+//! proxy-mode configuration in front of a list of upstreams, and one echo round trip.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use std::time::Duration;
+
+use elastic_lb::config::{BackendMode, Config, UpstreamConfig};
+use elastic_lb::core::Size;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+
+use super::{fixed_reservation, within};
+
+/// One medium upstream entry at `address`, no connection limit.
+pub fn upstream(address: SocketAddr) -> UpstreamConfig {
+    UpstreamConfig {
+        address,
+        size: Size::Medium,
+        max_connections: None,
+    }
+}
+
+/// Proxy mode in front of `upstreams` (medium), a fixed `reservation` per connection and
+/// health checks every 50 ms.
+pub fn proxy_config(reservation: f64, upstreams: &[SocketAddr]) -> Config {
+    let mut cfg = fixed_reservation(reservation);
+    cfg.backend.mode = BackendMode::Proxy;
+    cfg.backend.health_check_interval = Duration::from_millis(50);
+    cfg.backend.upstreams = upstreams.iter().copied().map(upstream).collect();
+    cfg
+}
+
+/// Writes `data` and reads back exactly as many bytes.
+pub async fn round_trip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    s.write_all(data).await.expect("write");
+    let mut back = vec![0; data.len()];
+    within("echo reply", s.read_exact(&mut back))
+        .await
+        .expect("read echo");
+    back
+}
 
 /// An echo server on 127.0.0.1:0 that counts the connections it accepted. Dropping it (or
 /// calling `kill`) closes the listener and every connection.

@@ -51,17 +51,7 @@ pub async fn start_lb(cfg: Config) -> Lb {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind balancer");
-    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-    let server = Server::start(cfg, listener, Some(admin_listener))
-        .await
-        .expect("server starts");
-    let addr = server.local_addr();
-    let admin = server.admin_addr().expect("admin enabled");
-    Lb {
-        server,
-        addr,
-        admin,
-    }
+    start_on(cfg, listener.into()).await
 }
 
 /// As [`start_lb`], with the balancer's connections served by `loops` event-loop threads
@@ -69,6 +59,10 @@ pub async fn start_lb(cfg: Config) -> Lb {
 pub async fn start_lb_loops(cfg: Config, loops: usize) -> Lb {
     let listening =
         Listening::bind("127.0.0.1:0".parse().expect("addr"), 128, loops).expect("bind balancer");
+    start_on(cfg, listening).await
+}
+
+async fn start_on(cfg: Config, listening: Listening) -> Lb {
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
     let server = Server::start(cfg, listening, Some(admin_listener))
         .await
