@@ -92,11 +92,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>
         };
         let ((read_half, end), wrote_all) = tokio::join!(
             reader.run(read_half),
-            // Polled only after its own waker fired: a request answered by the reader
-            // (the closed-loop case) does not poll the idle writer's channel and timer.
-            Gated::new(write_loop(
-                write_half, pending_rx, &in_flight, idle, &counters
-            )),
+            write_loop(write_half, pending_rx, &in_flight, idle, &counters),
         );
         let reason = match end {
             _ if !wrote_all => "write failed or client stopped reading",
