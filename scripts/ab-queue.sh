@@ -31,25 +31,8 @@ fi
 (cd "$root" && cargo build --release --quiet)
 BIN="${CARGO_TARGET_DIR:-$root/target}/release/elastic-lb"
 
-# Three distinct free ports below Linux's ephemeral range (32768-60999), where no outgoing
-# connection can take one as its source port between this check and the servers' bind.
-read -r UP_PORT LB_PORT ADMIN_PORT < <(python3 - <<'PY'
-import random, socket
-ports = []
-while len(ports) < 3:
-    p = random.randrange(20000, 32000)
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    if p not in ports:
-        ports.append(p)
-print(*ports)
-PY
-)
+# Free loopback ports below the ephemeral range (see scripts/free-ports.py).
+read -r UP_PORT LB_PORT ADMIN_PORT < <(python3 "$root/scripts/free-ports.py" 3)
 
 mkdir -p "$tmp/www" && echo "hello" >"$tmp/www/index.html"
 (cd "$tmp/www" && exec python3 -m http.server "$UP_PORT" --bind 127.0.0.1 >"$tmp/http.log" 2>&1) &

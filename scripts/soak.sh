@@ -108,16 +108,8 @@ now() { echo "${EPOCHREALTIME/./}"; }   # microseconds
 log() { printf 'soak: [%3ds] %s\n' "$(( ($(now) - T0) / 1000000 ))" "$*"; }
 T0=$(now)
 
-# Free loopback ports: bound together on port 0, then released (a race with other programs
-# is possible but harmless: the daemon would fail to start and say so).
-read -r LB_PORT LB_ADMIN PX_PORT PX_ADMIN UP1 UP2 UP3 UP4 < <(python3 - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(8)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-PY
-)
+# Free loopback ports below the ephemeral range (see scripts/free-ports.py).
+read -r LB_PORT LB_ADMIN PX_PORT PX_ADMIN UP1 UP2 UP3 UP4 < <(python3 scripts/free-ports.py 8)
 LB=127.0.0.1:$LB_PORT
 LB_ADM=127.0.0.1:$LB_ADMIN
 PX=127.0.0.1:$PX_PORT
