@@ -28,7 +28,8 @@ use crate::server::listener::{self, Listener};
 use crate::server::session::SessionContext;
 use crate::telemetry::{StatsHandle, Totals};
 
-/// A running balancer. Dropping it does not stop it; call [`Server::shutdown`].
+/// A running balancer. Call [`Server::shutdown`] to stop it; dropping it only stops the
+/// accept loops (and so ends the event-loop threads once their connections close).
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
@@ -47,6 +48,14 @@ pub struct Server {
     tracker: TaskTracker,
     /// Proxy mode: the run-time upstream list.
     upstreams: Option<UpstreamPool>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Event-loop threads outlive the runtime that started them; without this they would
+        // keep accepting for a server nobody can reach any more.
+        self.shutdown.cancel();
+    }
 }
 
 impl Server {
@@ -126,9 +135,14 @@ impl Server {
                     backend.session,
                     &tracker,
                     &shutdown,
-                );
+                )
+                .await;
                 if let Err(e) = spawned {
                     shutdown.cancel();
+                    if let Some(upstreams) = &upstreams {
+                        // Upstreams a provider created for the initial machines go back.
+                        upstreams.release_provided().await;
+                    }
                     return Err(e);
                 }
                 info!(addr = %local_addr, threads, "listening on event-loop threads");

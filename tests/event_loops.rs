@@ -88,3 +88,23 @@ async fn shutdown_waits_for_streams_on_the_loops() {
         .expect("shutdown ends once the streams closed")
         .expect("shutdown task");
 }
+
+/// The loops are threads of their own: dropping the `Server` (a test's end, a library user
+/// giving up) stops their accept loops instead of leaving them serving nobody's balancer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_server_closes_the_loops_port() {
+    let echo = Echo::start().await;
+    let lb = start_lb_loops(proxy_config(1.0, &[echo.addr]), 2).await;
+    let addr = lb.addr;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(round_trip(&mut s, b"up").await, b"up");
+    drop(lb);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the port stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

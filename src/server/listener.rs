@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -119,16 +121,17 @@ impl Listener {
 
 /// Starts one event-loop thread per socket of a [`super::bind::bind_group`]: each runs a
 /// current-thread runtime with its own accept loop ([`Listener::run`]; `open`, `ctx` and
-/// `session` shared by all loops) and the connections it accepts, start to end — no hand-off to another
-/// thread, no work stealing (HAProxy's and nginx's model). Each thread holds a token of
-/// `tracker` until its last connection has ended, so [`crate::Server::shutdown`]
-/// waits for these connections exactly as for the shared runtime's.
+/// `session` shared by all loops) and the connections it accepts, start to end — no
+/// hand-off to another thread, no work stealing (HAProxy's and nginx's model). Each thread
+/// holds a token of `tracker` until its last connection has ended, so
+/// [`crate::Server::shutdown`] waits for these connections exactly as for the shared
+/// runtime's. Returns once every loop runs (or one could not start).
 ///
 /// # Errors
 ///
-/// When a runtime, a socket registration or a thread cannot be created; threads already
-/// started stop with the shutdown token.
-pub fn spawn_loops(
+/// When a thread, its runtime or its socket's registration cannot be created. The loops
+/// already running stop when `shutdown` fires (the caller cancels it).
+pub async fn spawn_loops(
     sockets: Vec<std::net::TcpListener>,
     open: &Arc<AtomicUsize>,
     ctx: &Arc<SessionContext>,
@@ -137,28 +140,33 @@ pub fn spawn_loops(
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
     for (i, socket) in sockets.into_iter().enumerate() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        socket.set_nonblocking(true)?;
-        // Registered with the loop's own reactor, from here, so that an error is returned.
-        let listener = {
-            let _entered = runtime.enter();
-            TcpListener::from_std(socket)?
-        };
-        let connections = TaskTracker::new();
-        let accept_loop = Listener {
-            listener,
-            open: open.clone(),
-            ctx: ctx.clone(),
-            session,
-            tracker: connections.clone(),
-            shutdown: shutdown.clone(),
-        };
+        let (open, ctx, shutdown) = (open.clone(), ctx.clone(), shutdown.clone());
         let token = tracker.token();
+        let (started_tx, started_rx) = oneshot::channel();
+        // The runtime is built and dropped on its own thread only: a runtime dropped
+        // inside the caller's async context would panic.
         std::thread::Builder::new()
             .name(format!("elastic-lb-loop-{i}"))
             .spawn(move || {
+                let (runtime, listener) = match start_loop(socket) {
+                    Ok(started) => {
+                        let _ = started_tx.send(Ok(()));
+                        started
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let connections = TaskTracker::new();
+                let accept_loop = Listener {
+                    listener,
+                    open,
+                    ctx,
+                    session,
+                    tracker: connections.clone(),
+                    shutdown,
+                };
                 runtime.block_on(async move {
                     accept_loop.run().await;
                     connections.close();
@@ -166,8 +174,24 @@ pub fn spawn_loops(
                 });
                 drop(token);
             })?;
+        started_rx
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("event-loop thread ended at start")))?;
     }
     Ok(())
+}
+
+/// An event loop's runtime and its listening socket, registered with that runtime.
+fn start_loop(socket: std::net::TcpListener) -> io::Result<(Runtime, TcpListener)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    socket.set_nonblocking(true)?;
+    let listener = {
+        let _entered = runtime.enter();
+        TcpListener::from_std(socket)?
+    };
+    Ok((runtime, listener))
 }
 
 /// Refusals (`ERR overloaded` being written) in progress at once, at most.
