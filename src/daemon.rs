@@ -121,6 +121,7 @@ impl Server {
                         session: backend.session,
                         tracker: tracker.clone(),
                         shutdown: shutdown.clone(),
+                        balance: None,
                     }
                     .run(),
                 );

@@ -13,18 +13,20 @@
 //! shared runtime or, once per thread, on event loops of its own ([`spawn_loops`]).
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::balance::{Handoff, Loops, Seat};
 use super::session::{self, SessionContext};
 use crate::backend::SessionKind;
 use crate::core::Units;
@@ -46,6 +48,8 @@ pub struct Listener {
     pub tracker: TaskTracker,
     /// Fires when graceful shutdown begins: stop accepting.
     pub shutdown: CancellationToken,
+    /// On an event loop: all loops, and this loop's index (see [`super::balance`]).
+    pub balance: Option<(Loops, usize)>,
 }
 
 impl Listener {
@@ -78,13 +82,10 @@ impl Listener {
             };
             let limit = self.ctx.config.borrow().listener.max_connections;
             match ConnectionSlot::try_take(&self.open, limit) {
-                Some(slot) => {
-                    let (ctx, kind) = (self.ctx.clone(), self.session);
-                    self.tracker.spawn(async move {
-                        session::serve(kind, socket, peer, ctx).await;
-                        drop(slot);
-                    });
-                }
+                Some(slot) => match &self.balance {
+                    None => self.spawn_session(socket, peer, slot, None),
+                    Some((loops, me)) => self.place(loops, *me, socket, peer, slot),
+                },
                 None => {
                     self.ctx.stats.totals.connection_rejected(Units::ZERO);
                     if let Some(refused) = overloaded_log.refused(Instant::now()) {
@@ -119,6 +120,84 @@ impl Listener {
     }
 }
 
+impl Listener {
+    fn spawn_session(
+        &self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        slot: ConnectionSlot,
+        seat: Option<Seat>,
+    ) {
+        let (ctx, kind) = (self.ctx.clone(), self.session);
+        self.tracker.spawn(async move {
+            session::serve(kind, socket, peer, ctx).await;
+            drop((slot, seat));
+        });
+    }
+
+    /// Serves the connection on this loop, or hands it to the least loaded one.
+    fn place(
+        &self,
+        loops: &Loops,
+        me: usize,
+        socket: TcpStream,
+        peer: SocketAddr,
+        slot: ConnectionSlot,
+    ) {
+        let to = loops.place(me);
+        if to == me {
+            return self.spawn_session(socket, peer, slot, Some(loops.seat(me)));
+        }
+        let socket = match socket.into_std() {
+            Ok(socket) => socket,
+            Err(e) => {
+                debug!(error = %e, "cannot move a connection to another loop; closed");
+                return;
+            }
+        };
+        let handoff = Handoff {
+            socket,
+            peer,
+            slot,
+            seat: loops.seat(to),
+        };
+        if let Err(back) = loops.send(to, handoff) {
+            // That loop has stopped (shutdown): serve it here after all.
+            match TcpStream::from_std(back.socket) {
+                Ok(socket) => self.spawn_session(socket, peer, back.slot, Some(loops.seat(me))),
+                Err(e) => debug!(error = %e, "cannot register a connection; closed"),
+            }
+        }
+    }
+}
+
+/// Serves the connections other loops hand to this one, until every loop stopped accepting.
+async fn receive(
+    mut inbox: mpsc::UnboundedReceiver<Handoff>,
+    ctx: Arc<SessionContext>,
+    kind: SessionKind,
+    connections: TaskTracker,
+) {
+    while let Some(handoff) = inbox.recv().await {
+        let Handoff {
+            socket,
+            peer,
+            slot,
+            seat,
+        } = handoff;
+        match TcpStream::from_std(socket) {
+            Ok(socket) => {
+                let ctx = ctx.clone();
+                connections.spawn(async move {
+                    session::serve(kind, socket, peer, ctx).await;
+                    drop((slot, seat));
+                });
+            }
+            Err(e) => debug!(error = %e, "cannot register a handed-over connection; closed"),
+        }
+    }
+}
+
 /// Starts one event-loop thread per socket of a [`super::bind::bind_group`]: each runs a
 /// current-thread runtime with its own accept loop ([`Listener::run`]; `open`, `ctx` and
 /// `session` shared by all loops) and the connections it accepts, start to end — no
@@ -139,8 +218,10 @@ pub async fn spawn_loops(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
-    for (i, socket) in sockets.into_iter().enumerate() {
+    let (loops, inboxes) = Loops::new(sockets.len());
+    for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let (open, ctx, shutdown) = (open.clone(), ctx.clone(), shutdown.clone());
+        let balance = Some((loops.clone(), i));
         let token = tracker.token();
         let (started_tx, started_rx) = oneshot::channel();
         // The runtime is built and dropped on its own thread only: a runtime dropped
@@ -159,6 +240,7 @@ pub async fn spawn_loops(
                     }
                 };
                 let connections = TaskTracker::new();
+                let receiving = receive(inbox, ctx.clone(), session, connections.clone());
                 let accept_loop = Listener {
                     listener,
                     open,
@@ -166,8 +248,10 @@ pub async fn spawn_loops(
                     session,
                     tracker: connections.clone(),
                     shutdown,
+                    balance,
                 };
                 runtime.block_on(async move {
+                    connections.spawn(receiving);
                     accept_loop.run().await;
                     connections.close();
                     connections.wait().await;
