@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::listener::ConnectionSlot;
+use super::slot::ConnectionSlot;
 
 /// How many more connections than the least loaded loop a loop keeps before handing off.
 pub const SLACK: usize = 1;

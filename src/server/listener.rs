@@ -14,7 +14,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 
 use super::balance::{Handoff, Loops, Seat};
 use super::session::{self, SessionContext};
+use super::slot::ConnectionSlot;
 use crate::backend::SessionKind;
 use crate::core::Units;
 use crate::protocol::ErrorCode;
@@ -280,44 +281,3 @@ fn start_loop(socket: std::net::TcpListener) -> io::Result<(Runtime, TcpListener
 
 /// Refusals (`ERR overloaded` being written) in progress at once, at most.
 pub const MAX_REFUSING: usize = 256;
-
-/// One of `max_connections`; released on drop.
-#[derive(Debug)]
-pub struct ConnectionSlot {
-    open: Arc<AtomicUsize>,
-}
-
-impl ConnectionSlot {
-    /// Takes a slot if fewer than `limit` are taken.
-    pub fn try_take(open: &Arc<AtomicUsize>, limit: usize) -> Option<ConnectionSlot> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
-        })
-        .ok()
-        .map(|_| ConnectionSlot { open: open.clone() })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_respect_a_changing_limit() {
-        let open = Arc::new(AtomicUsize::new(0));
-        let a = ConnectionSlot::try_take(&open, 2).unwrap();
-        let _b = ConnectionSlot::try_take(&open, 2).unwrap();
-        assert!(ConnectionSlot::try_take(&open, 2).is_none());
-        // Lowered by a reload: nobody is cut off, but nobody new gets in.
-        assert!(ConnectionSlot::try_take(&open, 1).is_none());
-        drop(a);
-        assert!(ConnectionSlot::try_take(&open, 1).is_none());
-        assert!(ConnectionSlot::try_take(&open, 3).is_some());
-    }
-}

@@ -11,3 +11,4 @@ pub mod bind;
 pub mod descriptors;
 pub mod listener;
 pub mod session;
+pub mod slot;
