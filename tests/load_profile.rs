@@ -61,7 +61,8 @@ async fn profiled_run_follows_the_curve_and_reports_elasticity() {
     assert!(m.covered_s > 1.4 && m.covered_s < 2.3, "{m:?}");
     // 4 connections hold 20 units; at the peak the work keeps 40 busy: demand up to 120.
     assert!(m.mean_demand > 40.0 && m.mean_demand < 121.0, "{m:?}");
-    assert!(m.mean_supply >= 100.0, "{m:?}");
+    // A time-weighted mean of a constant 100: equal up to rounding.
+    assert!(m.mean_supply >= 100.0 - 1e-6, "{m:?}");
     for pct in [m.theta_u, m.tau_u, m.tau_o] {
         assert!((0.0..=100.0).contains(&pct), "{m:?}");
     }
