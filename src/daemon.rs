@@ -8,6 +8,7 @@
 //! depends on every layer, and no layer depends on it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub struct Server {
     /// Graceful shutdown: the listener, the autoscaler and the admin server stop; every
     /// connection winds down (SPEC §5).
     shutdown: CancellationToken,
+    /// Set just before `shutdown` fires (see `SessionContext::shutdown_begun`).
+    shutdown_begun: Arc<AtomicBool>,
     /// End of the grace period: machines answer what is still queued with
     /// `ERR shutting-down`.
     hard_stop: CancellationToken,
@@ -80,6 +83,7 @@ impl Server {
         let (config_tx, config_rx) = watch::channel(config.clone());
         let totals = Arc::new(Totals::default());
         let shutdown = CancellationToken::new();
+        let shutdown_begun = Arc::new(AtomicBool::new(false));
         let hard_stop = CancellationToken::new();
         let backend_ctx = BackendContext {
             config: config_rx.clone(),
@@ -108,6 +112,7 @@ impl Server {
             dispatcher: dispatcher.clone(),
             router,
             shutdown: shutdown.clone(),
+            shutdown_begun: shutdown_begun.clone(),
             hard_stop: hard_stop.clone(),
         });
         match listening {
@@ -167,6 +172,7 @@ impl Server {
             dispatcher,
             config_tx,
             shutdown,
+            shutdown_begun,
             hard_stop,
             tracker,
             upstreams,
@@ -223,6 +229,7 @@ impl Server {
     /// read, wait up to `grace`, then answer what is still queued with `ERR shutting-down`.
     pub async fn shutdown(self, grace: Duration) {
         info!(?grace, "shutting down");
+        self.shutdown_begun.store(true, Ordering::SeqCst);
         self.shutdown.cancel();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())

@@ -1,5 +1,6 @@
 //! What every session reads: built once by the daemon and shared by all connections.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -22,6 +23,17 @@ pub struct SessionContext {
     pub router: Router,
     /// Fires when graceful shutdown begins.
     pub shutdown: CancellationToken,
+    /// Set just before `shutdown` fires. A line session reads it after each read: waking
+    /// every connection takes a while, and a line read after shutdown began is refused
+    /// even when the wake-up has not reached its connection yet.
+    pub shutdown_begun: Arc<AtomicBool>,
     /// Fires when the shutdown grace runs out (proxied streams are cut then).
     pub hard_stop: CancellationToken,
+}
+
+impl SessionContext {
+    /// Whether graceful shutdown has begun (one load; see `shutdown_begun`).
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown_begun.load(Ordering::SeqCst)
+    }
 }

@@ -237,6 +237,10 @@ impl Reader<'_> {
             if refused_late {
                 return self.close_with("shutdown", None).await;
             }
+            if stopping && self.in_flight.is_zero() {
+                // Shutdown seen on a read that held no complete line, and nothing owed.
+                return self.close_with("shutdown", Some(shutting_down())).await;
+            }
             if eof {
                 return ReadEnd::ClientGone;
             }
@@ -321,6 +325,11 @@ impl Reader<'_> {
                         Ok(n) => {
                             self.counters.bytes_in(n);
                             last_read = Instant::now();
+                            // Shutdown began before this read, though its wake-up may not
+                            // have reached this task yet: what was just read is late.
+                            if !stopping && self.ctx.shutting_down() {
+                                stopping = true;
+                            }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => {
