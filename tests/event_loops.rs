@@ -6,10 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::echo::{proxy_config, round_trip, Echo};
+use common::echo::{echo_burst, proxy_config, round_trip, wait_port_closed, Echo};
 use common::{start_lb_loops, TIMEOUT};
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 
 /// 120 clients on two loops (the kernel spreads them by port), through a scale-up: every
 /// byte comes back, every admission and reservation is counted once, and closing them all
@@ -23,20 +22,10 @@ async fn two_loops_serve_count_and_release_every_connection() {
     );
     // 120 × 0.6 = 72 units: past 50 % of one medium machine.
     let lb = start_lb_loops(proxy_config(0.6, &[a.addr, b.addr, c.addr]), 2).await;
-    let mut tasks = JoinSet::new();
-    for i in 0..120u32 {
-        let addr = lb.addr;
-        tasks.spawn(async move {
-            let mut s = TcpStream::connect(addr).await.expect("connect");
-            let data: Vec<u8> = (0..4096u32).map(|k| (k * 7 + i) as u8).collect();
-            assert_eq!(round_trip(&mut s, &data).await, data);
-            s
-        });
-    }
-    let mut clients = Vec::new();
-    while let Some(client) = tasks.join_next().await {
-        clients.push(client.expect("client task"));
-    }
+    let clients = echo_burst(lb.addr, 120, |i| {
+        (0..4096u32).map(|k| (k * 7 + i) as u8).collect()
+    })
+    .await;
     let s = lb.snapshot();
     assert_eq!(s.totals.connections_admitted, 120, "{s:#?}");
     assert_eq!(s.totals.connections_open, 120);
@@ -69,14 +58,7 @@ async fn shutdown_waits_for_streams_on_the_loops() {
     }
     let shutting = tokio::spawn(lb.server.shutdown(Duration::from_secs(10)));
     // No loop accepts any more: new clients are refused by the kernel (port closed).
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the port stays open"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_port_closed(addr).await;
     // The streams that were open still carry bytes both ways.
     for s in &mut clients {
         assert_eq!(round_trip(s, b"still here").await, b"still here");
@@ -99,12 +81,5 @@ async fn dropping_the_server_closes_the_loops_port() {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     assert_eq!(round_trip(&mut s, b"up").await, b"up");
     drop(lb);
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the port stays open"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_port_closed(addr).await;
 }

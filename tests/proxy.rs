@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::echo::{proxy_config, round_trip, Echo};
+use common::echo::{echo_burst, proxy_config, round_trip, Echo};
 use common::{fixed_reservation, start_lb, within, TIMEOUT};
 use elastic_lb::config::{BackendMode, UpstreamConfig};
 use elastic_lb::core::Size;
@@ -363,20 +363,7 @@ async fn a_burst_across_the_scale_up_point_is_counted_exactly() {
     );
     // 150 × 0.6 = 90 units: past 50 % of one medium machine, under 50 % of three.
     let lb = start_lb(proxy_config(0.6, &[a.addr, b.addr, c.addr])).await;
-    let mut tasks = JoinSet::new();
-    for i in 0..150u32 {
-        let addr = lb.addr;
-        tasks.spawn(async move {
-            let mut s = TcpStream::connect(addr).await.expect("connect");
-            let data = i.to_be_bytes();
-            assert_eq!(round_trip(&mut s, &data).await, data);
-            s
-        });
-    }
-    let mut clients = Vec::new();
-    while let Some(client) = tasks.join_next().await {
-        clients.push(client.expect("client task"));
-    }
+    let clients = echo_burst(lb.addr, 150, |i| i.to_be_bytes().to_vec()).await;
     let s = lb.snapshot();
     assert_eq!(s.totals.connections_admitted, 150, "{s:#?}");
     assert_eq!(s.totals.connections_open, 150);

@@ -93,3 +93,34 @@ impl Drop for Echo {
         self.task.abort();
     }
 }
+
+/// `n` clients connect to `addr` at once; client `i` sends `payload(i)` and reads it back.
+/// Returns the open streams once every echo came back.
+pub async fn echo_burst(addr: SocketAddr, n: u32, payload: fn(u32) -> Vec<u8>) -> Vec<TcpStream> {
+    let mut tasks = JoinSet::new();
+    for i in 0..n {
+        tasks.spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let data = payload(i);
+            assert_eq!(round_trip(&mut s, &data).await, data);
+            s
+        });
+    }
+    let mut clients = Vec::new();
+    while let Some(client) = tasks.join_next().await {
+        clients.push(client.expect("client task"));
+    }
+    clients
+}
+
+/// Waits (bounded by [`super::TIMEOUT`]) until nothing accepts connections on `addr`.
+pub async fn wait_port_closed(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + super::TIMEOUT;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the port stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
