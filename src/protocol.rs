@@ -4,10 +4,11 @@
 //! style of mini-redis: [`next_frame`] returns `None` while a line is incomplete (need more
 //! bytes), [`Frame::TooLong`] as soon as the buffered bytes prove the line passes
 //! `max_line_bytes`, and a [`Frame::Line`] otherwise. Lines are handed out as `Bytes`
-//! slices of the read buffer, so payloads are never copied on their way to a machine.
+//! slices of the read buffer. [`first_line`] frames the same way in place, over input that
+//! is answered where it was read (the line session's fast path), and never buffers.
 //!
-//! Decoding is separate from framing: [`parse`] turns one line (already checked to be
-//! UTF-8) into a [`Request`].
+//! Decoding is separate from framing: [`parse`] turns one line into a [`Request`] whose
+//! payload is a slice of it, [`parse_slice`] into one that borrows it.
 //!
 //! Both apply the same clean-up before a line is classified: the line ending (`\n` or
 //! `\r\n`) goes, then a lone trailing `\r` that is left (`PING\r\r\n` is `PING`), and a
@@ -41,17 +42,12 @@ pub fn next_frame(buf: &mut BytesMut, scanned: &mut usize, max_line_bytes: usize
     match buf[start..].iter().position(|&b| b == b'\n') {
         Some(offset) => {
             let newline = start + offset;
-            let mut line = buf.split_to(newline + 1);
-            line.truncate(newline);
-            if line.last() == Some(&b'\r') {
-                line.truncate(newline - 1);
-            }
+            let line = buf.split_to(newline + 1).freeze();
             *scanned = 0;
-            if line.len() > max_line_bytes {
-                Some(Frame::TooLong)
-            } else {
-                Some(Frame::Line(clean_line(line.freeze())))
-            }
+            Some(match complete_line(&line[..newline], max_line_bytes) {
+                LineFrame::Line(kept) => Frame::Line(line.slice_ref(kept)),
+                LineFrame::TooLong => Frame::TooLong,
+            })
         }
         None => {
             *scanned = buf.len();
@@ -71,23 +67,60 @@ pub fn next_frame(buf: &mut BytesMut, scanned: &mut usize, max_line_bytes: usize
     }
 }
 
+/// A complete line framed in place (see [`first_line`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineFrame<'a> {
+    /// As [`Frame::Line`], borrowed from the input.
+    Line(&'a [u8]),
+    /// As [`Frame::TooLong`].
+    TooLong,
+}
+
+/// The first complete line at the front of `data`, framed exactly as [`next_frame`] frames
+/// it, and how many bytes it took (its ending included); `None` when `data` holds no
+/// newline. For input that is read and answered in place, without a buffer of its own; a
+/// partial line left at the end is for [`next_frame`] (which also decides when a line
+/// without its newline is already too long).
+pub fn first_line(data: &[u8], max_line_bytes: usize) -> Option<(LineFrame<'_>, usize)> {
+    let newline = data.iter().position(|&b| b == b'\n')?;
+    Some((complete_line(&data[..newline], max_line_bytes), newline + 1))
+}
+
+/// Frames a line given without its `\n`: the `\r` of a `\r\n` ending goes (and does not
+/// count toward `max_line_bytes`), then [`clean_slice`].
+fn complete_line(raw: &[u8], max_line_bytes: usize) -> LineFrame<'_> {
+    let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+    if line.len() > max_line_bytes {
+        LineFrame::TooLong
+    } else {
+        LineFrame::Line(clean_slice(line))
+    }
+}
+
 /// A line as it is classified, its ending already removed: the lone `\r` left at its end
 /// stripped (`PING\r\r\n` → `PING`; several are all stripped, so that no reply echoes a raw
 /// `\r`), and a line of only ASCII whitespace made empty (no reply, not a request).
 /// Idempotent: [`parse`] cleans again what [`next_frame`] has cleaned, to the same line.
 pub fn clean_line(line: Bytes) -> Bytes {
+    let kept = clean_slice(&line);
+    line.slice_ref(kept)
+}
+
+/// [`clean_line`] on a borrowed line.
+pub fn clean_slice(line: &[u8]) -> &[u8] {
     if line.iter().all(u8::is_ascii_whitespace) {
-        return Bytes::new();
+        return &[];
     }
     let kept = line.iter().rposition(|&b| b != b'\r').map_or(0, |i| i + 1);
-    line.slice(..kept)
+    &line[..kept]
 }
 
 // === requests ===
 
-/// A decoded line (SPEC §4).
+/// A decoded line (SPEC §4). The payload is a `Bytes` slice of the line ([`parse`]) or a
+/// borrowed one ([`parse_slice`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
+pub enum Request<P = Bytes> {
     /// `PING` → `PONG`
     Ping,
     /// `INFO` → placement details
@@ -101,7 +134,7 @@ pub enum Request {
         /// The class.
         class: RequestClass,
         /// What the reply echoes (possibly empty).
-        payload: Bytes,
+        payload: P,
     },
 }
 
@@ -114,11 +147,26 @@ pub enum Request {
 /// payload; any other line is a `default_class` request whose payload is the whole
 /// (cleaned) line.
 pub fn parse(line: &Bytes, default_class: RequestClass) -> Option<Request> {
-    let line = clean_line(line.clone());
+    Some(match parse_slice(line, default_class)? {
+        Request::Ping => Request::Ping,
+        Request::Info => Request::Info,
+        Request::Stats => Request::Stats,
+        Request::Quit => Request::Quit,
+        // The payload is a slice of the original line: no copy.
+        Request::Work { class, payload } => Request::Work {
+            class,
+            payload: line.slice_ref(payload),
+        },
+    })
+}
+
+/// [`parse`] on a borrowed line; the payload borrows from it.
+pub fn parse_slice(line: &[u8], default_class: RequestClass) -> Option<Request<&[u8]>> {
+    let line = clean_slice(line);
     if line.is_empty() {
         return None;
     }
-    let text = std::str::from_utf8(&line).ok()?;
+    let text = std::str::from_utf8(line).ok()?;
     let trimmed = text.trim_ascii();
     for (word, request) in [
         ("PING", Request::Ping),
@@ -135,13 +183,10 @@ pub fn parse(line: &Bytes, default_class: RequestClass) -> Option<Request> {
         None => (trimmed, ""),
     };
     if let Ok(class) = first.parse::<RequestClass>() {
-        // The payload is a slice of the original line: no copy.
-        let payload = if rest.is_empty() {
-            Bytes::new()
-        } else {
-            line.slice_ref(rest.as_bytes())
-        };
-        return Some(Request::Work { class, payload });
+        return Some(Request::Work {
+            class,
+            payload: rest.as_bytes(),
+        });
     }
     Some(Request::Work {
         class: default_class,

@@ -18,7 +18,9 @@
 
 use bytes::{Bytes, BytesMut};
 use elastic_lb::core::RequestClass;
-use elastic_lb::protocol::{clean_line, next_frame, parse, Frame, Request};
+use elastic_lb::protocol::{
+    clean_line, first_line, next_frame, parse, parse_slice, Frame, LineFrame, Request,
+};
 use proptest::prelude::*;
 
 // === helpers ===
@@ -60,6 +62,34 @@ fn frames_split(input: &[u8], cuts: &[usize], max: usize) -> Vec<Frame> {
 /// Frames of `input` in one read.
 fn frames_whole(input: &[u8], max: usize) -> Vec<Frame> {
     frames_split(input, &[], max)
+}
+
+/// Frames of `input` as the line session's fast path takes one read of it: complete lines
+/// framed in place ([`first_line`]) up to the first `TooLong`, then the rest (a partial
+/// line) through a buffer and [`next_frame`], as the session's usual path does.
+fn frames_in_place(input: &[u8], max: usize) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let mut used = 0;
+    while let Some((frame, len)) = first_line(&input[used..], max) {
+        used += len;
+        match frame {
+            LineFrame::Line(line) => out.push(Frame::Line(Bytes::copy_from_slice(line))),
+            LineFrame::TooLong => {
+                out.push(Frame::TooLong);
+                return out;
+            }
+        }
+    }
+    let mut buf = BytesMut::from(&input[used..]);
+    let mut scanned = 0;
+    while let Some(frame) = next_frame(&mut buf, &mut scanned, max) {
+        let stop = frame == Frame::TooLong;
+        out.push(frame);
+        if stop {
+            break;
+        }
+    }
+    out
 }
 
 /// SPEC §4 written directly over slices: lines end at `\n`, a `\r` before it is part of the
@@ -170,6 +200,33 @@ proptest! {
         prop_assert_eq!(&frames_split(&input, &cuts, max), &whole, "cuts {:?}", cuts);
         prop_assert_eq!(&whole, &model(&input, max));
         assert_frames_are_bounded(&whole, max)?;
+    }
+
+    /// Framing in place (the session's fast path) gives the frames of the buffered path,
+    /// and a borrowed parse the request of a `Bytes` one.
+    #[test]
+    fn in_place_framing_and_parsing_match_the_buffered_path(
+        input in prop::collection::vec(byte(), 0..160),
+        max in 0usize..24,
+    ) {
+        let frames = frames_in_place(&input, max);
+        prop_assert_eq!(&frames, &frames_whole(&input, max));
+        for frame in &frames {
+            if let Frame::Line(line) = frame {
+                let owned = parse(line, RequestClass::Medium);
+                let borrowed = parse_slice(line, RequestClass::Medium).map(|r| match r {
+                    Request::Ping => Request::Ping,
+                    Request::Info => Request::Info,
+                    Request::Stats => Request::Stats,
+                    Request::Quit => Request::Quit,
+                    Request::Work { class, payload } => Request::Work {
+                        class,
+                        payload: Bytes::copy_from_slice(payload),
+                    },
+                });
+                prop_assert_eq!(owned, borrowed);
+            }
+        }
     }
 
     /// One byte per read, the worst case for the `scanned` bookkeeping.

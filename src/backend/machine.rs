@@ -40,6 +40,11 @@ pub trait JobSink: std::fmt::Debug + Send + Sync {
     ///
     /// As [`Machine::try_submit`].
     fn submit(&self, info: &MachineInfo, job: Job) -> Result<Submitted, SubmitError>;
+
+    /// Serves `job` on the spot if the machine would serve it at once and instantly,
+    /// appending the reply line to `out`; false, with nothing done, otherwise. See
+    /// [`Machine::try_serve_now`].
+    fn serve_now(&self, info: &MachineInfo, job: &JobRef<'_>, out: &mut Vec<u8>) -> bool;
 }
 
 /// Why a job could not be queued.
@@ -84,6 +89,18 @@ impl Machine {
             return Err(SubmitError::MachineGone(job));
         };
         link.submit(&self.info, job)
+    }
+
+    /// Serves `job` in the caller's task when the machine is idle and serves it instantly
+    /// (simulated, `service_ms_per_unit = 0`), appending the reply line to `out` and
+    /// counting it like the worker does; false, with nothing done, when it would have to
+    /// wait (then [`Self::try_submit`] queues it). No allocation: the payload is borrowed
+    /// and the reply goes into the caller's buffer.
+    pub fn try_serve_now(&self, job: &JobRef<'_>, out: &mut Vec<u8>) -> bool {
+        match &self.endpoint {
+            Endpoint::Worker(link) => link.serve_now(&self.info, job, out),
+            Endpoint::Upstream(_) => false,
+        }
     }
 
     /// The upstream server this machine fronts, if it fronts one.
@@ -139,4 +156,43 @@ pub struct Job {
     pub payload: Bytes,
     /// When it was queued (request latency = queue wait + service, for `/metrics`).
     pub queued_at: Instant,
+}
+
+impl Job {
+    /// The job as a [`JobRef`] (borrowing its payload).
+    pub fn as_ref(&self) -> JobRef<'_> {
+        JobRef {
+            class: self.class,
+            weight: self.weight,
+            payload: &self.payload,
+            queued_at: self.queued_at,
+        }
+    }
+}
+
+/// A request as it was read, its payload borrowed from the connection's input: what
+/// serving on the spot needs ([`Machine::try_serve_now`]); [`JobRef::to_job`] makes the
+/// owned [`Job`] that a queue needs.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRef<'a> {
+    /// Request class (for the reply text).
+    pub class: RequestClass,
+    /// Weight in load units.
+    pub weight: Units,
+    /// Payload (valid UTF-8, may be empty).
+    pub payload: &'a [u8],
+    /// When it was read.
+    pub queued_at: Instant,
+}
+
+impl JobRef<'_> {
+    /// An owned copy, for a queue.
+    pub fn to_job(&self) -> Job {
+        Job {
+            class: self.class,
+            weight: self.weight,
+            payload: Bytes::copy_from_slice(self.payload),
+            queued_at: self.queued_at,
+        }
+    }
 }

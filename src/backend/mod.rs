@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{BackendMode, Config};
 
 pub use factory::{BackendContext, FactoryError, MachineFactory};
-pub use machine::{Job, Machine, SubmitError, Submitted};
+pub use machine::{Job, JobRef, Machine, SubmitError, Submitted};
 
 /// Event-loop threads that should accept and serve connections for `config`: 0 = serve
 /// them on the shared runtime (simulated mode, see the module docs); in proxy mode

@@ -45,7 +45,7 @@ use crate::telemetry::{Topology, Totals};
 pub use dispatcher::Dispatcher;
 pub use handle::{AdmitError, Command, DispatcherHandle, SwitchError};
 pub use placement::Placement;
-pub use routing::{RouteError, Router};
+pub use routing::{RouteError, Routed, Router};
 
 /// What [`spawn`] returns: the ways to reach a running dispatcher.
 #[derive(Debug)]

@@ -21,11 +21,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
+use bytes::Bytes;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::placement::{CapacityFreed, Placement};
-use crate::backend::{Job, Machine, SubmitError, Submitted};
+use crate::backend::{Job, JobRef, Machine, SubmitError, Submitted};
 use crate::config::Routing;
 use crate::strategy::rng::AtomicRng;
 use crate::strategy::{MachineView, PickRequest, Strategy};
@@ -92,13 +93,22 @@ impl ScaleHint {
     }
 }
 
+/// Where a request went ([`Router::submit`]).
+#[derive(Debug)]
+pub enum Routed {
+    /// Served on the spot (and counted): its reply line was appended to the caller's buffer.
+    Answered,
+    /// Queued: the machine answers through this (always exactly once).
+    Queued(oneshot::Receiver<Bytes>),
+}
+
 /// Why a request could not be queued anywhere.
 #[derive(Debug)]
 pub enum RouteError {
     /// No machine it may go to has room (`ERR busy`); the message says which.
-    Busy(Job, String),
+    Busy(String),
     /// The machines have stopped (after the shutdown grace).
-    Gone(Job),
+    Gone,
 }
 
 /// A connection task's handle on request placement. Cheap to clone.
@@ -120,34 +130,41 @@ thread_local! {
 }
 
 impl Router {
-    /// Queues (or serves, see [`Machine::try_submit`]) `job` from the connection of `placement`: on the machine the strategy picks
-    /// among the active machines with queue room, or on the home machine when routing is
-    /// per connection.
+    /// Serves `job` on the spot or queues it, from the connection of `placement`: on the
+    /// machine the strategy picks among the active machines with queue room, or on the home
+    /// machine when routing is per connection. A reply served on the spot is appended to
+    /// `out` ([`Machine::try_serve_now`]); the payload is copied only when the request is
+    /// queued.
     ///
     /// # Errors
     ///
     /// [`RouteError::Busy`] when no machine the request may go to has room,
-    /// [`RouteError::Gone`] after the machines stopped; both hand the job back.
-    pub fn submit(&self, placement: &Placement, job: Job) -> Result<Submitted, RouteError> {
+    /// [`RouteError::Gone`] after the machines stopped.
+    pub fn submit(
+        &self,
+        placement: &Placement,
+        job: JobRef<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Routed, RouteError> {
         let table = self.table.load();
         if table.routing == Routing::Connection {
             let machine = placement.machine();
-            return match machine.try_submit(job) {
-                Ok(submitted) => Ok(submitted),
-                Err(SubmitError::QueueFull(job)) => {
+            return match offer(&machine, &job, &mut None, out) {
+                Ok(routed) => Ok(routed),
+                Err(SubmitError::QueueFull(_)) => {
                     self.hint.nudge();
                     let message = format!(
                         "machine {} queue is full ({} waiting)",
                         machine.info.name, machine.info.queue_depth
                     );
-                    Err(RouteError::Busy(job, message))
+                    Err(RouteError::Busy(message))
                 }
-                Err(SubmitError::MachineGone(job)) => Err(RouteError::Gone(job)),
+                Err(SubmitError::MachineGone(_)) => Err(RouteError::Gone),
             };
         }
         VIEWS.with(|views| {
             let mut views = views.borrow_mut();
-            self.place(&table, placement.peer().ip(), job, &mut views)
+            self.place(&table, placement.peer().ip(), job, out, &mut views)
         })
     }
 
@@ -155,9 +172,10 @@ impl Router {
         &self,
         table: &RoutingTable,
         client_ip: IpAddr,
-        mut job: Job,
+        job: JobRef<'_>,
+        out: &mut Vec<u8>,
         views: &mut Vec<MachineView>,
-    ) -> Result<Submitted, RouteError> {
+    ) -> Result<Routed, RouteError> {
         views.clear();
         views.extend(table.machines.iter().map(|m| MachineView {
             id: m.info.id,
@@ -169,6 +187,8 @@ impl Router {
             client_ip,
             reservation: job.weight,
         };
+        // The owned copy, made at the first queueing and handed back by a full queue.
+        let mut owned = None;
         let mut gone = 0;
         // Each failed try marks one machine unfit, so this ends within one pass.
         for _ in 0..views.len() {
@@ -180,24 +200,24 @@ impl Router {
                 break;
             };
             let machine = &table.machines[i];
-            match machine.try_submit(job) {
-                Ok(submitted) => {
+            match offer(machine, &job, &mut owned, out) {
+                Ok(routed) => {
                     if machine.info.load_percent() > table.nudge_above {
                         self.hint.nudge();
                     }
-                    return Ok(submitted);
+                    return Ok(routed);
                 }
                 // Filled up since the view was taken: try another.
-                Err(SubmitError::QueueFull(back)) => job = back,
+                Err(SubmitError::QueueFull(back)) => owned = Some(back),
                 Err(SubmitError::MachineGone(back)) => {
-                    job = back;
+                    owned = Some(back);
                     gone += 1;
                 }
             }
             views[i].fits = false;
         }
         if gone > 0 && gone == table.machines.len() {
-            return Err(RouteError::Gone(job));
+            return Err(RouteError::Gone);
         }
         self.hint.nudge();
         let depth = table.machines.first().map_or(0, |m| m.info.queue_depth);
@@ -205,7 +225,29 @@ impl Router {
             "every machine's queue is full ({} machines, {depth} waiting each)",
             table.machines.len()
         );
-        Err(RouteError::Busy(job, message))
+        Err(RouteError::Busy(message))
+    }
+}
+
+/// Serves `job` on `machine` on the spot, else queues it there; the owned copy a queue
+/// needs is made once (`owned` keeps it between tries).
+fn offer(
+    machine: &Machine,
+    job: &JobRef<'_>,
+    owned: &mut Option<Job>,
+    out: &mut Vec<u8>,
+) -> Result<Routed, SubmitError> {
+    if machine.try_serve_now(job, out) {
+        return Ok(Routed::Answered);
+    }
+    let queued = owned.take().unwrap_or_else(|| job.to_job());
+    match machine.try_submit(queued)? {
+        Submitted::Queued(reply_rx) => Ok(Routed::Queued(reply_rx)),
+        // The machine went idle in between and served it after all.
+        Submitted::Answered(reply) => {
+            out.extend_from_slice(&reply);
+            Ok(Routed::Answered)
+        }
     }
 }
 

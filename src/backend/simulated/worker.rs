@@ -14,12 +14,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::backend::factory::BackendContext;
-use crate::backend::machine::{Job, JobSink, Machine, SubmitError, Submitted};
+use crate::backend::machine::{Job, JobRef, JobSink, Machine, SubmitError, Submitted};
 use crate::core::{RequestClass, Units};
 use crate::protocol;
 use crate::telemetry::{MachineInfo, Totals};
@@ -63,25 +63,13 @@ pub struct WorkerLink {
 // === impl WorkerLink ===
 
 impl JobSink for WorkerLink {
-    /// Serves `job` on the spot when the worker would have served it at once and instantly,
-    /// else queues it. See [`Machine::try_submit`].
+    /// Serves `job` on the spot when the worker would have served it at once and instantly
+    /// ([`JobSink::serve_now`]), else queues it. See [`Machine::try_submit`].
     fn submit(&self, info: &MachineInfo, job: Job) -> Result<Submitted, SubmitError> {
         let weight = job.weight;
-        // NOTE: serving here is indistinguishable from a round trip through the worker: the
-        // machine is idle (nothing queued or in service, so FIFO order is kept), the service
-        // time is zero, and the slot is taken and given back with the same gauge updates
-        // (`queued` 0 → 1 → 0, `pending` + w − w) and counted like `finish` counts. After the
-        // hard stop the queue path answers (`ERR shutting-down`), as before.
-        if !self.ctx.hard_stop.is_cancelled()
-            && self.instant(info, weight)
-            && info.try_start(weight)
-        {
-            return Ok(Submitted::Answered(finish(
-                info,
-                &self.ctx.totals,
-                job,
-                Some(Instant::now()),
-            )));
+        let mut reply = Vec::new();
+        if self.serve_now(info, &job.as_ref(), &mut reply) {
+            return Ok(Submitted::Answered(Bytes::from(reply)));
         }
         if !info.try_enqueue(weight) {
             return Err(SubmitError::QueueFull(job));
@@ -97,6 +85,29 @@ impl JobSink for WorkerLink {
                 })
             }
         }
+    }
+
+    /// Serves `job` in the caller's task if the machine is idle and its service time is
+    /// zero.
+    fn serve_now(&self, info: &MachineInfo, job: &JobRef<'_>, out: &mut Vec<u8>) -> bool {
+        // NOTE: serving here is indistinguishable from a round trip through the worker: the
+        // machine is idle (nothing queued or in service, so FIFO order is kept), the service
+        // time is zero, and the slot is taken and given back with the same gauge updates
+        // (`queued` 0 → 1 → 0, `pending` + w − w) and counted like `finish` counts. The
+        // request neither waited nor took service time, so its latency is 0 and it adds no
+        // held work. After the hard stop the queue path answers (`ERR shutting-down`), as
+        // before.
+        if self.ctx.hard_stop.is_cancelled()
+            || !self.instant(info, job.weight)
+            || !info.try_start(job.weight)
+        {
+            return false;
+        }
+        info.finish(job.weight);
+        self.ctx.totals.request_ok(job.weight);
+        self.ctx.totals.latencies.request(job.class, Duration::ZERO);
+        ok_reply_into(out, &info.name, job.class, job.payload);
+        true
     }
 }
 
@@ -192,17 +203,22 @@ fn finish(info: &MachineInfo, totals: &Totals, job: Job, served_at: Option<Insta
 /// `OK <machine> <class> <payload>\n`, leaving out ` <payload>` when it is empty.
 fn ok_reply(machine: &str, class: RequestClass, payload: &[u8]) -> Bytes {
     // `OK ` + machine + ` ` + class (6 bytes at most) + ` ` + payload + `\n`.
-    let mut out = BytesMut::with_capacity(12 + machine.len() + payload.len());
-    out.put_slice(b"OK ");
-    out.put_slice(machine.as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(class.as_str().as_bytes());
+    let mut out = Vec::with_capacity(12 + machine.len() + payload.len());
+    ok_reply_into(&mut out, machine, class, payload);
+    Bytes::from(out)
+}
+
+/// Appends [`ok_reply`]'s line to `out`.
+fn ok_reply_into(out: &mut Vec<u8>, machine: &str, class: RequestClass, payload: &[u8]) {
+    out.extend_from_slice(b"OK ");
+    out.extend_from_slice(machine.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(class.as_str().as_bytes());
     if !payload.is_empty() {
-        out.put_u8(b' ');
-        out.put_slice(payload);
+        out.push(b' ');
+        out.extend_from_slice(payload);
     }
-    out.put_u8(b'\n');
-    out.freeze()
+    out.push(b'\n');
 }
 
 /// `weight × ms_per_unit × 100 / capacity` milliseconds.

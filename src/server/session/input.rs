@@ -26,6 +26,17 @@ thread_local! {
 
 /// Reads what the socket holds (up to [`READ_CHUNK`] bytes) and appends it to `buf`.
 /// `Ok(0)` is the end of the stream; `WouldBlock` means nothing was there.
+pub(super) fn read(socket: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let got = read_with(socket, |data| {
+        buf.extend_from_slice(data);
+        data.len()
+    })?;
+    Ok(got.unwrap_or(0))
+}
+
+/// Reads what the socket holds (up to [`READ_CHUNK`] bytes) into this thread's scratch
+/// buffer and hands it to `f`, which must not keep it; `Ok(None)` is the end of the stream,
+/// `WouldBlock` means nothing was there.
 ///
 /// A short read (fewer bytes than asked for) means the socket is drained: its readiness is
 /// cleared then, as HAProxy does, instead of asking again only to get `EAGAIN`. This is
@@ -33,7 +44,10 @@ thread_local! {
 /// (`ScheduledIo` ticks): bytes that come after the read raise a new edge-triggered event
 /// and wake the reader again. It never clears `READ_CLOSED`, so a half-close that came with
 /// or after the data is still seen (the next read returns 0).
-pub(super) fn read(socket: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+pub(super) fn read_with<R>(
+    socket: &TcpStream,
+    f: impl FnOnce(&[u8]) -> R,
+) -> io::Result<Option<R>> {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let mut got = 0;
@@ -48,12 +62,10 @@ pub(super) fn read(socket: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> 
         });
         match result {
             // Read something (maybe reported as `WouldBlock` by the drained case above).
-            Ok(_) | Err(_) if got > 0 => {
-                buf.extend_from_slice(&scratch[..got]);
-                Ok(got)
-            }
-            // The end of the stream, nothing there, or an error.
-            other => other,
+            Ok(_) | Err(_) if got > 0 => Ok(Some(f(&scratch[..got]))),
+            Ok(_) => Ok(None),
+            // Nothing there, or an error.
+            Err(e) => Err(e),
         }
     })
 }

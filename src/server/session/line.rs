@@ -23,7 +23,10 @@
 //! overflow), but a client that sends without reading stops being read once that many
 //! replies are owed: memory per connection stays bounded and TCP pushes back on the client.
 //!
-//! Both halves run in this one task (`join!`), so a connection costs one task.
+//! Both halves run in this one task (`writer::join_halves`, which does not poll the writer
+//! while nothing is owed), so a connection costs one task.
+
+mod fast;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,13 +42,13 @@ use super::access::{self, ConnCounters};
 use super::close::{far_future, linger, refuse, shutting_down};
 use super::context::SessionContext;
 use super::input::{self, next_config, sleep_until, Direct};
-use super::writer::{write_loop, InFlight, Pending, MEMORY_CAP};
-use crate::backend::{Job, Submitted};
-use crate::balancer::{AdmitError, Placement, RouteError};
+use super::writer::{join_halves, write_loop, InFlight, Pending, MEMORY_CAP};
+use crate::backend::JobRef;
+use crate::balancer::{AdmitError, Placement, RouteError, Routed};
 use crate::config::Config;
 use crate::core::gate::Gated;
-use crate::core::{RequestClass, Units};
-use crate::protocol::{self, ErrorCode, Frame, Request};
+use crate::core::Units;
+use crate::protocol::{self, ErrorCode, Frame, LineFrame, Request};
 
 /// Replies a connection may owe beyond a full machine queue before it stops reading.
 const PIPELINE_SLACK: usize = 1024;
@@ -90,10 +93,12 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>
             in_flight: &in_flight,
             counters: &counters,
         };
-        let ((read_half, end), wrote_all) = tokio::join!(
+        let ((read_half, end), wrote_all) = join_halves(
             reader.run(read_half),
             write_loop(write_half, pending_rx, &in_flight, idle, &counters),
-        );
+            &in_flight,
+        )
+        .await;
         let reason = match end {
             _ if !wrote_all => "write failed or client stopped reading",
             ReadEnd::ServerClose(reason) => reason,
@@ -124,6 +129,8 @@ struct Reader<'a> {
 enum Step {
     /// Nothing (an empty line).
     Nothing,
+    /// Served on the spot: the reply was appended to the caller's buffer.
+    Answered,
     /// One reply slot.
     Reply(Pending),
     /// This reply, then close the connection, for this reason.
@@ -206,7 +213,19 @@ impl Reader<'_> {
                     continue;
                 }
                 line_started = None;
-                match self.handle(frame, max_line, &config) {
+                let frame = match &frame {
+                    Frame::Line(line) => LineFrame::Line(line),
+                    Frame::TooLong => LineFrame::TooLong,
+                };
+                let mut answered = Vec::new();
+                match self.handle(frame, max_line, &config, last_read, &mut answered) {
+                    Step::Answered if self.in_flight.is_zero() => direct.add(answered.into()),
+                    Step::Answered => {
+                        let reply = Pending::Ready(answered.into());
+                        if !self.hand_over(&mut direct).await || !self.push(reply).await {
+                            return ReadEnd::ClientGone;
+                        }
+                    }
                     Step::Nothing => {}
                     // Nothing owed before it: it may go out directly.
                     Step::Reply(Pending::Ready(reply)) if self.in_flight.is_zero() => {
@@ -298,7 +317,8 @@ impl Reader<'_> {
                         return self.close_with("shutdown", Some(shutting_down())).await;
                     }
                 }
-                _ = &mut writer_gone => return ReadEnd::ClientGone,
+                // The writer stops early only on a failed write, which leaves replies owed.
+                _ = &mut writer_gone, if !self.in_flight.is_zero() => return ReadEnd::ClientGone,
                 changed = &mut reload, if watching_config => match changed {
                     // Loop round to apply the new limits.
                     Some(config_rx) => {
@@ -313,6 +333,24 @@ impl Reader<'_> {
                     if let Err(e) = ready {
                         debug!(error = %e, "read failed");
                         return ReadEnd::ClientGone;
+                    }
+                    if buf.is_empty() && !stopping && self.in_flight.is_zero() {
+                        // Nothing buffered or owed: answer the input where it was read.
+                        let round = match self.read_in_place(read_half.as_ref(), &mut buf, &config) {
+                            Ok(Some(round)) => round,
+                            Ok(None) => return ReadEnd::ClientGone,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                            Err(e) => {
+                                debug!(error = %e, "read failed");
+                                return ReadEnd::ClientGone;
+                            }
+                        };
+                        last_read = round.read_at;
+                        stopping = round.late;
+                        if let Some(end) = self.finish_round(round).await {
+                            return end;
+                        }
+                        continue;
                     }
                     match input::read(read_half.as_ref(), &mut buf) {
                         Ok(0) if buf.is_empty() => return ReadEnd::ClientGone,
@@ -425,24 +463,33 @@ impl Reader<'_> {
         Some(shutting_down())
     }
 
-    /// Turns one frame into what the connection owes for it.
-    fn handle(&self, frame: Frame, max_line: usize, config: &Config) -> Step {
+    /// Turns one frame into what the connection owes for it. A request served on the spot
+    /// has its reply appended to `out` ([`Step::Answered`]); `read_at` is when its line was
+    /// read (the start of its latency).
+    fn handle(
+        &self,
+        frame: LineFrame<'_>,
+        max_line: usize,
+        config: &Config,
+        read_at: Instant,
+        out: &mut Vec<u8>,
+    ) -> Step {
         let line = match frame {
-            Frame::TooLong => {
+            LineFrame::TooLong => {
                 self.fail(Units::ZERO);
                 let msg = format!("line exceeds {max_line} bytes");
                 return Step::Last("too-long", ErrorCode::TooLong.reply(&msg));
             }
-            Frame::Line(line) => line,
+            LineFrame::Line(line) => line,
         };
         if line.is_empty() {
             return Step::Nothing;
         }
         let weights = &config.load.requests;
-        let Some(request) = protocol::parse(&line, weights.default_class) else {
+        let Some(request) = protocol::parse_slice(line, weights.default_class) else {
             // `parse` gives nothing for a line that is empty once cleaned or not UTF-8;
             // which one is checked here, off the path of valid lines (validated once).
-            if std::str::from_utf8(&line).is_err() {
+            if std::str::from_utf8(line).is_err() {
                 self.fail(Units::ZERO);
                 let reply = ErrorCode::BadRequest.reply("line is not valid UTF-8");
                 return Step::Reply(Pending::Ready(reply));
@@ -455,36 +502,36 @@ impl Reader<'_> {
             Request::Stats => protocol::stats_reply(self.ctx.stats.active_loads()),
             Request::Quit => return Step::Last("quit", Bytes::from_static(b"BYE\n")),
             Request::Work { class, payload } => {
-                let weight = Units::from_whole(weights.weight(class));
-                return Step::Reply(self.submit(class, weight, payload));
+                let job = JobRef {
+                    class,
+                    weight: Units::from_whole(weights.weight(class)),
+                    payload,
+                    queued_at: read_at,
+                };
+                return self.submit(job, out);
             }
         };
         Step::Reply(Pending::Ready(reply))
     }
 
-    fn submit(&self, class: RequestClass, weight: Units, payload: Bytes) -> Pending {
-        let payload_len = payload.len();
-        let job = Job {
-            class,
-            weight,
-            payload,
-            queued_at: tokio::time::Instant::now(),
-        };
-        match self.ctx.router.submit(self.placement, job) {
+    fn submit(&self, job: JobRef<'_>, out: &mut Vec<u8>) -> Step {
+        match self.ctx.router.submit(self.placement, job, out) {
             // Served on the spot (instant service on an idle machine): counted already.
-            Ok(Submitted::Answered(reply)) => {
+            Ok(Routed::Answered) => {
                 self.counters.request_ok();
-                Pending::Ready(reply)
+                Step::Answered
             }
             // `OK <machine> <class> <payload>\n`: the payload plus a few dozen bytes.
-            Ok(Submitted::Queued(reply_rx)) => Pending::Waiting(reply_rx, payload_len + 32),
-            Err(RouteError::Busy(_, message)) => {
-                self.fail(weight);
-                Pending::Ready(ErrorCode::Busy.reply(&message))
+            Ok(Routed::Queued(reply_rx)) => {
+                Step::Reply(Pending::Waiting(reply_rx, job.payload.len() + 32))
             }
-            Err(RouteError::Gone(_)) => {
-                self.fail(weight);
-                Pending::Ready(shutting_down())
+            Err(RouteError::Busy(message)) => {
+                self.fail(job.weight);
+                Step::Reply(Pending::Ready(ErrorCode::Busy.reply(&message)))
+            }
+            Err(RouteError::Gone) => {
+                self.fail(job.weight);
+                Step::Reply(Pending::Ready(shutting_down()))
             }
         }
     }

@@ -4,7 +4,9 @@
 //! order and awaits each, so replies keep request order even when some fail early or come
 //! from two machines after a drain moved the connection.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -166,6 +168,52 @@ pub(super) async fn write_loop(
     }
     let _ = write_half.shutdown().await;
     true
+}
+
+/// Runs the reader and the writer to completion in this task, like `join!`, except that
+/// the writer is not polled while it can have nothing to do.
+///
+/// NOTE: a wake-up of the task polls every future of a `join!`; here most wake-ups are
+/// the socket's, for the reader, while the writer waits on its empty channel (the reader
+/// writes replies itself when nothing is owed). The writer only reaches that wait with
+/// nothing owed (`InFlight` zero: it wrote the last reply owed, or never had one), and
+/// nothing owed becomes something owed only through the reader (`Reader::push` counts
+/// before it sends; the close marker is sent when the reader is done, after which the
+/// writer is always polled). So while nothing is owed and the writer's last poll left it
+/// waiting with nothing owed, polling it would find the same empty channel.
+pub(super) async fn join_halves<R: Future, W: Future>(
+    reader: R,
+    writer: W,
+    in_flight: &InFlight,
+) -> (R::Output, W::Output) {
+    tokio::pin!(reader, writer);
+    let mut read = None;
+    let mut wrote = None;
+    // The writer's last poll left it waiting with nothing owed.
+    let mut writer_idle = false;
+    std::future::poll_fn(|cx| {
+        if read.is_none() {
+            if let Poll::Ready(end) = reader.as_mut().poll(cx) {
+                read = Some(end);
+            }
+        }
+        let skip = read.is_none() && writer_idle && in_flight.is_zero();
+        if wrote.is_none() && !skip {
+            match writer.as_mut().poll(cx) {
+                Poll::Ready(all) => wrote = Some(all),
+                Poll::Pending => writer_idle = in_flight.is_zero(),
+            }
+        }
+        match (read.take(), wrote.take()) {
+            (Some(end), Some(all)) => Poll::Ready((end, all)),
+            (r, w) => {
+                read = r;
+                wrote = w;
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 /// Replies taken off the queue and not yet written. They stay owed (counted in
