@@ -187,6 +187,8 @@ impl Reader<'_> {
         let mut capped_since: Option<Instant> = None;
         // The client half-closed: answer what it sent, then stop reading.
         let mut eof = false;
+        // The line that ended an in-place round, handled and not yet handed over.
+        let mut carried: Option<Step> = None;
         loop {
             let (max_line, idle, line_timeout) = {
                 let l = &config.listener;
@@ -195,38 +197,45 @@ impl Reader<'_> {
             // Everything already buffered is "read": handle it before looking at timers or
             // shutdown, so that requests read before shutdown began are answered.
             let mut refused_late = false;
-            while let Some(frame) = protocol::next_frame(&mut buf, &mut scanned, max_line) {
-                if stopping {
-                    // Shutdown began while work was in flight: every line read now is
-                    // refused (and counted), and the connection closes once the replies
-                    // before them are out.
-                    let too_long = frame == Frame::TooLong;
-                    if let Some(reply) = self.refuse_late(frame, &config) {
-                        if !self.push(Pending::Ready(reply)).await {
-                            return ReadEnd::ClientGone;
+            loop {
+                // A line that ended an in-place round (handled already) comes first.
+                let step = match carried.take() {
+                    Some(step) => step,
+                    None => {
+                        let Some(frame) = protocol::next_frame(&mut buf, &mut scanned, max_line)
+                        else {
+                            break;
+                        };
+                        if stopping {
+                            // Shutdown began while work was in flight: every line read now is
+                            // refused (and counted), and the connection closes once the
+                            // replies before them are out.
+                            let too_long = frame == Frame::TooLong;
+                            if let Some(reply) = self.refuse_late(frame, &config) {
+                                if !self.push(Pending::Ready(reply)).await {
+                                    return ReadEnd::ClientGone;
+                                }
+                                refused_late = true;
+                            }
+                            if too_long {
+                                break; // the rest of the buffer is not framed
+                            }
+                            continue;
                         }
-                        refused_late = true;
+                        line_started = None;
+                        let frame = match &frame {
+                            Frame::Line(line) => LineFrame::Line(line),
+                            Frame::TooLong => LineFrame::TooLong,
+                        };
+                        let mut answered = Vec::new();
+                        match self.handle(frame, max_line, &config, last_read, &mut answered) {
+                            Step::Answered => Step::Reply(Pending::Ready(answered.into())),
+                            step => step,
+                        }
                     }
-                    if too_long {
-                        break; // the rest of the buffer is not framed
-                    }
-                    continue;
-                }
-                line_started = None;
-                let frame = match &frame {
-                    Frame::Line(line) => LineFrame::Line(line),
-                    Frame::TooLong => LineFrame::TooLong,
                 };
-                let mut answered = Vec::new();
-                match self.handle(frame, max_line, &config, last_read, &mut answered) {
-                    Step::Answered if self.in_flight.is_zero() => direct.add(answered.into()),
-                    Step::Answered => {
-                        let reply = Pending::Ready(answered.into());
-                        if !self.hand_over(&mut direct).await || !self.push(reply).await {
-                            return ReadEnd::ClientGone;
-                        }
-                    }
-                    Step::Nothing => {}
+                match step {
+                    Step::Nothing | Step::Answered => {}
                     // Nothing owed before it: it may go out directly.
                     Step::Reply(Pending::Ready(reply)) if self.in_flight.is_zero() => {
                         direct.add(reply);
@@ -347,9 +356,7 @@ impl Reader<'_> {
                         };
                         last_read = round.read_at;
                         stopping = round.late;
-                        if let Some(end) = self.finish_round(round).await {
-                            return end;
-                        }
+                        carried = self.finish_round(round, &mut direct);
                         continue;
                     }
                     match input::read(read_half.as_ref(), &mut buf) {

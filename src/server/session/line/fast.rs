@@ -17,10 +17,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{ReadEnd, Reader, Step};
+use super::{Reader, Step};
 use crate::config::Config;
 use crate::protocol;
-use crate::server::session::input;
+use crate::server::session::input::{self, Direct};
 use crate::server::session::writer::Pending;
 
 /// The output buffer is given back to the allocator past this size (a pipelining burst).
@@ -119,26 +119,16 @@ impl Reader<'_> {
         (used, None)
     }
 
-    /// Accounts a round and hands what it left to the writer; `Some` when the reader must
-    /// stop.
-    pub(super) async fn finish_round(&self, round: Round) -> Option<ReadEnd> {
+    /// Accounts a round; what it left owed goes into `direct` (written or handed to the
+    /// writer before anything else), and the line that ended it is returned for the
+    /// reader's usual path. (Nothing is awaited here: an await point would grow every
+    /// connection's future by the round it holds.)
+    pub(super) fn finish_round(&self, round: Round, direct: &mut Direct) -> Option<Step> {
         self.counters.bytes_in(round.read);
         self.counters.bytes_out(round.written);
         if let Some(rest) = round.unwritten {
-            if !self.push(Pending::Ready(rest)).await {
-                return Some(ReadEnd::ClientGone);
-            }
+            direct.add(rest);
         }
-        match round.step {
-            None | Some(Step::Nothing | Step::Answered) => None,
-            Some(Step::Reply(item)) => {
-                if self.push(item).await {
-                    None
-                } else {
-                    Some(ReadEnd::ClientGone)
-                }
-            }
-            Some(Step::Last(reason, reply)) => Some(self.close_with(reason, Some(reply)).await),
-        }
+        round.step
     }
 }
