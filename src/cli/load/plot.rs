@@ -71,6 +71,32 @@ fn legend(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
 
 type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
+/// A panel over `0..t_max` × `0..y_max` with its mesh drawn, the y axis labelled
+/// `y_desc` (with `y_labels` labels when given).
+fn panel<'a, 'b: 'a>(
+    area: &'a Area<'b>,
+    t_max: f64,
+    y_max: f64,
+    y_desc: &str,
+    y_labels: Option<usize>,
+) -> Result<Chart<'a, 'b>, PlotError> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(X_DESC)
+        .y_desc(y_desc)
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style(("sans-serif", 14));
+    if let Some(n) = y_labels {
+        mesh.y_labels(n);
+    }
+    mesh.draw()?;
+    Ok(chart)
+}
+
 /// The "load stops" line and the legend.
 fn finish<'a, 'b: 'a>(
     chart: &mut Chart<'a, 'b>,
@@ -112,18 +138,7 @@ fn draw_capacity(
         .fold(demand_max, f64::max)
         .max(100.0)
         * 1.1;
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc(X_DESC)
-        .y_desc("capacity (load units)")
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .label_style(("sans-serif", 14))
-        .draw()?;
+    let mut chart = panel(area, t_max, y_max, "capacity (load units)", None)?;
     chart
         .draw_series(LineSeries::new(
             steps(samples, |s| s.supply),
@@ -154,18 +169,7 @@ fn draw_load(
         .map(|s| s.avg_load)
         .fold(100.0f64, f64::max)
         .ceil();
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc(X_DESC)
-        .y_desc("average load (%)")
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .label_style(("sans-serif", 14))
-        .draw()?;
+    let mut chart = panel(area, t_max, y_max, "average load (%)", None)?;
     chart
         .draw_series(LineSeries::new(
             samples.iter().map(|s| (s.t, s.avg_load)),
@@ -189,19 +193,7 @@ fn draw_machines(
         .unwrap_or(1)
         .max(1) as f64
         + 1.0;
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc(X_DESC)
-        .y_desc("machines")
-        .y_labels(y_max as usize + 1)
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .label_style(("sans-serif", 14))
-        .draw()?;
+    let mut chart = panel(area, t_max, y_max, "machines", Some(y_max as usize + 1))?;
     chart
         .draw_series(LineSeries::new(
             steps(samples, |s| (s.active + s.draining) as f64),
