@@ -315,7 +315,10 @@ async fn full_queue_answers_busy_in_order_and_keeps_the_connection() {
     assert_eq!(replies[0], "OK m1 large a", "{replies:#?}");
     assert_eq!(replies[1], "OK m1 large b", "{replies:#?}");
     assert_eq!(replies[2], "OK m1 large c", "{replies:#?}");
-    assert_eq!(err_code(&replies[3]), "busy", "{replies:#?}");
+    assert_eq!(
+        replies[3], "ERR busy every machine's queue is full (1 machine, 2 waiting each)",
+        "per-request routing names how many machines were tried, in good English"
+    );
     assert_eq!(replies[4], "PONG", "{replies:#?}");
     for r in &replies[5..] {
         assert_eq!(err_code(r), "busy", "{replies:#?}");

@@ -221,9 +221,10 @@ impl Router {
         }
         self.hint.nudge();
         let depth = table.machines.first().map_or(0, |m| m.info.queue_depth);
+        let machines = table.machines.len();
+        let plural = if machines == 1 { "" } else { "s" };
         let message = format!(
-            "every machine's queue is full ({} machines, {depth} waiting each)",
-            table.machines.len()
+            "every machine's queue is full ({machines} machine{plural}, {depth} waiting each)"
         );
         Err(RouteError::Busy(message))
     }
