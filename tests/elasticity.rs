@@ -5,7 +5,9 @@
 //!   faster than with per-connection routing;
 //! - under per-connection routing, the scale-up rebalance gives each newcomer reservations
 //!   in the same step and keeps the loads within a band;
-//! - a flat load held for a minute after settling causes no scale event, with either policy.
+//! - a flat load held for a minute after settling causes no scale event, with either policy,
+//!   and with the `target` policy also when the load is mostly queued requests (where
+//!   `ceil(active × ratio)` over-shrinks the set and the undone drain sets a floor).
 
 mod common;
 
@@ -266,6 +268,70 @@ async fn a_flat_load_causes_no_scale_events_with_either_policy() {
         eprintln!("{name}: {events} scale events in 60 s, {machines} machines");
         assert_eq!(events, 0, "{name}: {:#?}", snap.events);
     }
+}
+
+/// `connections` clients sending one `SMALL` every `every` without waiting for the replies
+/// (an open loop), until `stop`; returns the count of replies that were not `OK`.
+fn open_loop(lb: &Lb, connections: usize, every: Duration, stop: Instant) -> Arc<AtomicU64> {
+    let failed = Arc::new(AtomicU64::new(0));
+    for _ in 0..connections {
+        let (addr, failed) = (lb.addr, failed.clone());
+        tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let (read_half, mut write_half) = stream.into_split();
+            let counted = failed.clone();
+            let reader = tokio::spawn(async move {
+                let mut lines = BufReader::new(read_half).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if !line.starts_with("OK ") {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            let mut ticker = tokio::time::interval(every);
+            while Instant::now() < stop {
+                ticker.tick().await;
+                if write_half.write_all(b"SMALL q\n").await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            let _ = write_half.shutdown().await;
+            let _ = reader.await;
+        });
+    }
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flat_queued_load_settles_with_the_target_policy() {
+    // 20 ms per SMALL on a medium machine (50/s each) and 150 SMALL/s offered in an open
+    // loop: three machines' worth of service, and the load is mostly queued requests, so
+    // it grows much faster than n / (n − 1) when a machine leaves. Reservations are
+    // small (1 unit per connection).
+    let mut cfg = fixed_reservation(1.0);
+    cfg.load.requests.service_ms_per_unit = 20.0;
+    cfg.autoscaler.policy = ScalingPolicy::Target;
+    let lb = start_lb(cfg).await;
+    let settle = Duration::from_secs(25);
+    let hold = Duration::from_secs(60);
+    let failed = open_loop(
+        &lb,
+        10,
+        Duration::from_millis(66),
+        Instant::now() + settle + hold,
+    );
+    tokio::time::sleep(settle).await;
+    let before = lb.snapshot();
+    tokio::time::sleep(hold).await;
+    let after = lb.snapshot();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "every request answered OK");
+    let events = scale_events(&after) - scale_events(&before);
+    eprintln!(
+        "target, queued load: {events} scale events in 60 s, {} machines",
+        after.machines.len()
+    );
+    assert_eq!(events, 0, "{:#?}", after.events);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

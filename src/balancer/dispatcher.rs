@@ -33,7 +33,9 @@ use tracing::{debug, info, warn};
 
 use super::handle::{AdmitError, Command};
 use super::placement::{CapacityFreed, Placement, PlacementShared};
-use super::policy::{self, RecommendationWindow, ScaleDownTimer, StepBudget, WorkMeter};
+use super::policy::{
+    self, RecommendationWindow, ScaleDownTimer, StepBudget, UndoneDrains, WorkMeter,
+};
 use super::queue::{AdmissionQueue, Waiting};
 use super::routing::{self, FastAdmission, Router, RoutingTable, ScaleHint};
 use crate::backend::{Machine, MachineFactory};
@@ -66,6 +68,8 @@ pub struct Dispatcher {
     pub(super) scale_down: ScaleDownTimer,
     /// The `target` policy's recommendations over `scale_down_after`.
     pub(super) recommendations: RecommendationWindow,
+    /// The `target` policy's scale-downs that had to be undone (anti-flapping floor).
+    pub(super) undone: UndoneDrains,
     /// Acquisitions in the current interval (`autoscaler.max_step`).
     pub(super) step: StepBudget,
     /// The request work of the active machines, marked on each tick (`target` policy).
@@ -140,6 +144,7 @@ impl Dispatcher {
             pruned_len: 0,
             scale_down: ScaleDownTimer::default(),
             recommendations: RecommendationWindow::default(),
+            undone: UndoneDrains::default(),
             step: StepBudget::default(),
             work: WorkMeter::default(),
             health_drained: HashSet::new(),

@@ -329,6 +329,78 @@ pub fn pick_retiree(
     Some(candidate)
 }
 
+/// The `target` policy's memory of scale-downs that had to be undone.
+///
+/// With SPEC §1's load (reservations plus the weight of every pending request, queued
+/// ones included), the load per machine is not conserved when machines leave: queues
+/// grow much faster than `n / (n − 1)` near saturation, so `ceil(active × ratio)` can
+/// recommend a set that is at once above the band, the machines come back, and the set
+/// flaps with the period of the window. When a scale-up follows a scale-down drain within
+/// `scale_down_after`, the drain was a mistake: the set keeps at least the count it went
+/// back to for a hold of 10 × `scale_down_after`, doubled each time it happens again while
+/// the previous hold is still remembered (up to an hour), like an outlier ejection's
+/// back-off. Scale-up is never held back.
+#[derive(Debug, Default)]
+pub struct UndoneDrains {
+    /// When the latest scale-down drain happened.
+    last_drain: Option<Instant>,
+    /// The floor: at least this many active machines until then, set for the drain at
+    /// `episode` (the latest undone one).
+    floor: Option<(usize, Instant)>,
+    episode: Option<Instant>,
+    /// The length of the latest hold.
+    hold: Duration,
+}
+
+/// The longest hold of [`UndoneDrains`].
+const MAX_HOLD: Duration = Duration::from_secs(3600);
+
+impl UndoneDrains {
+    /// A scale-down drained a machine at `now`.
+    pub fn drained(&mut self, now: Instant) {
+        self.last_drain = Some(now);
+    }
+
+    /// A scale-up for load made `active` machines at `now`. Returns the floor and how long
+    /// it holds when this undid a drain made within `window` (the first acquisition of an
+    /// episode sets the hold, the next ones of the same episode raise the count).
+    pub fn acquired(
+        &mut self,
+        now: Instant,
+        active: usize,
+        window: Duration,
+    ) -> Option<(usize, Duration)> {
+        let drain = self.last_drain?;
+        if now.duration_since(drain) > window {
+            return None;
+        }
+        if self.episode != Some(drain) {
+            let base = window.saturating_mul(10).min(MAX_HOLD);
+            // Still within (twice) the previous hold: it came back, so hold longer.
+            let repeat = self.floor.is_some_and(|(_, until)| now < until + self.hold);
+            self.hold = if repeat {
+                self.hold.saturating_mul(2).min(MAX_HOLD)
+            } else {
+                base
+            };
+            self.episode = Some(drain);
+            self.floor = Some((active, now + self.hold));
+        } else if let Some((count, until)) = &mut self.floor {
+            *count = (*count).max(active);
+            *until = (*until).max(now + self.hold);
+        }
+        self.floor.map(|(count, _)| (count, self.hold))
+    }
+
+    /// The fewest active machines a scale-down may leave at `now` (0: no floor).
+    pub fn floor(&self, now: Instant) -> usize {
+        match self.floor {
+            Some((count, until)) if now < until => count,
+            _ => 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -652,5 +724,48 @@ mod retiree_tests {
         let (a, b) = (machine(1, 100, 10), machine(2, 100, 0));
         b.set_state(MachineState::Draining);
         assert_eq!(pick_retiree(&[&a, &b], None, &cfg), None);
+    }
+}
+
+#[cfg(test)]
+mod undone_drains_tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_undone_within_the_window_sets_a_floor_that_expires() {
+        let mut u = UndoneDrains::default();
+        let t0 = Instant::now();
+        // A scale-up with no drain before it, or long after one, is not an undo.
+        assert_eq!(u.acquired(t0, 3, WINDOW), None);
+        u.drained(t0);
+        assert_eq!(u.acquired(t0 + Duration::from_secs(11), 4, WINDOW), None);
+        assert_eq!(u.floor(t0 + Duration::from_secs(11)), 0);
+        // Drained 9 → 4, then two machines back within the window: at least 6 for 100 s.
+        let t1 = t0 + Duration::from_secs(20);
+        u.drained(t1);
+        let t2 = t1 + Duration::from_millis(300);
+        assert_eq!(u.acquired(t2, 5, WINDOW), Some((5, WINDOW * 10)));
+        assert_eq!(u.acquired(t2, 6, WINDOW), Some((6, WINDOW * 10)));
+        assert_eq!(u.floor(t2 + Duration::from_secs(99)), 6);
+        assert_eq!(u.floor(t2 + Duration::from_secs(101)), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_hold_doubles_when_it_happens_again_and_resets_much_later() {
+        let mut u = UndoneDrains::default();
+        let t0 = Instant::now();
+        u.drained(t0);
+        assert_eq!(u.acquired(t0, 6, WINDOW), Some((6, WINDOW * 10)));
+        // The floor expired (100 s) and the set shrank again, then had to come back:
+        // within twice the hold, so the next hold is twice as long.
+        let t1 = t0 + Duration::from_secs(150);
+        u.drained(t1);
+        assert_eq!(u.acquired(t1, 6, WINDOW), Some((6, WINDOW * 20)));
+        // Long after the last hold: back to the base.
+        let t2 = t1 + Duration::from_secs(1000);
+        u.drained(t2);
+        assert_eq!(u.acquired(t2, 5, WINDOW), Some((5, WINDOW * 10)));
     }
 }

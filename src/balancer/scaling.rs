@@ -57,6 +57,17 @@ impl Dispatcher {
                 break;
             };
             self.rebalance_onto(index);
+            if cfg.policy == ScalingPolicy::Target {
+                let active = self.active_count();
+                if let Some((floor, hold)) = self.undone.acquired(now, active, cfg.scale_down_after)
+                {
+                    info!(
+                        machines = floor,
+                        hold_s = hold.as_secs(),
+                        "scale-down undone: keeping at least this many machines"
+                    );
+                }
+            }
         }
     }
 
@@ -225,8 +236,9 @@ impl Dispatcher {
                     .recommendations
                     .observe(now, desired, cfg.scale_down_after)
                 {
-                    Some(highest) if highest < active => active - highest,
-                    _ => 0,
+                    // Never below the count an undone scale-down went back to.
+                    Some(highest) => active.saturating_sub(highest.max(self.undone.floor(now))),
+                    None => 0,
                 }
             }
         };
@@ -239,6 +251,7 @@ impl Dispatcher {
                 break;
             };
             self.drain(index);
+            self.undone.drained(now);
         }
     }
 
