@@ -274,6 +274,50 @@ async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
     assert_eq!(round_trip(&mut holder, b"still").await, b"still");
 }
 
+/// A client whose connect was refused during a short outage waits in the queue for another
+/// upstream; the clients after it, which the recovered upstream can take, are not held up
+/// until its `queue_timeout` runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_for_another_upstream_does_not_hold_up_new_clients() {
+    let mut up = Flaky::start().await;
+    let mut cfg = fixed_reservation(10.0);
+    cfg.backend.mode = BackendMode::Proxy;
+    cfg.backend.upstreams = vec![UpstreamConfig {
+        address: up.addr,
+        size: Size::Medium,
+        max_connections: None,
+    }];
+    // Probes play no part: only the start-up one runs.
+    cfg.backend.health_check_interval = Duration::from_secs(60);
+    cfg.backend.queue_timeout = Duration::from_secs(8);
+    let lb = start_lb(cfg).await;
+    let mut first = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut first, b"one").await, b"one");
+
+    // The upstream stops accepting: the next client's connect is refused, and with no other
+    // upstream its retry waits in the queue.
+    up.close();
+    common::echo::wait_port_closed(up.addr).await;
+    let mut retried = TcpStream::connect(lb.addr).await.expect("connect");
+    retried.write_all(b"r").await.expect("write");
+    lb.wait_stats("the retry is queued", |s| s.queued_connections == 1)
+        .await;
+
+    // Back 1 connection failure later (below max_fails): a new client is served at once.
+    up.open().await;
+    let mut fresh = TcpStream::connect(lb.addr).await.expect("connect");
+    fresh.write_all(b"new").await.expect("write");
+    let mut back = [0u8; 3];
+    let served = tokio::time::timeout(Duration::from_secs(2), fresh.read_exact(&mut back)).await;
+    assert!(
+        matches!(served, Ok(Ok(_))),
+        "a new client waited behind the queued retry: {:#?}",
+        lb.snapshot()
+    );
+    assert_eq!(&back, b"new");
+    assert_eq!(lb.snapshot().queued_connections, 1, "the retry still waits");
+}
+
 /// An upstream that accepts connections and never answers (a frozen process: its kernel
 /// still completes handshakes, so probes pass).
 async fn frozen() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
