@@ -274,6 +274,110 @@ async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
     assert_eq!(round_trip(&mut holder, b"still").await, b"still");
 }
 
+/// Clients that arrive during a 0.6 s outage of the only upstream see their connects
+/// refused: `max_fails` of them eject it. The first good probe after the recovery ends that
+/// ejection, so new clients are served within 2 × health_check_interval, not `eject_for`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_during_a_short_outage_do_not_outlive_the_recovery() {
+    let mut up = Flaky::start().await;
+    let mut cfg = fixed_reservation(10.0);
+    cfg.backend.mode = BackendMode::Proxy;
+    cfg.backend.upstreams = vec![UpstreamConfig {
+        address: up.addr,
+        size: Size::Medium,
+        max_connections: None,
+    }];
+    let interval = Duration::from_millis(200);
+    cfg.backend.health_check_interval = interval;
+    cfg.backend.health_check_timeout = Duration::from_millis(100);
+    cfg.backend.eject_for = Duration::from_secs(30);
+    let lb = start_lb(cfg).await;
+    let mut holder = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut holder, b"hold").await, b"hold");
+
+    up.close();
+    common::echo::wait_port_closed(up.addr).await;
+    // Three clients meanwhile: three refused connects (max_fails) eject the upstream.
+    let mut refused = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+        c.write_all(b"x").await.expect("write");
+        refused.push(c);
+    }
+    lb.wait_stats("the ejected upstream's machine drains", |s| {
+        s.machines
+            .iter()
+            .any(|m| m.state == elastic_lb::core::MachineState::Draining)
+    })
+    .await;
+    up.open().await;
+    let back = tokio::time::Instant::now();
+    let deadline = back + 2 * interval + Duration::from_millis(100);
+    loop {
+        let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+        let mut got = [0u8; 2];
+        let served = c.write_all(b"hi").await.is_ok()
+            && matches!(
+                tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut got)).await,
+                Ok(Ok(_))
+            );
+        if served {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no client served {:?} after the upstream came back: {:#?}",
+            back.elapsed(),
+            lb.snapshot()
+        );
+    }
+    assert_eq!(round_trip(&mut holder, b"still").await, b"still");
+}
+
+/// A client whose connect was refused during a short outage waits in the queue for another
+/// upstream; the clients after it, which the recovered upstream can take, are not held up
+/// until its `queue_timeout` runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_for_another_upstream_does_not_hold_up_new_clients() {
+    let mut up = Flaky::start().await;
+    let mut cfg = fixed_reservation(10.0);
+    cfg.backend.mode = BackendMode::Proxy;
+    cfg.backend.upstreams = vec![UpstreamConfig {
+        address: up.addr,
+        size: Size::Medium,
+        max_connections: None,
+    }];
+    // Probes play no part: only the start-up one runs.
+    cfg.backend.health_check_interval = Duration::from_secs(60);
+    cfg.backend.queue_timeout = Duration::from_secs(8);
+    let lb = start_lb(cfg).await;
+    let mut first = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut first, b"one").await, b"one");
+
+    // The upstream stops accepting: the next client's connect is refused, and with no other
+    // upstream its retry waits in the queue.
+    up.close();
+    common::echo::wait_port_closed(up.addr).await;
+    let mut retried = TcpStream::connect(lb.addr).await.expect("connect");
+    retried.write_all(b"r").await.expect("write");
+    lb.wait_stats("the retry is queued", |s| s.queued_connections == 1)
+        .await;
+
+    // Back 1 connection failure later (below max_fails): a new client is served at once.
+    up.open().await;
+    let mut fresh = TcpStream::connect(lb.addr).await.expect("connect");
+    fresh.write_all(b"new").await.expect("write");
+    let mut back = [0u8; 3];
+    let served = tokio::time::timeout(Duration::from_secs(2), fresh.read_exact(&mut back)).await;
+    assert!(
+        matches!(served, Ok(Ok(_))),
+        "a new client waited behind the queued retry: {:#?}",
+        lb.snapshot()
+    );
+    assert_eq!(&back, b"new");
+    assert_eq!(lb.snapshot().queued_connections, 1, "the retry still waits");
+}
+
 /// An upstream that accepts connections and never answers (a frozen process: its kernel
 /// still completes handshakes, so probes pass).
 async fn frozen() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {

@@ -503,6 +503,37 @@ async fn provider_failures_and_timeouts_mean_none_available() {
     );
 }
 
+/// A provider that keeps failing (a quota, an API outage) is not run on every autoscaler
+/// tick: the next `acquire` waits 1 s, then 2 s, … (at most 1 min).
+#[tokio::test]
+async fn a_failing_provider_is_retried_with_back_off() {
+    let tmp = TempDir::new("provider-backoff");
+    let calls = tmp.0.join("calls");
+    let command = tmp.script(
+        "failing",
+        &format!("echo \"$1\" >> '{}'; exit 3", calls.display()),
+    );
+    let a = Echo::start().await;
+    let mut cfg = proxy_config(10.0, &[a.addr]);
+    cfg.backend.provider = Some(ProviderConfig { command });
+    let lb = start_lb(cfg).await;
+    // 6 connections: 60 % wants another machine, which only the provider could supply.
+    let mut conns = Vec::new();
+    for i in 0..6u8 {
+        let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+        assert_eq!(round_trip(&mut s, &[i; 2]).await, vec![i; 2]);
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let runs = std::fs::read_to_string(&calls)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    // Tries at about 0 s and 1 s (then 3 s); every 100 ms tick would be ~25.
+    assert!((1..=3).contains(&runs), "{runs} acquire runs in 2.5 s");
+    assert_eq!(lb.snapshot().machines.len(), 1);
+}
+
 #[tokio::test]
 async fn a_provider_that_never_answers_does_not_block_the_balancer() {
     let tmp = TempDir::new("provider-slow");

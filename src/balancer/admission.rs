@@ -31,7 +31,8 @@ impl Dispatcher {
     }
 
     /// Refuses what waited too long (or went away), then places the queue head-first for as
-    /// long as something can take the head.
+    /// long as something can take the head (passing over retries that only the machines they
+    /// avoid could take).
     pub(super) fn serve_queue(&mut self) {
         if self.queue.is_empty() {
             return;
@@ -43,17 +44,25 @@ impl Dispatcher {
                 reply(gone, Err(refused));
             }
         }
+        // A retry after a failed upstream connect waits for a machine other than the ones
+        // it avoids; it must not hold up the connections behind it, which any machine may
+        // take (the upstream that failed it may be fine again).
+        let mut passed = Vec::new();
         while let Some(head) = self.queue.pop_front() {
             match self.place(head.peer, &head.avoid, head.reservation) {
                 Some(placement) => {
                     self.totals.connection_dequeued();
                     reply(head, Ok(placement));
                 }
+                None if !head.avoid.is_empty() => passed.push(head),
                 None => {
                     self.queue.push_front(head);
                     break;
                 }
             }
+        }
+        for waiting in passed.into_iter().rev() {
+            self.queue.push_front(waiting);
         }
     }
 

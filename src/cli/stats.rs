@@ -150,9 +150,14 @@ pub fn render_table(addr: SocketAddr, stats: &StatsBody) -> String {
         "pool free    small {}/{}  medium {}/{}  large {}/{}  xlarge {}/{}",
         p.small, q.small, p.medium, q.medium, p.large, q.large, p.xlarge, q.xlarge
     );
+    // Proxy mode: connections waiting in the admission queue (`backend.queue_timeout`).
+    let queued = match s.queued_connections {
+        0 => String::new(),
+        n => format!("  {n} queued"),
+    };
     let _ = writeln!(
         out,
-        "connections  {} open  {} admitted  {} rejected",
+        "connections  {} open  {} admitted  {} rejected{queued}",
         t.connections_open, t.connections_admitted, t.connections_rejected
     );
     let _ = writeln!(
@@ -263,5 +268,14 @@ mod tests {
         assert!(table.contains("1000 ok  2 failed"), "{table}");
         let widths: Vec<usize> = lines[2..6].iter().map(|l| l.len()).collect();
         assert!(widths.iter().all(|&w| w == widths[0]), "{table}");
+        assert!(
+            table.contains("36 open  40 admitted  1 rejected\n"),
+            "{table}"
+        );
+        // Connections waiting for a machine (proxy mode) are shown when there are any.
+        let mut waiting = stats;
+        waiting.snapshot.queued_connections = 5;
+        let table = render_table(addr, &waiting);
+        assert!(table.contains("1 rejected  5 queued\n"), "{table}");
     }
 }

@@ -96,7 +96,12 @@ pub(super) fn validation_error(error: ValidationError, text: &str, origin: &str)
         locate(text, table, key)
     };
     let table = error.key.rsplit_once('.').map_or("", |(table, _)| table);
-    let line = find(&error.key)
+    let in_entry = |index| {
+        let key = error.key.rsplit_once('.').map_or("", |(_, key)| key);
+        locate_entry(text, table, key, index)
+    };
+    let line = (error.entry.and_then(in_entry))
+        .or_else(|| find(&error.key))
         .or_else(|| error.related.as_deref().and_then(find))
         .or_else(|| locate_table(text, table));
     ConfigError::Validation {
@@ -456,6 +461,24 @@ pub fn locate(text: &str, table: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// The 1-based line where `key` is set in entry `index` (from 0) of the array of tables
+/// `[[table]]`; `None` when the text does not set it there (or writes the array inline).
+fn locate_entry(text: &str, table: &str, key: &str, index: usize) -> Option<usize> {
+    let (mut entries, mut inside) = (0, false);
+    for (n, l) in text.lines().enumerate() {
+        match classify(l) {
+            LineKind::Header(name) => {
+                let entry = name == table && l.trim_start().starts_with("[[");
+                entries += usize::from(entry);
+                inside = entry && entries == index + 1;
+            }
+            LineKind::Key(k, _) if inside && k == key => return Some(n + 1),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Whether the inline table `{ a = 1, b.c = 2 }` sets the dotted key `key`.
 fn inline_sets(value: &str, key: &str) -> bool {
     let body = value.trim_start_matches('{');
@@ -491,95 +514,4 @@ fn locate_table(text: &str, table: &str) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn line_numbers() {
-        assert_eq!(line_of("a\nb\nc", 0), 1);
-        assert_eq!(line_of("a\nb\nc", 2), 2);
-        assert_eq!(line_of("a\nb\nc", 4), 3);
-        assert_eq!(line_of("a\nb\nc", 99), 3);
-        assert_eq!(line_of("a\r\nb", 3), 2);
-    }
-
-    #[test]
-    fn locate_finds_keys_in_every_form() {
-        let text = "\
-# comment with min_machines = 3
-[autoscaler]   # the scaler
-initial = [
-  \"medium\",
-]
-\"min_machines\" = 2
-[load.requests]
-small = 1
-[[backend.upstreams]]
-address = \"127.0.0.1:1\"
-";
-        assert_eq!(locate(text, "autoscaler", "min_machines"), Some(6));
-        assert_eq!(locate(text, "autoscaler", "initial"), Some(3));
-        assert_eq!(locate(text, "autoscaler", "max_machines"), None);
-        assert_eq!(locate(text, "load.requests", "small"), Some(8));
-        assert_eq!(locate(text, "load", "small"), None);
-        assert_eq!(locate(text, "backend.upstreams", "address"), Some(10));
-        assert_eq!(locate("machines.small = 1\n", "machines", "small"), Some(1));
-        assert_eq!(
-            locate(
-                "x = 1\nload = { requests.small = 1 }",
-                "load.requests",
-                "small"
-            ),
-            Some(2)
-        );
-        assert_eq!(
-            locate("[load]\nrequests.large = 3\n", "load.requests", "large"),
-            Some(2)
-        );
-        assert_eq!(locate_table(text, "load.requests"), Some(7));
-        assert_eq!(locate_table(text, "autoscaler"), Some(2));
-        assert_eq!(locate_table(text, "pool"), None);
-    }
-
-    /// Regression (found by tests/config_props.rs): a bad value inside an inline table was
-    /// reported under the table's name only (`listener: invalid type …`).
-    #[test]
-    fn key_at_offset_names_keys_inside_inline_tables() {
-        let at = |text: &str, needle: &str| {
-            let offset = text.find(needle).expect("needle in text");
-            key_at_offset(text, offset)
-        };
-        let text = "listener = { max_line_bytes = \"0ns\" }\n";
-        assert_eq!(
-            at(text, "\"0ns").as_deref(),
-            Some("listener.max_line_bytes")
-        );
-        let text = "x = 1\nload = { requests = { small = -1 }, connection_min = nan }\n";
-        assert_eq!(at(text, "-1").as_deref(), Some("load.requests.small"));
-        assert_eq!(at(text, "nan").as_deref(), Some("load.connection_min"));
-        let text = "load = { requests.\"large\" = -1 }\n";
-        assert_eq!(at(text, "-1").as_deref(), Some("load.requests.large"));
-        let text = "[backend]\nupstreams = [\n  { address = \"a,{b\" }, # {\n  { size = 1 },\n]\n";
-        assert_eq!(
-            at(text, "\"a,").as_deref(),
-            Some("backend.upstreams.address")
-        );
-        assert_eq!(at(text, "1 }").as_deref(), Some("backend.upstreams.size"));
-        assert_eq!(at(text, "{ size").as_deref(), Some("backend.upstreams"));
-        // Not inline: the key of the line.
-        let text = "[listener]\nmax_line_bytes = \"x\"\n";
-        assert_eq!(at(text, "\"x").as_deref(), Some("listener.max_line_bytes"));
-        assert_eq!(at(text, "[listener]").as_deref(), Some("listener"));
-        let text = "[autoscaler]\ninitial = [\n  \"huge\",\n]\n";
-        assert_eq!(at(text, "\"huge").as_deref(), Some("autoscaler.initial"));
-    }
-
-    #[test]
-    fn key_at_tracks_tables_and_multiline_values() {
-        let text = "a = 1\n[load.requests]\nsmall = 1\n[autoscaler]\ninitial = [\n\"x\",\n]\n";
-        assert_eq!(key_at(text, 1).as_deref(), Some("a"));
-        assert_eq!(key_at(text, 2).as_deref(), Some("load.requests"));
-        assert_eq!(key_at(text, 3).as_deref(), Some("load.requests.small"));
-        assert_eq!(key_at(text, 6).as_deref(), Some("autoscaler.initial"));
-    }
-}
+mod tests;

@@ -556,3 +556,27 @@ fn scale_up_tolerance_is_optional_and_bounded() {
         &["x.toml:2: autoscaler.scale_up_tolerance = 1.0: must be at least 0 and below 1"],
     );
 }
+
+#[test]
+fn upstream_errors_name_the_line_of_the_entry_at_fault() {
+    let text = "\
+[backend]
+mode = \"proxy\"
+[[backend.upstreams]]
+address = \"127.0.0.1:9001\"
+max_connections = 5
+[[backend.upstreams]]
+address = \"127.0.0.1:9002\"
+max_connections = 0
+[[backend.upstreams]]
+address = \"127.0.0.1:9001\"
+";
+    assert_eq!(
+        err(text),
+        "x.toml:8: backend.upstreams.max_connections = 0: upstream 127.0.0.1:9002: must be at least 1 (omit it for no limit)"
+    );
+    assert_eq!(
+        err(&text.replace("max_connections = 0", "max_connections = 1")),
+        "x.toml:10: backend.upstreams.address = \"127.0.0.1:9001\": address listed twice in [[backend.upstreams]]"
+    );
+}

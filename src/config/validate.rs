@@ -50,6 +50,9 @@ pub struct ValidationError {
     /// The other key of a cross-field rule (`autoscaler.max_machines` for
     /// `min_machines > max_machines`); its line is reported when `key` is not in the file.
     pub related: Option<String>,
+    /// For a key of an array of tables (`backend.upstreams.address`): which entry, from 0,
+    /// so that the line reported is that entry's and not the first one's.
+    pub entry: Option<usize>,
 }
 
 impl ValidationError {
@@ -59,7 +62,13 @@ impl ValidationError {
             value: value.into(),
             message: message.into(),
             related: None,
+            entry: None,
         }
+    }
+
+    fn entry(mut self, index: usize) -> Self {
+        self.entry = Some(index);
+        self
     }
 
     fn related(mut self, key: &str) -> Self {
@@ -190,7 +199,9 @@ impl Config {
                 ));
             }
         }
-        if let Some(u) = b.upstreams.iter().find(|u| u.max_connections == Some(0)) {
+        if let Some((i, u)) =
+            (b.upstreams.iter().enumerate()).find(|(_, u)| u.max_connections == Some(0))
+        {
             return Err(ValidationError::new(
                 "backend.upstreams.max_connections",
                 "0",
@@ -198,7 +209,8 @@ impl Config {
                     "upstream {}: must be at least 1 (omit it for no limit)",
                     u.address
                 ),
-            ));
+            )
+            .entry(i));
         }
         if b.mode == BackendMode::Proxy && b.upstreams.is_empty() && b.provider.is_none() {
             return Err(ValidationError::new(
@@ -219,10 +231,11 @@ impl Config {
         for (i, u) in b.upstreams.iter().enumerate() {
             if b.upstreams[..i].iter().any(|o| o.address == u.address) {
                 return Err(ValidationError::new(
-                    "backend.upstreams",
+                    "backend.upstreams.address",
                     quoted(u.address),
                     "address listed twice in [[backend.upstreams]]",
-                ));
+                )
+                .entry(i));
             }
         }
         self.validate_autoscaler()

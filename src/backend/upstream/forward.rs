@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::health::Upstream;
+use super::health::{Failure, Upstream};
 use super::proxy_header;
 use super::pump::{self, Pump, Way};
 use crate::config::SendProxy;
@@ -57,7 +57,7 @@ pub async fn forward(
     let server = match connected {
         Ok(server) => server,
         Err(e) => {
-            upstream.record_failure("connect");
+            upstream.record_failure(Failure::Connect);
             return Err((client, e));
         }
     };
@@ -97,7 +97,7 @@ pub async fn forward(
                 }
                 Watchdog::Unanswered => {
                     debug!(limit = ?limits.server, "upstream did not answer; closing");
-                    upstream.record_failure("server timeout");
+                    upstream.record_failure(Failure::ServerTimeout);
                     "server timeout"
                 }
                 // The shutdown grace is over: stop forwarding.

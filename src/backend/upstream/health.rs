@@ -9,7 +9,10 @@
 //!   connect failures or server timeouts seen by real connections eject the upstream for
 //!   `backend.eject_for`, doubled on each ejection that follows without a good exchange in
 //!   between. A frozen process still accepts TCP connections (its kernel does), so only
-//!   this notices it.
+//!   this notices it. Failures seen while ejected (connections placed before) do not count.
+//!   An ejection for connect failures alone ends at the first good probe (a probe is a
+//!   connect: Envoy's `successful_active_health_check_uneject_host`); one that involved a
+//!   server timeout lasts its time, since a frozen process passes probes.
 //!
 //! [`Upstream::is_healthy`] combines both; the factory, admission, migration and the
 //! dispatcher's replacement of unhealthy machines all read it.
@@ -32,6 +35,24 @@ use crate::core::Size;
 
 /// The longest ejection, however often an upstream repeats its failures (64 × eject_for).
 const MAX_EJECTION_DOUBLINGS: u32 = 6;
+
+/// A failure seen by a real connection (a passive check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The connect failed or timed out (`backend.connect_timeout`).
+    Connect,
+    /// The client sent bytes and the upstream answered nothing for `server_timeout`.
+    ServerTimeout,
+}
+
+impl Failure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::ServerTimeout => "server timeout",
+        }
+    }
+}
 
 /// The health rules of `[backend]`, copied into every upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +99,10 @@ pub struct Upstream {
     streak: AtomicU32,
     /// Consecutive passive failures (connect failures, server timeouts).
     fails: AtomicU32,
+    /// Whether a server timeout is among `fails`.
+    timed_out: AtomicBool,
+    /// Whether a good probe ends the current ejection (it was for connect failures only).
+    probe_lifts: AtomicBool,
     /// Ejections since the last good exchange (each one twice as long as the one before).
     ejections: AtomicU32,
     /// Milliseconds after `base` until which the upstream is ejected (0: not ejected).
@@ -98,6 +123,8 @@ impl Upstream {
             up: AtomicBool::new(false),
             streak: AtomicU32::new(0),
             fails: AtomicU32::new(0),
+            timed_out: AtomicBool::new(false),
+            probe_lifts: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             base: Instant::now(),
@@ -149,7 +176,12 @@ impl Upstream {
     }
 
     /// Records one active probe; the verdict flips after `rise` / `fall` results in a row.
+    /// A good probe also ends an ejection for connect failures: connects work again.
     pub fn record_probe(&self, ok: bool) {
+        if ok && self.is_ejected() && self.probe_lifts.swap(false, Ordering::AcqRel) {
+            self.ejected_until_ms.store(0, Ordering::Release);
+            info!(upstream = %self.address, "upstream ejection lifted: a probe connected");
+        }
         let up = self.up.load(Ordering::Acquire);
         if ok == up {
             self.streak.store(0, Ordering::Release);
@@ -173,13 +205,22 @@ impl Upstream {
     }
 
     /// A connect failed or the upstream timed out on a real connection; `max_fails` of them
-    /// in a row eject it.
-    pub fn record_failure(&self, what: &'static str) {
+    /// in a row eject it. While it is ejected nothing new is sent there, so a failure then
+    /// comes from a connection placed before: the same outage, not counted again.
+    pub fn record_failure(&self, what: Failure) {
+        if self.is_ejected() {
+            return;
+        }
+        if what == Failure::ServerTimeout {
+            self.timed_out.store(true, Ordering::Release);
+        }
         let fails = self.fails.fetch_add(1, Ordering::AcqRel) + 1;
         if fails < self.policy.max_fails {
             return;
         }
         self.fails.store(0, Ordering::Release);
+        let timed_out = self.timed_out.swap(false, Ordering::AcqRel);
+        self.probe_lifts.store(!timed_out, Ordering::Release);
         let ejections = self.ejections.fetch_add(1, Ordering::AcqRel);
         let factor = 1u32 << ejections.min(MAX_EJECTION_DOUBLINGS);
         let length = self.policy.eject_for.saturating_mul(factor);
@@ -187,7 +228,7 @@ impl Upstream {
         self.ejected_until_ms.store(until, Ordering::Release);
         warn!(
             upstream = %self.address,
-            failure = what,
+            failure = what.as_str(),
             fails,
             ejected_for_ms = length.as_millis() as u64,
             "upstream ejected"
@@ -198,6 +239,7 @@ impl Upstream {
     /// start over.
     pub fn record_success(&self) {
         self.fails.store(0, Ordering::Release);
+        self.timed_out.store(false, Ordering::Release);
         self.ejections.store(0, Ordering::Release);
     }
 }
@@ -297,15 +339,15 @@ mod tests {
     async fn passive_failures_eject_for_a_doubling_time() {
         let u = upstream(2, 3, 3);
         u.set_initial(true);
-        u.record_failure("connect");
-        u.record_failure("connect");
+        u.record_failure(Failure::Connect);
+        u.record_failure(Failure::Connect);
         assert!(u.is_healthy());
-        u.record_failure("server timeout");
+        u.record_failure(Failure::ServerTimeout);
         assert!(!u.is_healthy(), "three in a row eject it");
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(u.is_healthy(), "back after eject_for");
         for _ in 0..3 {
-            u.record_failure("connect");
+            u.record_failure(Failure::Connect);
         }
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(!u.is_healthy(), "the second ejection lasts twice as long");
@@ -313,8 +355,47 @@ mod tests {
         assert!(u.is_healthy());
         // A good exchange resets the count and the doubling.
         u.record_success();
-        u.record_failure("connect");
-        u.record_failure("connect");
+        u.record_failure(Failure::Connect);
+        u.record_failure(Failure::Connect);
         assert!(u.is_healthy());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_while_ejected_do_not_count_again() {
+        let u = upstream(2, 3, 3);
+        u.set_initial(true);
+        for _ in 0..3 {
+            u.record_failure(Failure::ServerTimeout);
+        }
+        assert!(!u.is_healthy());
+        // Connections placed before the ejection time out meanwhile: the same outage.
+        for _ in 0..3 {
+            u.record_failure(Failure::ServerTimeout);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(u.is_healthy(), "not ejected again for twice as long");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_good_probe_ends_an_ejection_for_connect_failures_only() {
+        let u = upstream(2, 3, 3);
+        u.set_initial(true);
+        for _ in 0..3 {
+            u.record_failure(Failure::Connect);
+        }
+        assert!(!u.is_healthy());
+        u.record_probe(false);
+        assert!(!u.is_healthy(), "a failed probe lifts nothing");
+        u.record_probe(true);
+        assert!(u.is_healthy(), "connects work again");
+        // A frozen process passes probes: an ejection with a server timeout stays.
+        u.record_failure(Failure::Connect);
+        u.record_failure(Failure::ServerTimeout);
+        u.record_failure(Failure::Connect);
+        assert!(!u.is_healthy());
+        u.record_probe(true);
+        assert!(!u.is_healthy(), "probes prove nothing about answers");
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(u.is_healthy(), "the second ejection lasted twice as long");
     }
 }

@@ -36,7 +36,7 @@ use crate::core::{MachineId, Size, SizeCounts, Units};
 use crate::telemetry::MachineInfo;
 
 pub use forward::{forward, Forwarded, Limits};
-pub use health::{HealthPolicy, Upstream};
+pub use health::{Failure, HealthPolicy, Upstream};
 pub use pool::{AddError, Origin, RemoveError, Removed, UpstreamPool, UpstreamView};
 pub use provider::Provider;
 

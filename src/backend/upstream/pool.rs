@@ -95,8 +95,10 @@ struct PoolState {
     entries: Vec<Entry>,
     /// Machines whose upstream was removed, for the dispatcher to drain.
     retiring: Vec<MachineId>,
-    /// Sizes with a provider `acquire` running.
+    /// Sizes with a provider `acquire` running (or backing off after a failed one).
     acquiring: Vec<Size>,
+    /// Provider `acquire`s in a row that brought no upstream.
+    failed_acquires: u32,
 }
 
 /// The shared upstream list. Cheap to clone.
@@ -133,6 +135,7 @@ impl UpstreamPool {
                 entries,
                 retiring: Vec::new(),
                 acquiring: Vec::new(),
+                failed_acquires: 0,
             })),
             policy,
             probe_timeout,
@@ -404,6 +407,19 @@ impl UpstreamPool {
         let pool = self.clone();
         tokio::spawn(async move {
             let address = provider.acquire(size).await;
+            let failed = {
+                let mut state = pool.lock();
+                state.failed_acquires = match address {
+                    Some(_) => 0,
+                    None => state.failed_acquires.saturating_add(1),
+                };
+                state.failed_acquires
+            };
+            if failed > 0 {
+                // A failing command (a quota, an API outage) is not run again on every
+                // tick: the next try waits 1 s, doubling up to 1 min.
+                tokio::time::sleep(acquire_backoff(failed)).await;
+            }
             pool.lock().acquiring.retain(|s| *s != size);
             if let Some(address) = address {
                 if let Err(e) = pool.add(address, size, Origin::Provider) {
@@ -447,6 +463,12 @@ impl UpstreamPool {
             let _ = r.await;
         }
     }
+}
+
+/// How long to wait after `failed` provider `acquire`s in a row: 1 s, doubling, at most 1 min.
+fn acquire_backoff(failed: u32) -> Duration {
+    let doublings = failed.saturating_sub(1).min(6);
+    Duration::from_secs(1 << doublings).min(Duration::from_secs(60))
 }
 
 #[cfg(test)]
@@ -517,5 +539,11 @@ mod tests {
         );
         assert!(pool.list().is_empty());
         assert_eq!(pool.remove(addr(1)), Err(RemoveError::Unknown(addr(1))));
+    }
+
+    #[test]
+    fn failed_acquires_back_off_from_one_second_to_one_minute() {
+        let secs: Vec<u64> = (1..=9).map(|n| acquire_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! - `COMMAND acquire SIZE` prints the new upstream's `host:port` on the first line of its
 //!   stdout and exits 0. A non-zero exit, no address or the time limit means "none
-//!   available" (a warning is logged).
+//!   available" (a warning is logged; the pool waits 1 s, doubling up to 1 min, before the
+//!   next try).
 //! - `COMMAND release ADDRESS` destroys the upstream at `ADDRESS` (exit status logged only).
 //!
 //! Both run as background tasks, never in the dispatcher. The command's stderr goes to the
