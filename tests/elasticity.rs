@@ -325,7 +325,11 @@ async fn a_flat_queued_load_settles_with_the_target_policy() {
     let before = lb.snapshot();
     tokio::time::sleep(hold).await;
     let after = lb.snapshot();
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "every request answered OK");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "every request answered OK"
+    );
     let events = scale_events(&after) - scale_events(&before);
     eprintln!(
         "target, queued load: {events} scale events in 60 s, {} machines",

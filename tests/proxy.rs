@@ -378,6 +378,52 @@ async fn a_retry_waiting_for_another_upstream_does_not_hold_up_new_clients() {
     assert_eq!(lb.snapshot().queued_connections, 1, "the retry still waits");
 }
 
+/// A client whose connect was refused during a short outage of the only upstream is sent
+/// there again once a probe connects (HAProxy retries the same server): it does not wait
+/// out its `queue_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_goes_back_to_its_upstream_once_a_probe_connects() {
+    let mut up = Flaky::start().await;
+    let mut cfg = fixed_reservation(10.0);
+    cfg.backend.mode = BackendMode::Proxy;
+    cfg.backend.upstreams = vec![UpstreamConfig {
+        address: up.addr,
+        size: Size::Medium,
+        max_connections: None,
+    }];
+    cfg.backend.health_check_interval = Duration::from_millis(200);
+    cfg.backend.queue_timeout = Duration::from_secs(8);
+    let lb = start_lb(cfg).await;
+    let mut first = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut first, b"one").await, b"one");
+
+    up.close();
+    common::echo::wait_port_closed(up.addr).await;
+    let mut retried = TcpStream::connect(lb.addr).await.expect("connect");
+    retried.write_all(b"r").await.expect("write");
+    lb.wait_stats("the retry is queued", |s| s.queued_connections == 1)
+        .await;
+
+    let back = tokio::time::Instant::now();
+    up.open().await;
+    let mut echoed = [0u8; 1];
+    let served =
+        tokio::time::timeout(Duration::from_secs(3), retried.read_exact(&mut echoed)).await;
+    assert!(
+        matches!(served, Ok(Ok(_))),
+        "the retry waited for its queue_timeout: {:#?}",
+        lb.snapshot()
+    );
+    assert_eq!(&echoed, b"r");
+    // Within two probe intervals (plus scheduling slack), not 8 s.
+    assert!(
+        back.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        back.elapsed()
+    );
+    assert_eq!(lb.snapshot().queued_connections, 0);
+}
+
 /// An upstream that accepts connections and never answers (a frozen process: its kernel
 /// still completes handshakes, so probes pass).
 async fn frozen() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {

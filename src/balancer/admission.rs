@@ -45,10 +45,17 @@ impl Dispatcher {
             }
         }
         // A retry after a failed upstream connect waits for a machine other than the ones
-        // it avoids; it must not hold up the connections behind it, which any machine may
-        // take (the upstream that failed it may be fine again).
+        // it avoids (until a probe shows them back); it must not hold up the connections
+        // behind it, which any machine may take.
         let mut passed = Vec::new();
-        while let Some(head) = self.queue.pop_front() {
+        while let Some(mut head) = self.queue.pop_front() {
+            // An avoided machine whose upstream has connected a probe since the client's
+            // connect failed is fine again (HAProxy retries the same server, too).
+            head.avoid.retain(|&id| {
+                !self.machines.iter().any(|m| {
+                    m.info.id == id && m.upstream().is_some_and(|u| u.back_since(head.since))
+                })
+            });
             match self.place(head.peer, &head.avoid, head.reservation) {
                 Some(placement) => {
                     self.totals.connection_dequeued();

@@ -240,12 +240,14 @@ impl Dispatcher {
                 reply_tx,
             } => {
                 let reservation = self.draw_reservation();
+                let now = Instant::now();
                 let waiting = Waiting {
                     peer,
                     avoid,
+                    since: now,
                     reservation,
                     reply_tx,
-                    deadline: Instant::now() + self.config.backend.queue_timeout,
+                    deadline: now + self.config.backend.queue_timeout,
                 };
                 if self.queue.is_empty() {
                     self.admit_or_queue(waiting);

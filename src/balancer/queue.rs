@@ -22,8 +22,10 @@ use crate::core::{MachineId, Units};
 pub(super) struct Waiting {
     /// The client.
     pub(super) peer: SocketAddr,
-    /// Machines not to place it on.
+    /// Machines not to place it on: their upstream failed its connect, at `since`.
     pub(super) avoid: Vec<MachineId>,
+    /// When it arrived (a retry: when its last connect failed).
+    pub(super) since: Instant,
     /// The reservation drawn when it first arrived (kept across tries).
     pub(super) reservation: Units,
     /// Where the outcome goes.

@@ -105,6 +105,8 @@ pub struct Upstream {
     probe_lifts: AtomicBool,
     /// Ejections since the last good exchange (each one twice as long as the one before).
     ejections: AtomicU32,
+    /// Milliseconds after `base` (plus one) of the latest probe that connected (0: none).
+    last_good_probe_ms: AtomicU64,
     /// Milliseconds after `base` until which the upstream is ejected (0: not ejected).
     ejected_until_ms: AtomicU64,
     base: Instant,
@@ -126,6 +128,7 @@ impl Upstream {
             timed_out: AtomicBool::new(false),
             probe_lifts: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
+            last_good_probe_ms: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
             base: Instant::now(),
             max_connections: AtomicU64::new(u64::MAX),
@@ -161,6 +164,14 @@ impl Upstream {
         until != 0 && self.now_ms() < until
     }
 
+    /// Whether a probe connected after `since` (and the upstream is healthy now): a client
+    /// that failed to connect to it before then may be sent there again.
+    pub fn back_since(&self, since: Instant) -> bool {
+        let probed = self.last_good_probe_ms.load(Ordering::Acquire);
+        let since_ms = since.saturating_duration_since(self.base).as_millis() as u64 + 1;
+        probed > since_ms && self.is_healthy()
+    }
+
     fn now_ms(&self) -> u64 {
         self.base.elapsed().as_millis() as u64 + 1
     }
@@ -178,6 +189,10 @@ impl Upstream {
     /// Records one active probe; the verdict flips after `rise` / `fall` results in a row.
     /// A good probe also ends an ejection for connect failures: connects work again.
     pub fn record_probe(&self, ok: bool) {
+        if ok {
+            self.last_good_probe_ms
+                .store(self.now_ms(), Ordering::Release);
+        }
         if ok && self.is_ejected() && self.probe_lifts.swap(false, Ordering::AcqRel) {
             self.ejected_until_ms.store(0, Ordering::Release);
             info!(upstream = %self.address, "upstream ejection lifted: a probe connected");
