@@ -228,14 +228,14 @@ impl UpstreamPool {
     ///
     /// [`RemoveError::Unknown`] when the address is not in the pool.
     pub fn remove(&self, address: SocketAddr) -> Result<Removed, RemoveError> {
-        let removed = {
+        let (removed, left) = {
             let mut state = self.lock();
             let index = state
                 .entries
                 .iter()
                 .position(|e| e.upstream.address == address)
                 .ok_or(RemoveError::Unknown(address))?;
-            match state.entries[index].machine.clone() {
+            let removed = match state.entries[index].machine.clone() {
                 Some(machine) => {
                     if !state.entries[index].removing {
                         state.entries[index].removing = true;
@@ -244,8 +244,17 @@ impl UpstreamPool {
                     Err(machine.name.clone())
                 }
                 None => Ok(state.entries.remove(index)),
-            }
+            };
+            let left = state.entries.iter().filter(|e| !e.removing).count();
+            (removed, left)
         };
+        if left == 0 && self.provider.is_none() {
+            // HAProxy answers 503 with every server disabled; a TCP balancer can only make
+            // clients wait (`backend.queue_timeout`) and close them: say so once.
+            warn!(
+                "no upstream left: new clients wait backend.queue_timeout and are closed until one is added"
+            );
+        }
         match removed {
             Ok(entry) => {
                 info!(upstream = %address, "upstream removed");
