@@ -250,7 +250,7 @@ impl Dispatcher {
             let Some(index) = policy::pick_retiree(&infos, work, cfg) else {
                 break;
             };
-            self.drain(index);
+            self.drain(index, "load");
             self.undone.drained(now);
         }
     }
@@ -258,7 +258,7 @@ impl Dispatcher {
     /// Starts draining machine `index`: no new connections; its connections move to other
     /// machines with their reservations (when they can move); its queued requests finish
     /// where they are.
-    pub(super) fn drain(&mut self, index: usize) {
+    pub(super) fn drain(&mut self, index: usize, reason: &'static str) {
         let avg_before = self.average_load();
         let leaving = self.machines[index].clone();
         leaving.info.set_state(MachineState::Draining);
@@ -285,6 +285,7 @@ impl Dispatcher {
             machine = %leaving.info.name,
             moved_connections = moved,
             queued = leaving.info.queued(),
+            reason,
             "scale down: machine draining"
         );
     }
@@ -299,7 +300,7 @@ impl Dispatcher {
         for index in down {
             warn!(machine = %self.machines[index].info.name, "upstream down: machine draining");
             self.health_drained.insert(self.machines[index].info.id);
-            self.drain(index);
+            self.drain(index, "upstream down");
             if self.acquire_one().is_none() {
                 warn!("no healthy upstream left in the pool to replace it");
             }
@@ -395,7 +396,7 @@ impl Dispatcher {
             };
             if self.machines[index].info.is_active() {
                 info!(machine = %self.machines[index].info.name, "upstream removed: machine draining");
-                self.drain(index);
+                self.drain(index, "upstream removed");
             }
         }
     }

@@ -110,7 +110,7 @@ async fn drain_moves_connections_and_lets_queued_requests_finish() {
         panic!("a slow request is queued");
     };
 
-    d.drain(1);
+    d.drain(1, "load");
     let (m1, m2) = (d.machines[0].info.clone(), d.machines[1].info.clone());
     assert_eq!(m2.state(), MachineState::Draining);
     // The connection moved with its reservation; the queued request stayed.
@@ -145,7 +145,7 @@ async fn migrated_connection_that_closes_mid_drain_leaks_nothing() {
     let _p1 = d.admit(peer(1), &[]).unwrap();
     let p2 = d.admit(peer(2), &[]).unwrap();
     drop(p2); // closes before the drain finds it
-    d.drain(1);
+    d.drain(1, "load");
     d.finish_drains();
     assert_eq!(d.machines.len(), 1);
     assert_eq!(d.machines[0].info.reserved(), Units::from_whole(10));
