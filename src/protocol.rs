@@ -147,17 +147,24 @@ pub enum Request<P = Bytes> {
 /// payload; any other line is a `default_class` request whose payload is the whole
 /// (cleaned) line.
 pub fn parse(line: &Bytes, default_class: RequestClass) -> Option<Request> {
-    Some(match parse_slice(line, default_class)? {
-        Request::Ping => Request::Ping,
-        Request::Info => Request::Info,
-        Request::Stats => Request::Stats,
-        Request::Quit => Request::Quit,
-        // The payload is a slice of the original line: no copy.
-        Request::Work { class, payload } => Request::Work {
-            class,
-            payload: line.slice_ref(payload),
-        },
-    })
+    // The payload is a slice of the original line: no copy.
+    Some(parse_slice(line, default_class)?.map_payload(|payload| line.slice_ref(payload)))
+}
+
+impl<P> Request<P> {
+    /// The same request with its payload turned by `f` (commands carry none).
+    pub fn map_payload<Q>(self, f: impl FnOnce(P) -> Q) -> Request<Q> {
+        match self {
+            Request::Ping => Request::Ping,
+            Request::Info => Request::Info,
+            Request::Stats => Request::Stats,
+            Request::Quit => Request::Quit,
+            Request::Work { class, payload } => Request::Work {
+                class,
+                payload: f(payload),
+            },
+        }
+    }
 }
 
 /// [`parse`] on a borrowed line; the payload borrows from it.

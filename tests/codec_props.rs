@@ -214,16 +214,8 @@ proptest! {
         for frame in &frames {
             if let Frame::Line(line) = frame {
                 let owned = parse(line, RequestClass::Medium);
-                let borrowed = parse_slice(line, RequestClass::Medium).map(|r| match r {
-                    Request::Ping => Request::Ping,
-                    Request::Info => Request::Info,
-                    Request::Stats => Request::Stats,
-                    Request::Quit => Request::Quit,
-                    Request::Work { class, payload } => Request::Work {
-                        class,
-                        payload: Bytes::copy_from_slice(payload),
-                    },
-                });
+                let borrowed = parse_slice(line, RequestClass::Medium)
+                    .map(|r| r.map_payload(Bytes::copy_from_slice));
                 prop_assert_eq!(owned, borrowed);
             }
         }

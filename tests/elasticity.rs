@@ -242,6 +242,18 @@ async fn flat_run(policy: ScalingPolicy) -> (u64, usize, Snapshot) {
         Duration::from_millis(25),
         Instant::now() + settle + hold,
     );
+    let (events, after) = events_while_held(&lb, &failed, settle, hold).await;
+    (events, after.machines.len(), after)
+}
+
+/// Waits `settle`, then counts the scale events of the next `hold`; every request of the
+/// load (`failed`: those that were not answered `OK`) must have been answered `OK`.
+async fn events_while_held(
+    lb: &Lb,
+    failed: &AtomicU64,
+    settle: Duration,
+    hold: Duration,
+) -> (u64, Snapshot) {
     tokio::time::sleep(settle).await;
     let before = lb.snapshot();
     tokio::time::sleep(hold).await;
@@ -251,11 +263,7 @@ async fn flat_run(policy: ScalingPolicy) -> (u64, usize, Snapshot) {
         0,
         "every request answered OK"
     );
-    (
-        scale_events(&after) - scale_events(&before),
-        after.machines.len(),
-        after,
-    )
+    (scale_events(&after) - scale_events(&before), after)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,16 +329,7 @@ async fn a_flat_queued_load_settles_with_the_target_policy() {
         Duration::from_millis(66),
         Instant::now() + settle + hold,
     );
-    tokio::time::sleep(settle).await;
-    let before = lb.snapshot();
-    tokio::time::sleep(hold).await;
-    let after = lb.snapshot();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "every request answered OK"
-    );
-    let events = scale_events(&after) - scale_events(&before);
+    let (events, after) = events_while_held(&lb, &failed, settle, hold).await;
     eprintln!(
         "target, queued load: {events} scale events in 60 s, {} machines",
         after.machines.len()

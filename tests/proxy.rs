@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::echo::{echo_burst, proxy_config, round_trip, Echo};
-use common::{fixed_reservation, start_lb, within, TIMEOUT};
+use common::{fixed_reservation, start_lb, within, Lb, TIMEOUT};
 use elastic_lb::config::{BackendMode, UpstreamConfig};
 use elastic_lb::core::Size;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -334,11 +334,12 @@ async fn connect_failures_during_a_short_outage_do_not_outlive_the_recovery() {
     assert_eq!(round_trip(&mut holder, b"still").await, b"still");
 }
 
-/// A client whose connect was refused during a short outage waits in the queue for another
-/// upstream; the clients after it, which the recovered upstream can take, are not held up
-/// until its `queue_timeout` runs out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_waiting_for_another_upstream_does_not_hold_up_new_clients() {
+/// One upstream (probed every `probe_every`, `queue_timeout` 8 s) behind a balancer, a
+/// first client served, then the upstream's listener closed and a second client sent:
+/// its connect is refused and, with no other upstream, its retry waits in the queue.
+/// Returns the upstream, the balancer, the first client and the queued one (which has
+/// sent `r`).
+async fn retry_queued_in_an_outage(probe_every: Duration) -> (Flaky, Lb, TcpStream, TcpStream) {
     let mut up = Flaky::start().await;
     let mut cfg = fixed_reservation(10.0);
     cfg.backend.mode = BackendMode::Proxy;
@@ -347,21 +348,27 @@ async fn a_retry_waiting_for_another_upstream_does_not_hold_up_new_clients() {
         size: Size::Medium,
         max_connections: None,
     }];
-    // Probes play no part: only the start-up one runs.
-    cfg.backend.health_check_interval = Duration::from_secs(60);
+    cfg.backend.health_check_interval = probe_every;
     cfg.backend.queue_timeout = Duration::from_secs(8);
     let lb = start_lb(cfg).await;
     let mut first = TcpStream::connect(lb.addr).await.expect("connect");
     assert_eq!(round_trip(&mut first, b"one").await, b"one");
-
-    // The upstream stops accepting: the next client's connect is refused, and with no other
-    // upstream its retry waits in the queue.
     up.close();
     common::echo::wait_port_closed(up.addr).await;
     let mut retried = TcpStream::connect(lb.addr).await.expect("connect");
     retried.write_all(b"r").await.expect("write");
     lb.wait_stats("the retry is queued", |s| s.queued_connections == 1)
         .await;
+    (up, lb, first, retried)
+}
+
+/// A client whose connect was refused during a short outage waits in the queue for another
+/// upstream; the clients after it, which the recovered upstream can take, are not held up
+/// until its `queue_timeout` runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_for_another_upstream_does_not_hold_up_new_clients() {
+    // Probes play no part: only the start-up one runs.
+    let (mut up, lb, _first, _retried) = retry_queued_in_an_outage(Duration::from_secs(60)).await;
 
     // Back 1 connection failure later (below max_fails): a new client is served at once.
     up.open().await;
@@ -383,26 +390,8 @@ async fn a_retry_waiting_for_another_upstream_does_not_hold_up_new_clients() {
 /// out its `queue_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_goes_back_to_its_upstream_once_a_probe_connects() {
-    let mut up = Flaky::start().await;
-    let mut cfg = fixed_reservation(10.0);
-    cfg.backend.mode = BackendMode::Proxy;
-    cfg.backend.upstreams = vec![UpstreamConfig {
-        address: up.addr,
-        size: Size::Medium,
-        max_connections: None,
-    }];
-    cfg.backend.health_check_interval = Duration::from_millis(200);
-    cfg.backend.queue_timeout = Duration::from_secs(8);
-    let lb = start_lb(cfg).await;
-    let mut first = TcpStream::connect(lb.addr).await.expect("connect");
-    assert_eq!(round_trip(&mut first, b"one").await, b"one");
-
-    up.close();
-    common::echo::wait_port_closed(up.addr).await;
-    let mut retried = TcpStream::connect(lb.addr).await.expect("connect");
-    retried.write_all(b"r").await.expect("write");
-    lb.wait_stats("the retry is queued", |s| s.queued_connections == 1)
-        .await;
+    let (mut up, lb, _first, mut retried) =
+        retry_queued_in_an_outage(Duration::from_millis(200)).await;
 
     let back = tokio::time::Instant::now();
     up.open().await;

@@ -149,6 +149,18 @@ async fn wait_upstreams(
     }
 }
 
+/// `n` connections through the balancer, each checked with one echoed exchange of
+/// `len` bytes, held open.
+async fn open_connections(lb: &Lb, n: u8, len: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::new();
+    for i in 0..n {
+        let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+        assert_eq!(round_trip(&mut s, &vec![i; len]).await, vec![i; len]);
+        conns.push(s);
+    }
+    conns
+}
+
 fn find(l: &[UpstreamView], addr: SocketAddr) -> Option<&UpstreamView> {
     l.iter().find(|u| u.address == addr.to_string())
 }
@@ -385,12 +397,7 @@ async fn provider_scales_from_one_to_three_upstreams_and_back() {
     let traffic = Traffic::start(lb.addr);
 
     // 6 long connections: 60 % > 50 % → the provider starts a second upstream.
-    let mut long = Vec::new();
-    for i in 0..6u8 {
-        let mut s = TcpStream::connect(lb.addr).await.expect("connect");
-        assert_eq!(round_trip(&mut s, &[i; 4]).await, vec![i; 4]);
-        long.push(s);
-    }
+    let mut long = open_connections(&lb, 6, 4).await;
     wait_upstreams(&lb, "a provided upstream backs a second machine", |l| {
         l.len() == 2 && l.iter().all(|u| u.state == "active")
     })
@@ -518,12 +525,7 @@ async fn a_failing_provider_is_retried_with_back_off() {
     cfg.backend.provider = Some(ProviderConfig { command });
     let lb = start_lb(cfg).await;
     // 6 connections: 60 % wants another machine, which only the provider could supply.
-    let mut conns = Vec::new();
-    for i in 0..6u8 {
-        let mut s = TcpStream::connect(lb.addr).await.expect("connect");
-        assert_eq!(round_trip(&mut s, &[i; 2]).await, vec![i; 2]);
-        conns.push(s);
-    }
+    let _conns = open_connections(&lb, 6, 2).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let runs = std::fs::read_to_string(&calls)
         .unwrap_or_default()
@@ -544,12 +546,7 @@ async fn a_provider_that_never_answers_does_not_block_the_balancer() {
     cfg.backend.provider_timeout = Duration::from_secs(30);
     let lb = start_lb(cfg).await;
     // 6 connections: 60 % wants more; the provider hangs, the dispatcher keeps serving.
-    let mut conns = Vec::new();
-    for i in 0..6u8 {
-        let mut s = TcpStream::connect(lb.addr).await.expect("connect");
-        assert_eq!(round_trip(&mut s, &[i; 2]).await, vec![i; 2]);
-        conns.push(s);
-    }
+    let _conns = open_connections(&lb, 6, 2).await;
     let traffic = Traffic::start(lb.addr);
     traffic.wait_more(20).await;
     let (_, failed) = traffic.stop().await;
