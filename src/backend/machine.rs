@@ -34,12 +34,12 @@ enum Endpoint {
 /// Where a simulated machine's jobs go (implemented by `simulated::worker::WorkerLink`;
 /// a trait so that this file does not import the worker that imports it).
 pub trait JobSink: std::fmt::Debug + Send + Sync {
-    /// Serves `job` on the spot or queues it; see [`Machine::try_submit`].
+    /// Queues `job` for the machine's task; see [`Machine::try_queue`].
     ///
     /// # Errors
     ///
-    /// As [`Machine::try_submit`].
-    fn submit(&self, info: &MachineInfo, job: Job) -> Result<Submitted, SubmitError>;
+    /// As [`Machine::try_queue`].
+    fn queue(&self, info: &MachineInfo, job: Job) -> Result<oneshot::Receiver<Bytes>, SubmitError>;
 
     /// Serves `job` on the spot if the machine would serve it at once and instantly,
     /// appending the reply line to `out`; false, with nothing done, otherwise. See
@@ -85,10 +85,24 @@ impl Machine {
     /// [`SubmitError::MachineGone`] after a hard stop (or on a machine that serves no jobs);
     /// both hand the job back.
     pub fn try_submit(&self, job: Job) -> Result<Submitted, SubmitError> {
+        let mut reply = Vec::new();
+        if self.try_serve_now(&job.as_ref(), &mut reply) {
+            return Ok(Submitted::Answered(Bytes::from(reply)));
+        }
+        self.try_queue(job).map(Submitted::Queued)
+    }
+
+    /// Queues `job` for the machine's task, never serving it on the spot: the other half of
+    /// [`Self::try_submit`], for a caller that tried [`Self::try_serve_now`] already.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::try_submit`].
+    pub fn try_queue(&self, job: Job) -> Result<oneshot::Receiver<Bytes>, SubmitError> {
         let Endpoint::Worker(link) = &self.endpoint else {
             return Err(SubmitError::MachineGone(job));
         };
-        link.submit(&self.info, job)
+        link.queue(&self.info, job)
     }
 
     /// Serves `job` in the caller's task when the machine is idle and serves it instantly

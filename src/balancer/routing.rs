@@ -3,9 +3,10 @@
 //! The dispatcher publishes a [`RoutingTable`] — the active machines and the strategy in
 //! force — through an `ArcSwap` whenever either changes. A connection task places each
 //! request itself through its [`Router`]: one lock-free load of the table, a view of every
-//! active machine (`fits` = room in its queue), one `Strategy::pick`, one `try_submit`. The
-//! dispatcher task is never on this path, so request placement scales with the connection
-//! tasks, not with one actor.
+//! active machine (`fits` = room in its queue), one `Strategy::pick`, then the machine
+//! serves it on the spot (`try_serve_now`) or queues it (`try_queue`). The dispatcher task
+//! is never on this path, so request placement scales with the connection tasks, not with
+//! one actor.
 //!
 //! With `routing = "connection"` every request goes to the connection's home machine, as
 //! before per-request routing existed. Either way the connection's reservation stays on its
@@ -26,7 +27,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::placement::{CapacityFreed, Placement};
-use crate::backend::{Job, JobRef, Machine, SubmitError, Submitted};
+use crate::backend::{Job, JobRef, Machine, SubmitError};
 use crate::config::Routing;
 use crate::strategy::rng::AtomicRng;
 use crate::strategy::{MachineView, PickRequest, Strategy};
@@ -242,14 +243,7 @@ fn offer(
         return Ok(Routed::Answered);
     }
     let queued = owned.take().unwrap_or_else(|| job.to_job());
-    match machine.try_submit(queued)? {
-        Submitted::Queued(reply_rx) => Ok(Routed::Queued(reply_rx)),
-        // The machine went idle in between and served it after all.
-        Submitted::Answered(reply) => {
-            out.extend_from_slice(&reply);
-            Ok(Routed::Answered)
-        }
-    }
+    machine.try_queue(queued).map(Routed::Queued)
 }
 
 /// Whether two tables route the same way (same machines, strategy instance and settings).

@@ -8,7 +8,7 @@
 //!
 //! Connections reach the worker through its [`WorkerLink`]. When service is instant and the
 //! machine has nothing queued or in service, the link serves the request in the connection's
-//! own task instead ([`WorkerLink::submit`]): the same gauges, totals and reply, without the
+//! own task instead (`JobSink::serve_now`): the same gauges, totals and reply, without the
 //! two task wake-ups (queue in, reply out) that a round trip through the worker costs.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::backend::factory::BackendContext;
-use crate::backend::machine::{Job, JobRef, JobSink, Machine, SubmitError, Submitted};
+use crate::backend::machine::{Job, JobRef, JobSink, Machine, SubmitError};
 use crate::core::{RequestClass, Units};
 use crate::protocol;
 use crate::telemetry::{MachineInfo, Totals};
@@ -63,20 +63,15 @@ pub struct WorkerLink {
 // === impl WorkerLink ===
 
 impl JobSink for WorkerLink {
-    /// Serves `job` on the spot when the worker would have served it at once and instantly
-    /// ([`JobSink::serve_now`]), else queues it. See [`Machine::try_submit`].
-    fn submit(&self, info: &MachineInfo, job: Job) -> Result<Submitted, SubmitError> {
+    /// Queues `job` for the worker. See [`Machine::try_queue`].
+    fn queue(&self, info: &MachineInfo, job: Job) -> Result<oneshot::Receiver<Bytes>, SubmitError> {
         let weight = job.weight;
-        let mut reply = Vec::new();
-        if self.serve_now(info, &job.as_ref(), &mut reply) {
-            return Ok(Submitted::Answered(Bytes::from(reply)));
-        }
         if !info.try_enqueue(weight) {
             return Err(SubmitError::QueueFull(job));
         }
         let (reply_tx, reply_rx) = oneshot::channel();
         match self.jobs_tx.try_send(Queued { job, reply_tx }) {
-            Ok(()) => Ok(Submitted::Queued(reply_rx)),
+            Ok(()) => Ok(reply_rx),
             Err(e) => {
                 info.finish(weight);
                 Err(match e {
@@ -238,7 +233,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::backend::machine::SubmitError;
+    use crate::backend::machine::{SubmitError, Submitted};
     use crate::config::Config;
     use crate::core::{MachineId, Size};
 

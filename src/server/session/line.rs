@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!            lines                    Pending (bounded, in order)
-//! socket ──► reader ──► try_submit ──► machine queue ──┐ oneshot
+//! socket ──► reader ──► router ──────► machine queue ──┐ oneshot
 //!              │  │                                    ▼
 //!              │  └─────► pending_tx ──────────────► writer ──► socket
 //!              └────────────────────── (nothing owed) ────────► socket
