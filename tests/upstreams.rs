@@ -295,6 +295,32 @@ async fn admin_api_adds_lists_and_removes_upstreams() {
     assert_eq!((status, body.contains("removed")), (202, true), "{body}");
     assert!(find(&list(&lb).await, c.addr).is_none());
 
+    // A host name is resolved once, listed by its address, and removable by either.
+    let (status, body) = http(
+        lb.admin,
+        "POST",
+        "/api/upstreams",
+        r#"{"address": "no-such-host.invalid:80"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cannot resolve"), "{body}");
+    let name = format!("localhost:{}", c.addr.port());
+    if elastic_lb::config::resolve_addr(&name).ok() == Some(c.addr) {
+        let add = format!(r#"{{"address": "{name}"}}"#);
+        let (status, body) = http(lb.admin, "POST", "/api/upstreams", &add).await;
+        assert_eq!(status, 201, "{body}");
+        assert!(body.contains(&format!("\"{}\"", c.addr)), "{body}");
+        let (status, body) = http(lb.admin, "DELETE", &format!("/api/upstreams/{name}"), "").await;
+        assert_eq!((status, body.contains("removed")), (202, true), "{body}");
+        assert!(find(&list(&lb).await, c.addr).is_none());
+    } else {
+        eprintln!(
+            "localhost does not resolve to {} first here; host-name part skipped",
+            c.addr
+        );
+    }
+
     let (ok, failed) = traffic.stop().await;
     assert_eq!(failed, 0, "nothing dropped ({ok} exchanges)");
 }

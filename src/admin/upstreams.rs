@@ -4,8 +4,8 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /api/upstreams` | 200, JSON list of [`UpstreamView`] (`[]` in simulated mode) |
-//! | `POST /api/upstreams` `{"address": "host:port", "size": "medium"}` | 201 (probed, then in the pool); 400 bad body; 409 exists |
-//! | `DELETE /api/upstreams/{address}` | 202 (idle: gone; else its machine drains and retires when its last connection closes); 404 unknown |
+//! | `POST /api/upstreams` `{"address": "host:port", "size": "medium"}` | 201 (probed, then in the pool; a host name is resolved once, to its first address); 400 bad body or a name that does not resolve; 409 exists |
+//! | `DELETE /api/upstreams/{address}` (as listed, or the host name it was added by) | 202 (idle: gone; else its machine drains and retires when its last connection closes); 404 unknown |
 //!
 //! Each handler locks the shared list for a few list operations and never across an
 //! `.await`; draining is left to the dispatcher's next tick.
@@ -24,6 +24,7 @@ use tracing::info;
 
 use super::state::AdminState;
 use crate::backend::upstream::{AddError, Origin, RemoveError, Removed, UpstreamView};
+use crate::config::resolve_addr;
 use crate::core::Size;
 
 /// Body of `POST /api/upstreams`.
@@ -69,14 +70,9 @@ pub(super) async fn add(
             )
         }
     };
-    let address: SocketAddr = match request.address.parse() {
+    let address = match resolve(request.address).await {
         Ok(address) => address,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("address {:?}: {e} (expected ip:port)", request.address),
-            )
-        }
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let size = match request.size.as_deref().map(str::parse::<Size>) {
         None => Size::Medium,
@@ -104,7 +100,8 @@ pub(super) async fn remove(
     let Some(pool) = &state.upstreams else {
         return not_proxy();
     };
-    let Ok(parsed) = address.parse::<SocketAddr>() else {
+    // As listed (`IP:port`), or the host name it was added by.
+    let Ok(parsed) = resolve(address.clone()).await else {
         return error(StatusCode::NOT_FOUND, format!("no upstream {address}"));
     };
     match pool.remove(parsed) {
@@ -119,6 +116,17 @@ pub(super) async fn remove(
         }
         Err(e @ RemoveError::Unknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
     }
+}
+
+/// `IP:port` as is; `host:port` through the system's resolver, off the runtime's worker
+/// threads (a lookup may wait on a DNS server). The error is one line naming the address.
+async fn resolve(address: String) -> Result<SocketAddr, String> {
+    if let Ok(address) = address.parse() {
+        return Ok(address);
+    }
+    tokio::task::spawn_blocking(move || resolve_addr(&address).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(format!("address lookup failed: {e}")))
 }
 
 /// `{"error": message}` with `status` (the shape of every admin error).

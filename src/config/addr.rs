@@ -1,6 +1,7 @@
-//! Client-side addresses on the command line (`elastic-lb stats --admin`,
-//! `elastic-lb load --target`/`--admin`), which, unlike the addresses in the file, may name
-//! a host.
+//! Addresses that may name a host: the client side of the command line (`elastic-lb stats
+//! --admin`, `elastic-lb load --target`/`--admin`), upstream addresses in the file
+//! (`[[backend.upstreams]] address`) and in the admin API. The daemon's own listening
+//! addresses stay literal `IP:port`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -44,6 +45,17 @@ pub fn resolve_addr(s: &str) -> Result<SocketAddr, ResolveAddrError> {
         .ok_or_else(|| ResolveAddrError::NoAddress {
             addr: s.to_string(),
         })
+}
+
+/// serde `deserialize_with` for an address that may name a host ([`resolve_addr`]).
+///
+/// Resolution blocks: files are read before the runtime starts or off its worker threads.
+pub(super) fn deserialize_resolved<'de, D>(deserializer: D) -> Result<SocketAddr, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    resolve_addr(&text).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]

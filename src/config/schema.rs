@@ -549,7 +549,10 @@ pub enum SendProxy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Upstream address.
+    /// Upstream address: `IP:port`, or `host:port` resolved when the file is read (at start
+    /// and on every reload) to the first address the system's resolver gives; the resolved
+    /// `IP:port` is the upstream's identity from then on.
+    #[serde(deserialize_with = "super::addr::deserialize_resolved")]
     pub address: SocketAddr,
     /// Size (capacity) it counts as.
     #[serde(default = "default_upstream_size")]

@@ -446,11 +446,44 @@ fn bad_addresses_are_quoted() {
         "x.toml:2: listener.address: invalid address \"localhost:80\" \
          (expected ip:port, e.g. \"127.0.0.1:7070\")"
     );
-    assert_eq!(
-        err("[backend]\nupstreams = [{ address = \"\" }]\n"),
-        "x.toml:2: backend.upstreams.address: invalid address \"\" \
-         (expected ip:port, e.g. \"127.0.0.1:7070\")"
+    // Upstream addresses may name a host: the error says what did not resolve.
+    let e = err("[backend]\nupstreams = [{ address = \"\" }]\n");
+    assert!(
+        e.starts_with("x.toml:2: backend.upstreams.address: cannot resolve \"\": "),
+        "{e}"
     );
+    assert!(e.ends_with(" (expected host:port)"), "{e}");
+    let e = err("[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\naddress = \"no-such-host.invalid:80\"\n");
+    assert!(
+        e.starts_with(
+            "x.toml:4: backend.upstreams.address: cannot resolve \"no-such-host.invalid:80\": "
+        ),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+}
+
+#[test]
+fn upstream_host_names_resolve_when_the_file_is_read() {
+    let config = Config::from_toml(
+        "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\naddress = \"localhost:9001\"\n",
+        "x.toml",
+    )
+    .expect("localhost resolves");
+    let address = config.backend.upstreams[0].address;
+    assert!(address.ip().is_loopback(), "{address}");
+    assert_eq!(address.port(), 9001);
+    // Two names for one address are one upstream listed twice.
+    let ip = if address.is_ipv4() {
+        "127.0.0.1:9001"
+    } else {
+        "[::1]:9001"
+    };
+    let e = err(&format!(
+        "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\naddress = \"localhost:9001\"\n\
+         [[backend.upstreams]]\naddress = \"{ip}\"\n"
+    ));
+    assert!(e.contains("address listed twice"), "{e}");
 }
 
 /// Regression (found by tests/config_props.rs): a value inside an inline table was named
