@@ -446,6 +446,7 @@ proptest! {
             .prop_flat_map(|(path, kind)| (Just(path), Just(kind), any_value(kind))),
         form in prop::sample::select(&[Form::Header, Form::Dotted, Form::Inline, Form::Multiline][..]),
     ) {
+        on_test_thread();
         let text = render_one(path, &value.replace(ECHO, "\"127.0.0.1:1\""), form);
         match Config::from_toml(&text, "props.toml") {
             Ok(_) => prop_assert!(kind != Kind::Unknown, "accepted an unknown key:\n{text}"),
@@ -463,6 +464,17 @@ proptest! {
 /// Panics anywhere in the process (the daemon's tasks included) since the hook was set.
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// Set on the test harness's own threads: a failing property panics there (and fails
+    /// its test anyway), which must not count as a daemon task's panic in another test.
+    static TEST_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one of the harness's (see [`TEST_THREAD`]).
+fn on_test_thread() {
+    TEST_THREAD.with(|t| t.set(true));
+}
+
 /// One runtime for every case (as the daemon has one), and an echo server standing in for
 /// proxy upstreams.
 fn runtime() -> &'static (Runtime, SocketAddr) {
@@ -470,7 +482,9 @@ fn runtime() -> &'static (Runtime, SocketAddr) {
     RUNTIME.get_or_init(|| {
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
+            if !TEST_THREAD.with(|t| t.get()) {
+                PANICS.fetch_add(1, Ordering::SeqCst);
+            }
             default_hook(info);
         }));
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -733,6 +747,7 @@ fn many_values() -> impl Strategy<Value = Vec<Option<String>>> {
 /// Run by hand rather than with `proptest!` so that it can say how many daemons it started.
 #[test]
 fn every_accepted_config_starts() {
+    on_test_thread();
     let (rt, echo) = runtime();
     // A failing start-up may take minutes: bound the shrinking too.
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
@@ -782,6 +797,7 @@ fn every_accepted_config_starts() {
 /// the largest count `check` accepts, all started at boot, comes up promptly.
 #[test]
 fn the_most_boot_machines_start_promptly() {
+    on_test_thread();
     let (rt, _) = runtime();
     let text = "[autoscaler]\nmin_machines = 1024\nmax_machines = 1024\n\
                 [pool]\nsmall = 4294967295\n[admin]\naddress = \"off\"\n";

@@ -89,7 +89,8 @@ fn keyed(key: &Option<String>, message: &str) -> String {
 }
 
 /// Turns a broken rule into a [`ConfigError::Validation`] with the line of its key in
-/// `text`: the key's own line, else that of the rule's other key, else that of its table.
+/// `text`: the key's own line, else that of the rule's other key, else that of its table
+/// (a header, or where the table is set inline: `backend = { upstreams = [...] }`).
 pub(super) fn validation_error(error: ValidationError, text: &str, origin: &str) -> ConfigError {
     let find = |dotted: &str| {
         let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
@@ -103,7 +104,8 @@ pub(super) fn validation_error(error: ValidationError, text: &str, origin: &str)
     let line = (error.entry.and_then(in_entry))
         .or_else(|| find(&error.key))
         .or_else(|| error.related.as_deref().and_then(find))
-        .or_else(|| locate_table(text, table));
+        .or_else(|| locate_table(text, table))
+        .or_else(|| find(table));
     ConfigError::Validation {
         origin: origin.to_string(),
         line,

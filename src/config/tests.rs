@@ -463,6 +463,17 @@ fn bad_addresses_are_quoted() {
     assert!(!e.contains('\n'), "{e}");
 }
 
+/// Regression (found by tests/config_props.rs): a duplicate upstream in an array written
+/// inside an inline `backend` table had no line.
+#[test]
+fn a_duplicate_upstream_in_a_nested_inline_table_has_its_line() {
+    let text = "# upstreams\nbackend = { upstreams = [{ address = \"127.0.0.1:1\" }, \
+                { address = \"127.0.0.1:1\" }] }\n";
+    let e = Config::from_toml(text, "x.toml").expect_err("listed twice");
+    assert_eq!(e.line(), Some(2), "{e}");
+    assert!(e.to_string().contains("address listed twice"), "{e}");
+}
+
 #[test]
 fn upstream_host_names_resolve_when_the_file_is_read() {
     let config = Config::from_toml(
