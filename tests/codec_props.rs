@@ -23,17 +23,11 @@ use elastic_lb::protocol::{
 };
 use proptest::prelude::*;
 
-// === helpers ===
+#[path = "common/props.rs"]
+mod props;
+use props::config;
 
-/// `cases` cases. No failure persistence: a failure prints its shrunk input, and each bug
-/// found becomes a named regression test next to the code it fixes.
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+// === helpers ===
 
 /// Frames of `input` delivered as the pieces between `cuts` (byte offsets, any order, out
 /// of range allowed: taken modulo the length), stopping after `TooLong` as a session does.

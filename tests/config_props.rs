@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 use elastic_lb::config::{BackendMode, Config};
 use elastic_lb::Server;
 use proptest::prelude::*;
+
+#[path = "common/props.rs"]
+mod props;
+use props::config;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -415,16 +419,6 @@ fn render_many(values: &[Option<String>]) -> String {
         out.push_str(&format!("{key} = {value}\n"));
     }
     out
-}
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        // A failure prints its shrunk input; each bug found becomes a named regression
-        // test in src/config/ rather than a seed file.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
 }
 
 /// The one-line message of a rejected text; fails on more than one line or no origin.
