@@ -69,3 +69,13 @@ pub(crate) fn least_fitting(
         .min_by(|(_, a), (_, b)| order(a, b))
         .map(|(i, _)| i)
 }
+
+/// The index in `machines` of the `k`-th fitting machine (0-based), or `None` when fewer fit.
+pub(crate) fn nth_fitting(machines: &[MachineView], k: usize) -> Option<usize> {
+    machines
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.fits)
+        .nth(k)
+        .map(|(i, _)| i)
+}
