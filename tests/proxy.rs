@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::echo::{echo_burst, proxy_config, round_trip, Echo};
-use common::{fixed_reservation, start_lb, within, Lb, TIMEOUT};
-use elastic_lb::config::{BackendMode, UpstreamConfig};
+use common::{start_lb, within, Lb, TIMEOUT};
 use elastic_lb::core::Size;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -215,13 +214,7 @@ impl Drop for Flaky {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
     let mut up = Flaky::start().await;
-    let mut cfg = fixed_reservation(10.0);
-    cfg.backend.mode = BackendMode::Proxy;
-    cfg.backend.upstreams = vec![UpstreamConfig {
-        address: up.addr,
-        size: Size::Medium,
-        max_connections: None,
-    }];
+    let mut cfg = proxy_config(10.0, &[up.addr]);
     let interval = Duration::from_millis(200);
     cfg.backend.health_check_interval = interval;
     cfg.backend.health_check_timeout = Duration::from_millis(100);
@@ -280,13 +273,7 @@ async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_during_a_short_outage_do_not_outlive_the_recovery() {
     let mut up = Flaky::start().await;
-    let mut cfg = fixed_reservation(10.0);
-    cfg.backend.mode = BackendMode::Proxy;
-    cfg.backend.upstreams = vec![UpstreamConfig {
-        address: up.addr,
-        size: Size::Medium,
-        max_connections: None,
-    }];
+    let mut cfg = proxy_config(10.0, &[up.addr]);
     let interval = Duration::from_millis(200);
     cfg.backend.health_check_interval = interval;
     cfg.backend.health_check_timeout = Duration::from_millis(100);
@@ -341,13 +328,7 @@ async fn connect_failures_during_a_short_outage_do_not_outlive_the_recovery() {
 /// sent `r`).
 async fn retry_queued_in_an_outage(probe_every: Duration) -> (Flaky, Lb, TcpStream, TcpStream) {
     let mut up = Flaky::start().await;
-    let mut cfg = fixed_reservation(10.0);
-    cfg.backend.mode = BackendMode::Proxy;
-    cfg.backend.upstreams = vec![UpstreamConfig {
-        address: up.addr,
-        size: Size::Medium,
-        max_connections: None,
-    }];
+    let mut cfg = proxy_config(10.0, &[up.addr]);
     cfg.backend.health_check_interval = probe_every;
     cfg.backend.queue_timeout = Duration::from_secs(8);
     let lb = start_lb(cfg).await;
@@ -434,18 +415,9 @@ async fn frozen() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>)
 async fn a_frozen_upstream_is_ejected_and_gets_no_new_clients() {
     let good = Echo::start().await;
     let (frozen_addr, frozen_accepted, frozen_task) = frozen().await;
-    let mut cfg = fixed_reservation(10.0);
-    cfg.backend.mode = BackendMode::Proxy;
+    let mut cfg = proxy_config(10.0, &[good.addr, frozen_addr]);
     cfg.dispatcher.strategy = elastic_lb::core::StrategyKind::RoundRobin;
     cfg.autoscaler.initial = vec![Size::Medium, Size::Medium];
-    cfg.backend.upstreams = [good.addr, frozen_addr]
-        .into_iter()
-        .map(|address| UpstreamConfig {
-            address,
-            size: Size::Medium,
-            max_connections: None,
-        })
-        .collect();
     let interval = Duration::from_millis(100);
     cfg.backend.health_check_interval = interval;
     let server_timeout = Duration::from_millis(300);
