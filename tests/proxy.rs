@@ -211,6 +211,39 @@ impl Drop for Flaky {
     }
 }
 
+/// New clients one after another (`pause` apart, when given) until one gets `hi` echoed
+/// within 300 ms; panics if none is by 2 × `interval` + 100 ms after `back` (the moment the
+/// upstream came back).
+async fn first_client_served(
+    lb: &Lb,
+    back: tokio::time::Instant,
+    interval: Duration,
+    pause: Option<Duration>,
+) {
+    let deadline = back + 2 * interval + Duration::from_millis(100);
+    loop {
+        let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+        let mut got = [0u8; 2];
+        let served = c.write_all(b"hi").await.is_ok()
+            && matches!(
+                tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut got)).await,
+                Ok(Ok(_))
+            );
+        if served {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no client served {:?} after the upstream came back: {:#?}",
+            back.elapsed(),
+            lb.snapshot()
+        );
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
     let mut up = Flaky::start().await;
@@ -236,26 +269,7 @@ async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
     let back = tokio::time::Instant::now();
 
     // Every new client is served within 2 × health_check_interval of the recovery.
-    let deadline = back + 2 * interval + Duration::from_millis(100);
-    loop {
-        let mut c = TcpStream::connect(lb.addr).await.expect("connect");
-        let mut got = [0u8; 2];
-        let served = c.write_all(b"hi").await.is_ok()
-            && matches!(
-                tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut got)).await,
-                Ok(Ok(_))
-            );
-        if served {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no client served {:?} after the upstream came back: {:#?}",
-            back.elapsed(),
-            lb.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first_client_served(&lb, back, interval, Some(Duration::from_millis(20))).await;
     for i in 0..12u8 {
         let mut c = TcpStream::connect(lb.addr).await.expect("connect");
         assert_eq!(round_trip(&mut c, &[i; 4]).await, vec![i; 4], "client {i}");
@@ -299,25 +313,7 @@ async fn connect_failures_during_a_short_outage_do_not_outlive_the_recovery() {
     .await;
     up.open().await;
     let back = tokio::time::Instant::now();
-    let deadline = back + 2 * interval + Duration::from_millis(100);
-    loop {
-        let mut c = TcpStream::connect(lb.addr).await.expect("connect");
-        let mut got = [0u8; 2];
-        let served = c.write_all(b"hi").await.is_ok()
-            && matches!(
-                tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut got)).await,
-                Ok(Ok(_))
-            );
-        if served {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no client served {:?} after the upstream came back: {:#?}",
-            back.elapsed(),
-            lb.snapshot()
-        );
-    }
+    first_client_served(&lb, back, interval, None).await;
     assert_eq!(round_trip(&mut holder, b"still").await, b"still");
 }
 
