@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::echo::{echo_burst, proxy_config, round_trip, Echo};
+use common::echo::{
+    assert_burst_counted, echo_burst, proxy_config, round_trip, wait_every_connection_released,
+    Echo,
+};
 use common::{start_lb, within, Lb, TIMEOUT};
 use elastic_lb::core::Size;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -471,25 +474,13 @@ async fn a_burst_across_the_scale_up_point_is_counted_exactly() {
     // 150 × 0.6 = 90 units: past 50 % of one medium machine, under 50 % of three.
     let lb = start_lb(proxy_config(0.6, &[a.addr, b.addr, c.addr])).await;
     let clients = echo_burst(lb.addr, 150, |i| i.to_be_bytes().to_vec()).await;
-    let s = lb.snapshot();
-    assert_eq!(s.totals.connections_admitted, 150, "{s:#?}");
-    assert_eq!(s.totals.connections_open, 150);
-    assert_eq!(s.machines.iter().map(|m| m.connections).sum::<u64>(), 150);
-    let used: f64 = s.machines.iter().map(|m| m.used).sum();
-    assert!((used - 90.0).abs() < 1e-6, "used {used}: {s:#?}");
-    assert!(s.machines.len() >= 2, "scaled up: {s:#?}");
+    let s = assert_burst_counted(&lb, 150, 90.0);
     assert!(
         s.machines.iter().all(|m| m.used <= 100.0),
         "no machine over capacity: {s:#?}"
     );
     drop(clients);
-    lb.wait_stats("every connection released", |s| {
-        s.totals.connections_open == 0
-            && s.machines
-                .iter()
-                .all(|m| m.used == 0.0 && m.connections == 0)
-    })
-    .await;
+    wait_every_connection_released(&lb).await;
 }
 
 /// A per-upstream `max_connections` holds when many connections race for the last places.
