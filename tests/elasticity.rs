@@ -234,26 +234,24 @@ async fn flat_run(policy: ScalingPolicy) -> (u64, usize, Snapshot) {
     cfg.autoscaler.policy = policy;
     cfg.autoscaler.scale_down_after = Duration::from_secs(5);
     let lb = start_lb(cfg).await;
-    let settle = Duration::from_secs(12);
-    let hold = Duration::from_secs(60);
-    let failed = flat_load(
-        &lb,
-        25,
-        Duration::from_millis(25),
-        Instant::now() + settle + hold,
-    );
-    let (events, after) = events_while_held(&lb, &failed, settle, hold).await;
+    let (settle, hold) = (Duration::from_secs(12), Duration::from_secs(60));
+    let (events, after) = events_while_held(&lb, settle, hold, |stop| {
+        flat_load(&lb, 25, Duration::from_millis(25), stop)
+    })
+    .await;
     (events, after.machines.len(), after)
 }
 
-/// Waits `settle`, then counts the scale events of the next `hold`; every request of the
-/// load (`failed`: those that were not answered `OK`) must have been answered `OK`.
+/// Starts `load` until `settle + hold` from now, waits `settle`, then counts the scale
+/// events of the next `hold`; every request of the load (`load` returns the count of those
+/// that were not answered `OK`) must have been answered `OK`.
 async fn events_while_held(
     lb: &Lb,
-    failed: &AtomicU64,
     settle: Duration,
     hold: Duration,
+    load: impl FnOnce(Instant) -> Arc<AtomicU64>,
 ) -> (u64, Snapshot) {
+    let failed = load(Instant::now() + settle + hold);
     tokio::time::sleep(settle).await;
     let before = lb.snapshot();
     tokio::time::sleep(hold).await;
@@ -321,15 +319,11 @@ async fn a_flat_queued_load_settles_with_the_target_policy() {
     cfg.load.requests.service_ms_per_unit = 20.0;
     cfg.autoscaler.policy = ScalingPolicy::Target;
     let lb = start_lb(cfg).await;
-    let settle = Duration::from_secs(25);
-    let hold = Duration::from_secs(60);
-    let failed = open_loop(
-        &lb,
-        10,
-        Duration::from_millis(66),
-        Instant::now() + settle + hold,
-    );
-    let (events, after) = events_while_held(&lb, &failed, settle, hold).await;
+    let (settle, hold) = (Duration::from_secs(25), Duration::from_secs(60));
+    let (events, after) = events_while_held(&lb, settle, hold, |stop| {
+        open_loop(&lb, 10, Duration::from_millis(66), stop)
+    })
+    .await;
     eprintln!(
         "target, queued load: {events} scale events in 60 s, {} machines",
         after.machines.len()

@@ -6,7 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::echo::{echo_burst, proxy_config, round_trip, wait_port_closed, Echo};
+use common::echo::{
+    assert_burst_counted, echo_burst, proxy_config, round_trip, wait_every_connection_released,
+    wait_port_closed, Echo,
+};
 use common::{start_lb_loops, TIMEOUT};
 use tokio::net::TcpStream;
 
@@ -26,21 +29,9 @@ async fn two_loops_serve_count_and_release_every_connection() {
         (0..4096u32).map(|k| (k * 7 + i) as u8).collect()
     })
     .await;
-    let s = lb.snapshot();
-    assert_eq!(s.totals.connections_admitted, 120, "{s:#?}");
-    assert_eq!(s.totals.connections_open, 120);
-    assert_eq!(s.machines.iter().map(|m| m.connections).sum::<u64>(), 120);
-    let used: f64 = s.machines.iter().map(|m| m.used).sum();
-    assert!((used - 72.0).abs() < 1e-6, "used {used}: {s:#?}");
-    assert!(s.machines.len() >= 2, "scaled up: {s:#?}");
+    assert_burst_counted(&lb, 120, 72.0);
     drop(clients);
-    lb.wait_stats("every connection released", |s| {
-        s.totals.connections_open == 0
-            && s.machines
-                .iter()
-                .all(|m| m.used == 0.0 && m.connections == 0)
-    })
-    .await;
+    wait_every_connection_released(&lb).await;
 }
 
 /// Graceful shutdown waits for connections on the loops: an open stream keeps working

@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::echo::{echo_burst, proxy_config, round_trip, Echo};
-use common::{fixed_reservation, start_lb, within, Lb, TIMEOUT};
-use elastic_lb::config::{BackendMode, UpstreamConfig};
+use common::echo::{
+    assert_burst_counted, echo_burst, proxy_config, round_trip, wait_every_connection_released,
+    Echo,
+};
+use common::{start_lb, within, Lb, TIMEOUT};
 use elastic_lb::core::Size;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -212,16 +214,43 @@ impl Drop for Flaky {
     }
 }
 
+/// New clients one after another (`pause` apart, when given) until one gets `hi` echoed
+/// within 300 ms; panics if none is by 2 × `interval` + 100 ms after `back` (the moment the
+/// upstream came back).
+async fn first_client_served(
+    lb: &Lb,
+    back: tokio::time::Instant,
+    interval: Duration,
+    pause: Option<Duration>,
+) {
+    let deadline = back + 2 * interval + Duration::from_millis(100);
+    loop {
+        let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+        let mut got = [0u8; 2];
+        let served = c.write_all(b"hi").await.is_ok()
+            && matches!(
+                tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut got)).await,
+                Ok(Ok(_))
+            );
+        if served {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no client served {:?} after the upstream came back: {:#?}",
+            back.elapsed(),
+            lb.snapshot()
+        );
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
     let mut up = Flaky::start().await;
-    let mut cfg = fixed_reservation(10.0);
-    cfg.backend.mode = BackendMode::Proxy;
-    cfg.backend.upstreams = vec![UpstreamConfig {
-        address: up.addr,
-        size: Size::Medium,
-        max_connections: None,
-    }];
+    let mut cfg = proxy_config(10.0, &[up.addr]);
     let interval = Duration::from_millis(200);
     cfg.backend.health_check_interval = interval;
     cfg.backend.health_check_timeout = Duration::from_millis(100);
@@ -243,26 +272,7 @@ async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
     let back = tokio::time::Instant::now();
 
     // Every new client is served within 2 × health_check_interval of the recovery.
-    let deadline = back + 2 * interval + Duration::from_millis(100);
-    loop {
-        let mut c = TcpStream::connect(lb.addr).await.expect("connect");
-        let mut got = [0u8; 2];
-        let served = c.write_all(b"hi").await.is_ok()
-            && matches!(
-                tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut got)).await,
-                Ok(Ok(_))
-            );
-        if served {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no client served {:?} after the upstream came back: {:#?}",
-            back.elapsed(),
-            lb.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first_client_served(&lb, back, interval, Some(Duration::from_millis(20))).await;
     for i in 0..12u8 {
         let mut c = TcpStream::connect(lb.addr).await.expect("connect");
         assert_eq!(round_trip(&mut c, &[i; 4]).await, vec![i; 4], "client {i}");
@@ -280,13 +290,7 @@ async fn a_short_outage_does_not_outlive_the_upstreams_recovery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_during_a_short_outage_do_not_outlive_the_recovery() {
     let mut up = Flaky::start().await;
-    let mut cfg = fixed_reservation(10.0);
-    cfg.backend.mode = BackendMode::Proxy;
-    cfg.backend.upstreams = vec![UpstreamConfig {
-        address: up.addr,
-        size: Size::Medium,
-        max_connections: None,
-    }];
+    let mut cfg = proxy_config(10.0, &[up.addr]);
     let interval = Duration::from_millis(200);
     cfg.backend.health_check_interval = interval;
     cfg.backend.health_check_timeout = Duration::from_millis(100);
@@ -312,25 +316,7 @@ async fn connect_failures_during_a_short_outage_do_not_outlive_the_recovery() {
     .await;
     up.open().await;
     let back = tokio::time::Instant::now();
-    let deadline = back + 2 * interval + Duration::from_millis(100);
-    loop {
-        let mut c = TcpStream::connect(lb.addr).await.expect("connect");
-        let mut got = [0u8; 2];
-        let served = c.write_all(b"hi").await.is_ok()
-            && matches!(
-                tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut got)).await,
-                Ok(Ok(_))
-            );
-        if served {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no client served {:?} after the upstream came back: {:#?}",
-            back.elapsed(),
-            lb.snapshot()
-        );
-    }
+    first_client_served(&lb, back, interval, None).await;
     assert_eq!(round_trip(&mut holder, b"still").await, b"still");
 }
 
@@ -341,13 +327,7 @@ async fn connect_failures_during_a_short_outage_do_not_outlive_the_recovery() {
 /// sent `r`).
 async fn retry_queued_in_an_outage(probe_every: Duration) -> (Flaky, Lb, TcpStream, TcpStream) {
     let mut up = Flaky::start().await;
-    let mut cfg = fixed_reservation(10.0);
-    cfg.backend.mode = BackendMode::Proxy;
-    cfg.backend.upstreams = vec![UpstreamConfig {
-        address: up.addr,
-        size: Size::Medium,
-        max_connections: None,
-    }];
+    let mut cfg = proxy_config(10.0, &[up.addr]);
     cfg.backend.health_check_interval = probe_every;
     cfg.backend.queue_timeout = Duration::from_secs(8);
     let lb = start_lb(cfg).await;
@@ -434,18 +414,9 @@ async fn frozen() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>)
 async fn a_frozen_upstream_is_ejected_and_gets_no_new_clients() {
     let good = Echo::start().await;
     let (frozen_addr, frozen_accepted, frozen_task) = frozen().await;
-    let mut cfg = fixed_reservation(10.0);
-    cfg.backend.mode = BackendMode::Proxy;
+    let mut cfg = proxy_config(10.0, &[good.addr, frozen_addr]);
     cfg.dispatcher.strategy = elastic_lb::core::StrategyKind::RoundRobin;
     cfg.autoscaler.initial = vec![Size::Medium, Size::Medium];
-    cfg.backend.upstreams = [good.addr, frozen_addr]
-        .into_iter()
-        .map(|address| UpstreamConfig {
-            address,
-            size: Size::Medium,
-            max_connections: None,
-        })
-        .collect();
     let interval = Duration::from_millis(100);
     cfg.backend.health_check_interval = interval;
     let server_timeout = Duration::from_millis(300);
@@ -503,25 +474,13 @@ async fn a_burst_across_the_scale_up_point_is_counted_exactly() {
     // 150 × 0.6 = 90 units: past 50 % of one medium machine, under 50 % of three.
     let lb = start_lb(proxy_config(0.6, &[a.addr, b.addr, c.addr])).await;
     let clients = echo_burst(lb.addr, 150, |i| i.to_be_bytes().to_vec()).await;
-    let s = lb.snapshot();
-    assert_eq!(s.totals.connections_admitted, 150, "{s:#?}");
-    assert_eq!(s.totals.connections_open, 150);
-    assert_eq!(s.machines.iter().map(|m| m.connections).sum::<u64>(), 150);
-    let used: f64 = s.machines.iter().map(|m| m.used).sum();
-    assert!((used - 90.0).abs() < 1e-6, "used {used}: {s:#?}");
-    assert!(s.machines.len() >= 2, "scaled up: {s:#?}");
+    let s = assert_burst_counted(&lb, 150, 90.0);
     assert!(
         s.machines.iter().all(|m| m.used <= 100.0),
         "no machine over capacity: {s:#?}"
     );
     drop(clients);
-    lb.wait_stats("every connection released", |s| {
-        s.totals.connections_open == 0
-            && s.machines
-                .iter()
-                .all(|m| m.used == 0.0 && m.connections == 0)
-    })
-    .await;
+    wait_every_connection_released(&lb).await;
 }
 
 /// A per-upstream `max_connections` holds when many connections race for the last places.

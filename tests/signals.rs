@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::{capture_stderr, free_port, scratch_dir};
 use common::{err_code, get_stats, test_config, Client};
 use elastic_lb::config::{AdminAddress, Config};
 use elastic_lb::core::StrategyKind;
@@ -36,19 +36,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr")
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("signals-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
 }
 
 impl Daemon {
@@ -81,15 +68,7 @@ impl Daemon {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("spawn elastic-lb");
-            let stderr = Arc::new(Mutex::new(Vec::new()));
-            let pipe = child.stderr.take().expect("stderr piped");
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    sink.lock().unwrap().push(line);
-                }
-            });
+            let stderr = capture_stderr(&mut child);
             let mut daemon = Daemon {
                 child,
                 addr,

@@ -13,10 +13,9 @@ usage: proxy_client.py --addr 127.0.0.1:PORT --seconds S --out FILE [--conns 8] 
 import os
 import random
 import socket
-import threading
 import time
 
-from soaklib import Summary, args, connect
+from soaklib import args, connect, run_threads
 
 opts = args(["conns", "patience"])
 end = time.monotonic() + float(opts["seconds"])
@@ -78,13 +77,4 @@ def worker(summary):
         time.sleep(rng.uniform(0.0, 0.1))
 
 
-summaries = [Summary("proxy") for _ in range(int(opts["conns"] or 8))]
-threads = [threading.Thread(target=worker, args=(s,)) for s in summaries]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-total = Summary("proxy")
-for s in summaries:
-    total.merge(s)
-total.write(opts["out"])
+run_threads("proxy", int(opts["conns"] or 8), worker, opts["out"])

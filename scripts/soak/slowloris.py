@@ -10,10 +10,9 @@ usage: slowloris.py --addr 127.0.0.1:PORT --seconds S --out FILE [--conns 20] [-
 """
 
 import select
-import threading
 import time
 
-from soaklib import STEP, Summary, Timeout, admitted, args
+from soaklib import STEP, Timeout, admitted, args, run_threads
 
 opts = args(["conns", "give_up"])
 end = time.monotonic() + float(opts["seconds"])
@@ -74,13 +73,4 @@ def worker(summary):
         session(summary)
 
 
-summaries = [Summary("slowloris") for _ in range(int(opts["conns"] or 20))]
-threads = [threading.Thread(target=worker, args=(s,)) for s in summaries]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-total = Summary("slowloris")
-for s in summaries:
-    total.merge(s)
-total.write(opts["out"])
+run_threads("slowloris", int(opts["conns"] or 20), worker, opts["out"])

@@ -1,5 +1,6 @@
 """Shared helpers of the soak clients (scripts/soak.sh): a line connection with deadlines,
-admission with retry, and the per-process summary every client writes at exit.
+admission with retry, the per-process summary every client writes at exit, and the
+one-summary-per-thread run of the threaded clients.
 
 Accounting rule shared by every client (check (1) of the soak): a *request* is a line the
 daemon counts as one (a work line, an unreadable line, a too-long line, a line cut by
@@ -17,6 +18,7 @@ import os
 import random
 import socket
 import sys
+import threading
 import time
 
 # Every blocking step is bounded by a deadline; this is the longest single wait.
@@ -193,6 +195,21 @@ def admitted(addr, summary, deadline, bufsize=None):
             summary.problem("unexpected answer to PING: %r" % line[:80])
         time.sleep(random.uniform(0.05, 0.25))
     return None
+
+
+def run_threads(kind, count, worker, out):
+    """Runs `worker(summary)` on `count` threads, each with a Summary of its own, waits for
+    them all, and writes their merged Summary to `out`."""
+    summaries = [Summary(kind) for _ in range(count)]
+    threads = [threading.Thread(target=worker, args=(s,)) for s in summaries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = Summary(kind)
+    for s in summaries:
+        total.merge(s)
+    total.write(out)
 
 
 def args(extra=()):

@@ -11,7 +11,7 @@
 //! autoscaler adds capacity.
 
 use super::least_load::cmp_load;
-use super::pick::{MachineView, PickRequest, Strategy};
+use super::pick::{least_fitting, MachineView, PickRequest, Strategy};
 use crate::core::StrategyKind;
 
 /// Packs load onto the oldest machines, up to `pack_below` percent each.
@@ -34,12 +34,11 @@ impl Strategy for First {
     }
 
     fn pick(&self, machines: &[MachineView], _request: &PickRequest) -> Option<usize> {
-        let fitting = || machines.iter().enumerate().filter(|(_, m)| m.fits);
-        fitting()
-            .find(|(_, m)| m.load_percent() < self.pack_below)
-            // `min_by` keeps the first of equals: the older machine.
-            .or_else(|| fitting().min_by(|(_, a), (_, b)| cmp_load(a, b)))
-            .map(|(i, _)| i)
+        machines
+            .iter()
+            .position(|m| m.fits && m.load_percent() < self.pack_below)
+            // As `least-load`: the least loaded fitting machine, ties to the older.
+            .or_else(|| least_fitting(machines, cmp_load))
     }
 }
 

@@ -4,10 +4,10 @@
 //! [`Units`](crate::core::Units), so this favours big machines: a half-empty large machine
 //! beats a nearly empty small one. (`least-load` compares percentages instead.)
 //!
-//! One pass over the views keeps the best machine so far and replaces it only on *strictly*
-//! more free capacity, so ties go to the older machine (the one earlier in creation order).
+//! One pass over the views (`pick::least_fitting`) keeps the first of the machines with the
+//! most free capacity, so ties go to the older machine (the one earlier in creation order).
 
-use super::pick::{MachineView, PickRequest, Strategy};
+use super::pick::{least_fitting, MachineView, PickRequest, Strategy};
 use crate::core::StrategyKind;
 
 /// Most free capacity among the fitting machines; ties to the older machine.
@@ -27,15 +27,8 @@ impl Strategy for LeastConnections {
     }
 
     fn pick(&self, machines: &[MachineView], _request: &PickRequest) -> Option<usize> {
-        let mut best: Option<(usize, &MachineView)> = None;
-        for (i, m) in machines.iter().enumerate().filter(|(_, m)| m.fits) {
-            match best {
-                // Strictly more: an equal later (younger) machine never displaces the older.
-                Some((_, b)) if m.free() <= b.free() => {}
-                _ => best = Some((i, m)),
-            }
-        }
-        best.map(|(i, _)| i)
+        // More free capacity orders first; an equal younger machine never displaces the older.
+        least_fitting(machines, |a, b| b.free().cmp(&a.free()))
     }
 }
 

@@ -8,11 +8,11 @@
 //! Loads are compared exactly by `cmp_load`, which cross-multiplies the fixed-point
 //! milli-units in `u128` (`used_a × capacity_b` against `used_b × capacity_a`) instead of
 //! dividing in floating point, so equal ratios such as 1/3 and 7/21 are real ties. Ties go to
-//! the older machine: a later machine replaces the best so far only when strictly less loaded.
+//! the older machine: `pick::least_fitting` keeps the first of equally loaded machines.
 
 use std::cmp::Ordering;
 
-use super::pick::{MachineView, PickRequest, Strategy};
+use super::pick::{least_fitting, MachineView, PickRequest, Strategy};
 use crate::core::StrategyKind;
 
 /// Lowest load % among the fitting machines; ties to the older machine.
@@ -32,15 +32,8 @@ impl Strategy for LeastLoad {
     }
 
     fn pick(&self, machines: &[MachineView], _request: &PickRequest) -> Option<usize> {
-        let mut best: Option<(usize, &MachineView)> = None;
-        for (i, m) in machines.iter().enumerate().filter(|(_, m)| m.fits) {
-            match best {
-                // Only strictly less loaded displaces the older machine.
-                Some((_, b)) if cmp_load(m, b) != Ordering::Less => {}
-                _ => best = Some((i, m)),
-            }
-        }
-        best.map(|(i, _)| i)
+        // Only strictly less loaded displaces the older machine.
+        least_fitting(machines, cmp_load)
     }
 }
 

@@ -1,6 +1,7 @@
-//! What a strategy sees (one [`MachineView`] per active machine, the [`PickRequest`]) and
-//! the [`Strategy`] trait every algorithm implements.
+//! What a strategy sees (one [`MachineView`] per active machine, the [`PickRequest`]), the
+//! [`Strategy`] trait every algorithm implements, and the scans several strategies share.
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -50,4 +51,31 @@ pub trait Strategy: Send + Sync + fmt::Debug {
     /// Returns the index into `machines` of a machine whose `fits` is true, or `None` when no
     /// machine fits. Must never return a non-fitting machine.
     fn pick(&self, machines: &[MachineView], request: &PickRequest) -> Option<usize>;
+}
+
+/// The index of the fitting machine that `order` puts first, or `None` when none fits.
+///
+/// One pass in creation order that keeps the first of equals, so ties go to the older
+/// machine. Generic over `order`: no allocation and no dynamic dispatch on the pick path.
+pub(crate) fn least_fitting(
+    machines: &[MachineView],
+    order: impl Fn(&MachineView, &MachineView) -> Ordering,
+) -> Option<usize> {
+    machines
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.fits)
+        // `min_by` returns the first of several equal minima: the older machine.
+        .min_by(|(_, a), (_, b)| order(a, b))
+        .map(|(i, _)| i)
+}
+
+/// The index in `machines` of the `k`-th fitting machine (0-based), or `None` when fewer fit.
+pub(crate) fn nth_fitting(machines: &[MachineView], k: usize) -> Option<usize> {
+    machines
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.fits)
+        .nth(k)
+        .map(|(i, _)| i)
 }

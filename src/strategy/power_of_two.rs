@@ -17,7 +17,7 @@
 use std::cmp::Ordering;
 
 use super::least_load::cmp_load;
-use super::pick::{MachineView, PickRequest, Strategy};
+use super::pick::{nth_fitting, MachineView, PickRequest, Strategy};
 use super::rng::AtomicRng;
 use crate::core::StrategyKind;
 
@@ -35,16 +35,6 @@ impl PowerOfTwo {
             rng: AtomicRng::new(seed),
         }
     }
-}
-
-/// The index in `machines` of the `k`-th fitting machine.
-fn nth_fitting(machines: &[MachineView], k: usize) -> Option<usize> {
-    machines
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.fits)
-        .nth(k)
-        .map(|(i, _)| i)
 }
 
 impl Strategy for PowerOfTwo {

@@ -8,7 +8,7 @@
 //! The RNG is an [`AtomicRng`] seeded from `dispatcher.seed`, so a fixed seed gives a
 //! reproducible sequence of picks for the same sequence of views.
 
-use super::pick::{MachineView, PickRequest, Strategy};
+use super::pick::{nth_fitting, MachineView, PickRequest, Strategy};
 use super::rng::AtomicRng;
 use crate::core::StrategyKind;
 
@@ -38,13 +38,7 @@ impl Strategy for Random {
         if count == 0 {
             return None;
         }
-        let k = self.rng.below(count);
-        machines
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.fits)
-            .nth(k)
-            .map(|(i, _)| i)
+        nth_fitting(machines, self.rng.below(count))
     }
 }
 

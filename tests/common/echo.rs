@@ -1,5 +1,6 @@
 //! An in-process echo upstream for the proxy-mode tests, and what those tests share: a
-//! proxy-mode configuration in front of a list of upstreams, and one echo round trip.
+//! proxy-mode configuration in front of a list of upstreams, one echo round trip, and a
+//! burst of echo clients with the checks of its accounting.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,11 +10,12 @@ use std::time::Duration;
 
 use elastic_lb::config::{BackendMode, Config, UpstreamConfig};
 use elastic_lb::core::Size;
+use elastic_lb::telemetry::Snapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use super::{fixed_reservation, within};
+use super::{fixed_reservation, total_used, within, Lb};
 
 /// One medium upstream entry at `address`, no connection limit.
 pub fn upstream(address: SocketAddr) -> UpstreamConfig {
@@ -111,6 +113,32 @@ pub async fn echo_burst(addr: SocketAddr, n: u32, payload: fn(u32) -> Vec<u8>) -
         clients.push(client.expect("client task"));
     }
     clients
+}
+
+/// With the `n` clients of a burst still open: asserts that each was admitted, is open and
+/// is placed on a machine exactly once, that the reservations add up to `used_total`, and
+/// that the burst scaled the set up. Returns the snapshot it checked.
+pub fn assert_burst_counted(lb: &Lb, n: u64, used_total: f64) -> Snapshot {
+    let s = lb.snapshot();
+    assert_eq!(s.totals.connections_admitted, n, "{s:#?}");
+    assert_eq!(s.totals.connections_open, n);
+    assert_eq!(s.machines.iter().map(|m| m.connections).sum::<u64>(), n);
+    let used = total_used(&s);
+    assert!((used - used_total).abs() < 1e-6, "used {used}: {s:#?}");
+    assert!(s.machines.len() >= 2, "scaled up: {s:#?}");
+    s
+}
+
+/// Waits until no connection is open and every machine is back to no reservation and no
+/// connection.
+pub async fn wait_every_connection_released(lb: &Lb) {
+    lb.wait_stats("every connection released", |s| {
+        s.totals.connections_open == 0
+            && s.machines
+                .iter()
+                .all(|m| m.used == 0.0 && m.connections == 0)
+    })
+    .await;
 }
 
 /// Waits (bounded by [`super::TIMEOUT`]) until nothing accepts connections on `addr`.

@@ -97,6 +97,21 @@ fn panel<'a, 'b: 'a>(
     Ok(chart)
 }
 
+/// Draws `points` as a 2-pixel line in `color`, with `label` and a matching swatch in the
+/// legend.
+fn line<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    points: impl IntoIterator<Item = (f64, f64)>,
+    color: RGBColor,
+    label: &str,
+) -> Result<(), PlotError> {
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+        .label(label)
+        .legend(legend(color));
+    Ok(())
+}
+
 /// The "load stops" line and the legend.
 fn finish<'a, 'b: 'a>(
     chart: &mut Chart<'a, 'b>,
@@ -139,21 +154,19 @@ fn draw_capacity(
         .max(100.0)
         * 1.1;
     let mut chart = panel(area, t_max, y_max, "capacity (load units)", None)?;
-    chart
-        .draw_series(LineSeries::new(
-            steps(samples, |s| s.supply),
-            SUPPLY.stroke_width(2),
-        ))?
-        .label("supply: Σ capacity of active machines")
-        .legend(legend(SUPPLY));
+    line(
+        &mut chart,
+        steps(samples, |s| s.supply),
+        SUPPLY,
+        "supply: Σ capacity of active machines",
+    )?;
     if let Some(points) = demand {
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.t, p.demand)),
-                DEMAND.stroke_width(2),
-            ))?
-            .label("demand: 100 × (reserved + busy capacity) / threshold")
-            .legend(legend(DEMAND));
+        line(
+            &mut chart,
+            points.iter().map(|p| (p.t, p.demand)),
+            DEMAND,
+            "demand: 100 × (reserved + busy capacity) / threshold",
+        )?;
     }
     finish(&mut chart, load_end_s, y_max)
 }
@@ -170,13 +183,12 @@ fn draw_load(
         .fold(100.0f64, f64::max)
         .ceil();
     let mut chart = panel(area, t_max, y_max, "average load (%)", None)?;
-    chart
-        .draw_series(LineSeries::new(
-            samples.iter().map(|s| (s.t, s.avg_load)),
-            BLUE.stroke_width(2),
-        ))?
-        .label("average load over active machines")
-        .legend(legend(BLUE));
+    line(
+        &mut chart,
+        samples.iter().map(|s| (s.t, s.avg_load)),
+        BLUE,
+        "average load over active machines",
+    )?;
     finish(&mut chart, load_end_s, y_max)
 }
 
@@ -194,19 +206,17 @@ fn draw_machines(
         .max(1) as f64
         + 1.0;
     let mut chart = panel(area, t_max, y_max, "machines", Some(y_max as usize + 1))?;
-    chart
-        .draw_series(LineSeries::new(
-            steps(samples, |s| (s.active + s.draining) as f64),
-            TOTAL.stroke_width(2),
-        ))?
-        .label("active + draining")
-        .legend(legend(TOTAL));
-    chart
-        .draw_series(LineSeries::new(
-            steps(samples, |s| s.active as f64),
-            SUPPLY.stroke_width(2),
-        ))?
-        .label("active machines")
-        .legend(legend(SUPPLY));
+    line(
+        &mut chart,
+        steps(samples, |s| (s.active + s.draining) as f64),
+        TOTAL,
+        "active + draining",
+    )?;
+    line(
+        &mut chart,
+        steps(samples, |s| s.active as f64),
+        SUPPLY,
+        "active machines",
+    )?;
     finish(&mut chart, load_end_s, y_max)
 }
