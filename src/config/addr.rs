@@ -87,4 +87,28 @@ mod tests {
         };
         assert_eq!(e.to_string(), "\"example:1\" resolves to no address");
     }
+
+    #[test]
+    fn upstream_host_names_resolve_when_the_file_is_read() {
+        let config = crate::config::Config::from_toml(
+            "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\naddress = \"localhost:9001\"\n",
+            "x.toml",
+        )
+        .expect("localhost resolves");
+        let address = config.backend.upstreams[0].address;
+        assert!(address.ip().is_loopback(), "{address}");
+        assert_eq!(address.port(), 9001);
+        // Two names for one address are one upstream listed twice.
+        let ip = if address.is_ipv4() {
+            "127.0.0.1:9001"
+        } else {
+            "[::1]:9001"
+        };
+        let text = format!(
+            "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\naddress = \"localhost:9001\"\n\
+             [[backend.upstreams]]\naddress = \"{ip}\"\n"
+        );
+        let e = crate::config::Config::from_toml(&text, "x.toml").expect_err("listed twice");
+        assert!(e.to_string().contains("address listed twice"), "{e}");
+    }
 }

@@ -463,40 +463,6 @@ fn bad_addresses_are_quoted() {
     assert!(!e.contains('\n'), "{e}");
 }
 
-/// Regression (found by tests/config_props.rs): a duplicate upstream in an array written
-/// inside an inline `backend` table had no line.
-#[test]
-fn a_duplicate_upstream_in_a_nested_inline_table_has_its_line() {
-    let text = "# upstreams\nbackend = { upstreams = [{ address = \"127.0.0.1:1\" }, \
-                { address = \"127.0.0.1:1\" }] }\n";
-    let e = Config::from_toml(text, "x.toml").expect_err("listed twice");
-    assert_eq!(e.line(), Some(2), "{e}");
-    assert!(e.to_string().contains("address listed twice"), "{e}");
-}
-
-#[test]
-fn upstream_host_names_resolve_when_the_file_is_read() {
-    let config = Config::from_toml(
-        "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\naddress = \"localhost:9001\"\n",
-        "x.toml",
-    )
-    .expect("localhost resolves");
-    let address = config.backend.upstreams[0].address;
-    assert!(address.ip().is_loopback(), "{address}");
-    assert_eq!(address.port(), 9001);
-    // Two names for one address are one upstream listed twice.
-    let ip = if address.is_ipv4() {
-        "127.0.0.1:9001"
-    } else {
-        "[::1]:9001"
-    };
-    let e = err(&format!(
-        "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\naddress = \"localhost:9001\"\n\
-         [[backend.upstreams]]\naddress = \"{ip}\"\n"
-    ));
-    assert!(e.contains("address listed twice"), "{e}");
-}
-
 /// Regression (found by tests/config_props.rs): a value inside an inline table was named
 /// by its table only.
 #[test]

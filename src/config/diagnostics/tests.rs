@@ -106,3 +106,14 @@ fn locate_entry_counts_the_entries_of_an_array_of_tables() {
     );
     assert_eq!(locate_entry(text, "backend.upstreams", "address", 3), None);
 }
+
+/// Regression (found by tests/config_props.rs): a duplicate upstream in an array written
+/// inside an inline `backend` table had no line.
+#[test]
+fn a_duplicate_upstream_in_a_nested_inline_table_has_its_line() {
+    let text = "# upstreams\nbackend = { upstreams = [{ address = \"127.0.0.1:1\" }, \
+                { address = \"127.0.0.1:1\" }] }\n";
+    let e = crate::config::Config::from_toml(text, "x.toml").expect_err("listed twice");
+    assert_eq!(e.line(), Some(2), "{e}");
+    assert!(e.to_string().contains("address listed twice"), "{e}");
+}
