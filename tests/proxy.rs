@@ -510,3 +510,45 @@ async fn max_connections_holds_under_a_burst() {
     assert_eq!(lb.snapshot().machines[0].connections, 5);
     drop(clients);
 }
+
+/// `server_timeout` is an inactivity limit (HAProxy's `timeout server`): an upload the
+/// upstream keeps reading is not cut after `server_timeout` just because the answer comes
+/// at the end, and it costs the upstream no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_longer_than_server_timeout_is_not_cut() {
+    // Reads until the client's FIN, then answers with the byte count.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).await.is_ok() {
+                    let _ = s.write_all(format!("{}\n", got.len()).as_bytes()).await;
+                }
+            });
+        }
+    });
+    let mut cfg = proxy_config(10.0, &[addr]);
+    let server_timeout = Duration::from_millis(300);
+    cfg.backend.server_timeout = server_timeout;
+    cfg.backend.max_fails = 1;
+    let lb = start_lb(cfg).await;
+    let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+    // 1 KiB every 50 ms for 4 × server_timeout: bytes keep moving, no answer yet.
+    let chunks = 4 * server_timeout.as_millis() / 50;
+    for _ in 0..chunks {
+        c.write_all(&[7; 1024]).await.expect("upload write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.shutdown().await.expect("half-close");
+    let mut reply = String::new();
+    within("the answer after the upload", c.read_to_string(&mut reply))
+        .await
+        .expect("read answer");
+    assert_eq!(reply, format!("{}\n", chunks * 1024));
+    let up = &lb.snapshot().machines;
+    assert_eq!(up.len(), 1, "the upstream was not ejected: {up:#?}");
+    assert_eq!(up[0].state, elastic_lb::core::MachineState::Active);
+    task.abort();
+}

@@ -580,6 +580,60 @@ async fn a_provider_that_never_answers_does_not_block_the_balancer() {
     assert_eq!(lb.snapshot().machines.len(), 1);
 }
 
+/// Shutdown waits for the provider commands still running: a `release` started by a
+/// retirement just before is not cut off half-way, and the upstream an `acquire` in flight
+/// brings is released too — nothing the provider created is left behind.
+#[tokio::test]
+async fn shutdown_waits_for_provider_commands_in_flight() {
+    for slow_verb in ["release", "acquire"] {
+        let tmp = TempDir::new(&format!("provider-in-flight-{slow_verb}"));
+        let calls = tmp.0.join("calls");
+        let (a, b) = (Echo::start().await, Echo::start().await);
+        // Every call is logged when it ends; the slow verb takes 1 s first.
+        let command = tmp.script(
+            "provider",
+            &format!(
+                "[ \"$1\" = {slow_verb} ] && sleep 1\n\
+                 [ \"$1\" = acquire ] && echo {b}\n\
+                 echo \"$1 $2\" >> '{calls}'",
+                b = b.addr,
+                calls = calls.display()
+            ),
+        );
+        let mut cfg = proxy_config(30.0, &[a.addr]);
+        cfg.backend.provider = Some(ProviderConfig { command });
+        let lb = start_lb(cfg).await;
+        // 60 % on the one machine: the provider is asked for another upstream.
+        let conns = open_connections(&lb, 2, 2).await;
+        if slow_verb == "release" {
+            wait_upstreams(&lb, "the provided upstream is active", |l| {
+                find(l, b.addr).is_some_and(|u| u.state == "active")
+            })
+            .await;
+            drop(conns);
+            let path = format!("/api/upstreams/{}", b.addr);
+            let (status, body) = http(lb.admin, "DELETE", &path, "").await;
+            assert_eq!(status, 202, "{body}");
+            // It leaves the pool when its machine retires: the release starts.
+            wait_upstreams(&lb, "the provided upstream left", |l| {
+                find(l, b.addr).is_none()
+            })
+            .await;
+        } else {
+            // The acquire is under way (the dispatcher asks on its next tick).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(conns);
+        }
+        lb.server.shutdown(Duration::from_secs(1)).await;
+        let log = std::fs::read_to_string(&calls).unwrap_or_default();
+        assert!(
+            log.lines().any(|l| l == format!("release {}", b.addr)),
+            "{slow_verb} in flight at shutdown: the provided upstream is released \
+             before shutdown returns; calls: {log:?}"
+        );
+    }
+}
+
 #[test]
 fn provider_keys_are_validated() {
     let mut cfg = common::test_config();

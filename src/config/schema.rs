@@ -465,8 +465,8 @@ pub struct BackendConfig {
     /// Proxy mode: time limit of a connect to an upstream.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
-    /// Proxy mode: the client sent bytes and the upstream answered nothing for this long:
-    /// close, count a failure.
+    /// Proxy mode: the upstream answered nothing for this long after the client's latest
+    /// bytes: close, count a failure.
     #[serde(with = "duration")]
     pub server_timeout: Duration,
     /// Proxy mode: consecutive connect failures or server timeouts that eject an upstream.

@@ -19,7 +19,7 @@ use crate::core::gate::Gated;
 pub struct Limits {
     /// Connecting to the upstream (`backend.connect_timeout`).
     pub connect: Duration,
-    /// The client sent bytes and the upstream answered nothing this long
+    /// The upstream answered nothing this long after the client's latest bytes
     /// (`backend.server_timeout`): close, and count a failure against the upstream.
     pub server: Duration,
     /// Nothing moved either way this long (`listener.idle_timeout`, like HAProxy's
@@ -163,7 +163,7 @@ struct Activity {
     base: tokio::time::Instant,
     /// Milliseconds after `base` of the latest read that returned data.
     last_ms: AtomicU64,
-    /// 1 + milliseconds after `base` of the first client bytes the upstream has not
+    /// 1 + milliseconds after `base` of the latest client bytes the upstream has not
     /// answered yet; 0 while nothing is waiting for an answer.
     unanswered_since: AtomicU64,
     /// Bytes read from the client and from the upstream so far.
@@ -188,15 +188,13 @@ impl Pump for Activity {
         let ms = self.base.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
         match way {
-            // The first unanswered client bytes start the server timeout ...
+            // Client bytes (re)start the server timeout: it is an inactivity limit, like
+            // HAProxy's `timeout server`, so an upload the upstream keeps reading is not cut.
+            // A client's bytes are read again only once the previous ones were written, so
+            // an upstream that stops reading stops the restarts ...
             Way::Up => {
                 self.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
-                let _ = self.unanswered_since.compare_exchange(
-                    0,
-                    ms + 1,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                self.unanswered_since.store(ms + 1, Ordering::Relaxed);
             }
             // ... and any answer stops it.
             Way::Down => {
@@ -216,7 +214,8 @@ impl Activity {
         )
     }
 
-    /// Completes once client bytes have waited `limit` for an answer from the upstream.
+    /// Completes once the client's latest bytes have waited `limit` with no answer from the
+    /// upstream since.
     async fn unanswered_for(&self, limit: Duration) {
         loop {
             let since = self.unanswered_since.load(Ordering::Relaxed);

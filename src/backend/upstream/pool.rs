@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::health::{self, HealthPolicy, Upstream};
@@ -108,6 +109,10 @@ pub struct UpstreamPool {
     policy: HealthPolicy,
     probe_timeout: Duration,
     provider: Option<Provider>,
+    /// The provider commands running in the background (`acquire`s and `release`s):
+    /// shutdown waits for them, so none is killed half-way and none leaves an upstream
+    /// behind.
+    provider_runs: TaskTracker,
 }
 
 impl UpstreamPool {
@@ -140,6 +145,7 @@ impl UpstreamPool {
             policy,
             probe_timeout,
             provider,
+            provider_runs: TaskTracker::new(),
         }
     }
 
@@ -414,7 +420,7 @@ impl UpstreamPool {
             state.acquiring.push(size);
         }
         let pool = self.clone();
-        tokio::spawn(async move {
+        self.provider_runs.spawn(async move {
             let address = provider.acquire(size).await;
             let failed = {
                 let mut state = pool.lock();
@@ -424,32 +430,40 @@ impl UpstreamPool {
                 };
                 state.failed_acquires
             };
-            if failed > 0 {
-                // A failing command (a quota, an API outage) is not run again on every
-                // tick: the next try waits 1 s, doubling up to 1 min.
-                tokio::time::sleep(acquire_backoff(failed)).await;
-            }
-            pool.lock().acquiring.retain(|s| *s != size);
             if let Some(address) = address {
                 if let Err(e) = pool.add(address, size, Origin::Provider) {
                     warn!(error = %e, "provider acquire returned an upstream already in the pool");
                 }
             }
+            // Not part of the tracked run: shutdown does not wait for the back-off.
+            tokio::spawn(async move {
+                if failed > 0 {
+                    // A failing command (a quota, an API outage) is not run again on every
+                    // tick: the next try waits 1 s, doubling up to 1 min.
+                    tokio::time::sleep(acquire_backoff(failed)).await;
+                }
+                pool.lock().acquiring.retain(|s| *s != size);
+            });
         });
     }
 
     fn spawn_release(&self, address: SocketAddr) {
         if let Some(provider) = self.provider.clone() {
-            tokio::spawn(async move { provider.release(address).await });
+            self.provider_runs
+                .spawn(async move { provider.release(address).await });
         }
     }
 
-    /// Releases every provider-created upstream still in the pool (at shutdown), waiting
-    /// for the release commands (each bounded by `backend.provider_timeout`).
+    /// At shutdown: waits for the provider commands still running (an `acquire`'s upstream
+    /// joins the pool, a `release` completes), then releases every provider-created
+    /// upstream still in the pool, waiting for those commands too (each one is bounded by
+    /// `backend.provider_timeout`).
     pub async fn release_provided(&self) {
         let Some(provider) = self.provider.clone() else {
             return;
         };
+        self.provider_runs.close();
+        self.provider_runs.wait().await;
         let provided: Vec<SocketAddr> = {
             let mut state = self.lock();
             let mut provided = Vec::new();

@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{warn, Instrument};
 
 use super::access::{self, ConnCounters};
+use super::close::linger;
 use super::context::SessionContext;
 use crate::backend::upstream;
 use crate::core::{MachineId, Units};
@@ -17,7 +19,8 @@ const CONNECT_TRIES: usize = 3;
 
 /// Proxy mode (SPEC §8): place the connection, connect it to its machine's upstream and
 /// copy bytes both ways. No bytes are ever added: a connection that cannot be placed is
-/// closed (and counted as rejected by the dispatcher).
+/// closed (and counted as rejected by the dispatcher) — an orderly close: a FIN, then a
+/// lingering read of what the client sent while it waited, so that it sees no reset.
 ///
 /// A connect that fails (within `backend.connect_timeout`) counts against that upstream
 /// and the client is placed again at once, never on a machine that already failed it, up
@@ -37,7 +40,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
             Some(placement) => placement,
             None => match ctx.dispatcher.admit_avoiding(peer, avoid.clone()).await {
                 Ok(placement) => placement,
-                Err(_) => return,
+                Err(_) => return close(socket).await,
             },
         };
         let machine = placement.machine();
@@ -80,4 +83,16 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
     }
     // Every try failed: the client is refused (closed, no bytes added).
     ctx.stats.totals.connection_rejected(last_reservation);
+    close(socket).await;
+}
+
+/// Closes a refused client without adding bytes: a FIN, then what it sent while it waited
+/// is read and discarded (the lingering close, bounded in time). Dropping a socket with
+/// unread input would reset it, and an HTTP client such as `ab` aborts its whole run on a
+/// reset.
+async fn close(mut socket: TcpStream) {
+    if socket.shutdown().await.is_ok() {
+        let (read_half, _write_half) = socket.into_split();
+        linger(read_half).await;
+    }
 }
