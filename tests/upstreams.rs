@@ -226,6 +226,7 @@ async fn admin_api_adds_lists_and_removes_upstreams() {
         r#"{"address": "nowhere"}"#,
         r#"{"address": "127.0.0.1:1", "size": "huge"}"#,
         r#"{"address": "127.0.0.1:1", "extra": 1}"#,
+        r#"{"address": "127.0.0.1:0"}"#,
     ] {
         let (status, body) = http(lb.admin, "POST", "/api/upstreams", bad).await;
         assert_eq!(status, 400, "{bad}: {body}");

@@ -71,6 +71,12 @@ pub(super) async fn add(
         }
     };
     let address = match resolve(request.address).await {
+        Ok(address) if address.port() == 0 => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("address {address}: port 0 (expected the port the upstream listens on)"),
+            )
+        }
         Ok(address) => address,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };

@@ -111,4 +111,16 @@ mod tests {
         let e = crate::config::Config::from_toml(&text, "x.toml").expect_err("listed twice");
         assert!(e.to_string().contains("address listed twice"), "{e}");
     }
+
+    #[test]
+    fn an_upstream_address_needs_a_port() {
+        let text =
+            "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\naddress = \"127.0.0.1:0\"\n";
+        let e = crate::config::Config::from_toml(text, "x.toml").expect_err("port 0");
+        assert_eq!(
+            e.to_string(),
+            "x.toml:4: backend.upstreams.address = \"127.0.0.1:0\": port 0: an upstream is \
+             connected to on the port it listens on"
+        );
+    }
 }

@@ -229,6 +229,14 @@ impl Config {
             }
         }
         for (i, u) in b.upstreams.iter().enumerate() {
+            if u.address.port() == 0 {
+                return Err(ValidationError::new(
+                    "backend.upstreams.address",
+                    quoted(u.address),
+                    "port 0: an upstream is connected to on the port it listens on",
+                )
+                .entry(i));
+            }
             if b.upstreams[..i].iter().any(|o| o.address == u.address) {
                 return Err(ValidationError::new(
                     "backend.upstreams.address",

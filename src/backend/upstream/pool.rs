@@ -33,6 +33,17 @@ pub enum Origin {
     Provider,
 }
 
+impl Origin {
+    /// As in the API and the logs: `config`, `admin` or `provider`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Admin => "admin",
+            Origin::Provider => "provider",
+        }
+    }
+}
+
 /// One upstream of the pool.
 #[derive(Debug)]
 struct Entry {
@@ -217,7 +228,7 @@ impl UpstreamPool {
                 added_at: Instant::now(),
             });
         }
-        info!(upstream = %address, %size, ?origin, "upstream added");
+        info!(upstream = %address, %size, origin = origin.as_str(), "upstream added");
         let (limit, send_proxy) = (self.probe_timeout, self.policy.send_proxy);
         tokio::spawn(async move {
             let ok = health::probe(upstream.address, limit, send_proxy).await;

@@ -56,11 +56,11 @@ impl Provider {
             return None;
         };
         match tokio::net::lookup_host(line).await.map(|mut a| a.next()) {
-            Ok(Some(address)) => {
+            Ok(Some(address)) if address.port() != 0 => {
                 info!(upstream = %address, %size, "provider acquired an upstream");
                 Some(address)
             }
-            Ok(None) | Err(_) => {
+            Ok(_) | Err(_) => {
                 warn!(command = %self.command.display(), output = line, "provider acquire printed no usable host:port");
                 None
             }
