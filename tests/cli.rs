@@ -180,6 +180,27 @@ fn check_rejects_an_unknown_strategy_in_the_file_naming_key_and_value() {
     assert!(line.contains("fastest"), "names the value: {line:?}");
 }
 
+/// The daemon's own addresses must be literal `IP:port` (docs/reference.md): the message for
+/// a host name in `admin.address` says so instead of asking for the `host:port` it refuses.
+#[test]
+fn check_rejects_a_host_name_admin_address_asking_for_ip_port() {
+    let dir = scratch_dir("admin-host");
+    let file = dir.join("admin.toml");
+    std::fs::write(&file, "[admin]\naddress = \"localhost:7071\"\n").expect("write config");
+    let out = run(
+        &["check", "--config", file.to_str().expect("utf-8 path")],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    let line = single_error_line(&out);
+    assert!(line.contains("admin.address"), "names the key: {line:?}");
+    assert!(line.contains("localhost:7071"), "names the value: {line:?}");
+    assert!(
+        line.contains("expected ip:port") && !line.contains("host:port"),
+        "asks for what it accepts: {line:?}"
+    );
+}
+
 #[test]
 fn run_on_an_address_in_use_exits_1_with_one_line_naming_it() {
     let dir = scratch_dir("addr-in-use");

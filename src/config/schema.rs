@@ -114,7 +114,7 @@ pub enum AdminAddress {
 
 /// An admin address that is neither `IP:port` nor `off`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid address \"{0}\" (expected host:port or \"off\")")]
+#[error("invalid address \"{0}\" (expected ip:port, e.g. \"127.0.0.1:7071\", or \"off\")")]
 pub struct AdminAddressError(pub String);
 
 impl std::str::FromStr for AdminAddress {

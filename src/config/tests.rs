@@ -176,7 +176,7 @@ fn admin_address() {
         "[admin]\naddress = \"localhost\"\n",
         &[
             "x.toml:2: admin.address: invalid address \"localhost\"",
-            "host:port or \"off\"",
+            "expected ip:port, e.g. \"127.0.0.1:7071\", or \"off\"",
         ],
     );
     let c = Config::from_toml("[admin]\naddress = \"off\"\n", "x.toml").expect("off");
