@@ -220,3 +220,33 @@ async fn new_machine_takes_the_next_connection_under_least_connections() {
         "least-connections: the machine with the most free capacity"
     );
 }
+
+/// `autoscaler.max_step` (SPEC §9): at most max(max_step, active machines) acquisitions per
+/// interval, the machines counted when the interval begins — the machines a burst adds do
+/// not raise its own allowance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_acquires_at_most_max_step_machines_in_one_interval() {
+    let mut cfg = fixed_reservation(20.0);
+    cfg.dispatcher.routing = elastic_lb::config::Routing::Connection;
+    cfg.autoscaler.max_step = 1;
+    // One interval outlasts the test: only the first acquisition fits in it.
+    cfg.autoscaler.interval = std::time::Duration::from_secs(30);
+    cfg.autoscaler.rebalance_tolerance = 0.0;
+    let lb = start_lb(cfg).await;
+    let mut clients = Vec::new();
+    // 20 units each on 100-unit machines, nothing ever full: no on-the-spot acquisition.
+    for _ in 0..8 {
+        clients.push(lb.admitted().await);
+    }
+    let s = lb
+        .wait_stats("all 8 connections are admitted", |s| {
+            s.totals.connections_admitted == 8
+        })
+        .await;
+    assert_eq!(
+        s.totals.scale_ups, 1,
+        "max(max_step = 1, 1 active machine) = 1 acquisition in the interval: {s:#?}"
+    );
+    assert_eq!(s.machines.len(), 2, "{s:#?}");
+    assert!(s.avg_load > 50.0, "the next interval acquires more: {s:#?}");
+}

@@ -93,17 +93,21 @@ pub fn retire_ceiling(cfg: &AutoscalerConfig) -> f64 {
 }
 
 /// Counts acquisitions per `autoscaler.interval`: at most `max(max_step, active)` in one
-/// interval, so a burst doubles the set at most (or adds `max_step`) before the next look.
+/// interval, `active` counted when the interval begins (not growing with the machines it
+/// adds), so a burst doubles the set at most (or adds `max_step`) before the next look.
 #[derive(Debug, Default)]
 pub struct StepBudget {
     /// When the current interval began.
     since: Option<Instant>,
     /// Acquisitions in it.
     used: usize,
+    /// Acquisitions it allows: `max(max_step, active)` at its start.
+    allowed: usize,
 }
 
 impl StepBudget {
-    /// Takes one acquisition from the budget at `now`; false when it is spent.
+    /// Takes one acquisition from the budget at `now`; false when it is spent. `active` is
+    /// read only when `now` starts a new interval.
     pub fn take(&mut self, now: Instant, active: usize, cfg: &AutoscalerConfig) -> bool {
         let period = cfg.interval.max(Duration::from_millis(1));
         match self.since {
@@ -111,9 +115,10 @@ impl StepBudget {
             _ => {
                 self.since = Some(now);
                 self.used = 0;
+                self.allowed = cfg.max_step.max(active);
             }
         }
-        if self.used >= cfg.max_step.max(active) {
+        if self.used >= self.allowed {
             return false;
         }
         self.used += 1;
@@ -560,6 +565,20 @@ mod target_tests {
         let taken = (0..10).filter(|_| budget.take(t1, 6, &cfg)).count();
         assert_eq!(taken, 6);
         assert!(!budget.take(t1 + Duration::from_millis(99), 6, &cfg));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn step_budget_counts_the_active_machines_at_the_start_of_the_interval() {
+        let cfg = AutoscalerConfig::default(); // max_step 4, interval 100 ms
+        let mut budget = StepBudget::default();
+        let t0 = Instant::now();
+        // Six machines at the start: six acquisitions, although each one adds a machine.
+        let mut active = 6;
+        while budget.take(t0, active, &cfg) {
+            active += 1;
+            assert!(active <= 12, "the budget grew with the machines it added");
+        }
+        assert_eq!(active, 12);
     }
 }
 
