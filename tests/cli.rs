@@ -73,6 +73,20 @@ fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Writes `text` to `file` in a fresh scratch directory `name`, runs `check` on it, and
+/// returns its output after asserting exit status 1.
+fn check_rejects(name: &str, file: &str, text: &str) -> Output {
+    let dir = scratch_dir(name);
+    let file = dir.join(file);
+    std::fs::write(&file, text).expect("write config");
+    let out = run(
+        &["check", "--config", file.to_str().expect("utf-8 path")],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    out
+}
+
 /// Asserts the SPEC §2 shape of a start-up error: exactly one non-empty stderr line,
 /// starting `error:`, no panic or backtrace. Returns that line.
 fn single_error_line(out: &Output) -> String {
@@ -144,18 +158,11 @@ fn check_output_is_itself_a_valid_configuration() {
 
 #[test]
 fn check_rejects_an_unknown_key_with_one_error_line_naming_it() {
-    let dir = scratch_dir("unknown-key");
-    let file = dir.join("typo.toml");
-    std::fs::write(
-        &file,
+    let out = check_rejects(
+        "unknown-key",
+        "typo.toml",
         "[listener]\nmax_connections = 10\nadress = \"127.0.0.1:7070\"\n",
-    )
-    .expect("write config");
-    let out = run(
-        &["check", "--config", file.to_str().expect("utf-8 path")],
-        &dir,
     );
-    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
     let line = single_error_line(&out);
     assert!(line.contains("adress"), "names the key: {line:?}");
     assert!(line.contains("typo.toml"), "names the file: {line:?}");
@@ -164,14 +171,11 @@ fn check_rejects_an_unknown_key_with_one_error_line_naming_it() {
 
 #[test]
 fn check_rejects_an_unknown_strategy_in_the_file_naming_key_and_value() {
-    let dir = scratch_dir("bad-strategy");
-    let file = dir.join("strategy.toml");
-    std::fs::write(&file, "[dispatcher]\nstrategy = \"fastest\"\n").expect("write config");
-    let out = run(
-        &["check", "--config", file.to_str().expect("utf-8 path")],
-        &dir,
+    let out = check_rejects(
+        "bad-strategy",
+        "strategy.toml",
+        "[dispatcher]\nstrategy = \"fastest\"\n",
     );
-    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
     let line = single_error_line(&out);
     assert!(
         line.contains("dispatcher.strategy"),
@@ -184,14 +188,11 @@ fn check_rejects_an_unknown_strategy_in_the_file_naming_key_and_value() {
 /// a host name in `admin.address` says so instead of asking for the `host:port` it refuses.
 #[test]
 fn check_rejects_a_host_name_admin_address_asking_for_ip_port() {
-    let dir = scratch_dir("admin-host");
-    let file = dir.join("admin.toml");
-    std::fs::write(&file, "[admin]\naddress = \"localhost:7071\"\n").expect("write config");
-    let out = run(
-        &["check", "--config", file.to_str().expect("utf-8 path")],
-        &dir,
+    let out = check_rejects(
+        "admin-host",
+        "admin.toml",
+        "[admin]\naddress = \"localhost:7071\"\n",
     );
-    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
     let line = single_error_line(&out);
     assert!(line.contains("admin.address"), "names the key: {line:?}");
     assert!(line.contains("localhost:7071"), "names the value: {line:?}");
