@@ -23,7 +23,9 @@
 #
 #   scripts/bench.sh [all|simulated|proxy]   (env: ROUNDS=2 RUN=5s IDLE=5000 PORT=27070,
 #   and for the proxy section LB_THREADS= (elastic-lb's event-loop threads, listener.threads;
-#   default one per core) and HAP_THREADS=2 (HAProxy's nbthread))
+#   default one per core), HAP_THREADS=2 (HAProxy's nbthread) and CEILING=1, which also
+#   measures the two featureless proxies of benches/ceiling -- the epoll floor and the
+#   io_uring ceiling of this host -- in the same rounds and prints a second table)
 #
 # Takes about a minute and a half per section after the build.
 set -euo pipefail
@@ -285,27 +287,47 @@ haproxy -db -f "$tmp/haproxy.cfg" 2>>"$tmp/haproxy.log" &
 HAP_PID=$!; pids+=("$HAP_PID")
 wait_port "$HAP_ADDR"
 echo "haproxy: $(haproxy -v | head -n 1)" >&2
+PROXIES="lbp hap"
+if [ "${CEILING:-0}" = 1 ]; then
+    # The featureless proxies, as many threads as elastic-lb has event loops.
+    cargo build --release --manifest-path benches/ceiling/Cargo.toml \
+        --target-dir "${CARGO_TARGET_DIR:-target}/ceiling" >&2
+    CEIL_BIN=${CARGO_TARGET_DIR:-target}/ceiling/release
+    EPL_ADDR=127.0.0.1:$((PORT + 23))
+    URL_ADDR=127.0.0.1:$((PORT + 24))
+    "$CEIL_BIN/epoll_proxy" "$EPL_ADDR" "$UP_ADDR" "${LB_THREADS:-$(nproc)}" 2>>"$tmp/epl.log" &
+    EPL_PID=$!; pids+=("$EPL_PID")
+    "$CEIL_BIN/uring_proxy" "$URL_ADDR" "$UP_ADDR" "${LB_THREADS:-$(nproc)}" 2>>"$tmp/url.log" &
+    URL_PID=$!; pids+=("$URL_PID")
+    wait_port "$EPL_ADDR"; wait_port "$URL_ADDR"
+    PROXIES="lbp hap epl url"
+fi
 # A short unmeasured warm-up of each path (first connections, page faults, health probes).
-for addr in "$LBP_ADDR" "$HAP_ADDR"; do
-    "$BIN/elastic-lb" load --target "$addr" --connections 50 --duration 1s --mix small=100 \
-        --json >/dev/null
+proxy_addr() { case $1 in lbp) echo "$LBP_ADDR" ;; hap) echo "$HAP_ADDR" ;; epl) echo "$EPL_ADDR" ;;
+    url) echo "$URL_ADDR" ;; esac; }
+proxy_pid() { case $1 in lbp) echo "$LBP_PID" ;; hap) echo "$HAP_PID" ;; epl) echo "$EPL_PID" ;;
+    url) echo "$URL_PID" ;; esac; }
+for srv in $PROXIES; do
+    "$BIN/elastic-lb" load --target "$(proxy_addr "$srv")" --connections 50 --duration 1s \
+        --mix small=100 --json >/dev/null
 done
 for round in $(seq "$ROUNDS"); do
-    for srv in lbp hap; do
-        addr=$LBP_ADDR; pid=$LBP_PID
-        [ "$srv" = hap ] && { addr=$HAP_ADDR; pid=$HAP_PID; }
+    for srv in $PROXIES; do
+        addr=$(proxy_addr "$srv"); pid=$(proxy_pid "$srv")
         closed_loops pa pp "$srv" "$round" "$pid" "$addr"
         echo "round $round: $srv proxy connect-per-request" >&2
         gen pb "$srv" "$round" "$pid" -- "$BIN/elastic-lb" load --target "$addr" \
             --connections 16 --duration "$RUN" --mix small=100 --connect-per-request --json
     done
 done
-stop "$LBP_PID"; stop "$HAP_PID"; stop "$UP_PID"
+stop "$LBP_PID"; stop "$HAP_PID"
+[ "${CEILING:-0}" = 1 ] && { stop "$EPL_PID"; stop "$URL_PID"; }
+stop "$UP_PID"
 
-python3 - "$tmp" "$ROUNDS" <<'PY'
+python3 - "$tmp" "$ROUNDS" "${CEILING:-0}" <<'PY'
 import sys
 sys.path.insert(0, "scripts")
-from bench_report import Runs
+from bench_report import Runs, ceiling_table
 runs = Runs(sys.argv[1], int(sys.argv[2]))
 series, cpu, row = runs.series, runs.cpu, runs.row
 faster = lambda a, b, r: r >= 1.05
@@ -328,5 +350,8 @@ row("(pb) proxy CPU per connection, us", cpu("pb", "lbp", "us_per"), cpu("pb", "
 print()
 runs.print_table(("proxy benchmark", "elastic-lb", "HAProxy", "ratio", "target",
                   "elastic-lb rounds", "HAProxy rounds"))
+if sys.argv[3] == "1":
+    print()
+    ceiling_table(runs)
 PY
 fi

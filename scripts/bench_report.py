@@ -61,3 +61,33 @@ class Runs:
 
 def mean(xs):
     return sum(xs) / len(xs)
+
+
+def ceiling_table(runs):
+    """The proxy section with CEILING=1: elastic-lb and the two featureless proxies of
+    benches/ceiling (epoll floor, io_uring ceiling), each as a ratio to HAProxy."""
+    names = [("lbp", "elastic-lb"), ("epl", "epoll floor"), ("url", "io_uring")]
+    metrics = [
+        ("(pa) closed loop, req/s", lambda s: runs.series("pa", s, "requests_per_s"), "{:.0f}"),
+        ("(pp) pingpong, req/s", lambda s: runs.series("pp", s, "requests_per_s"), "{:.0f}"),
+        ("(pa) CPU per request, us", lambda s: runs.cpu("pa", s, "us_per"), "{:.2f}"),
+        ("(pa) p99, ms", lambda s: runs.series("pa", s, "p99"), "{:.2f}"),
+        ("(pb) connections/s", lambda s: runs.series("pb", s, "connections_per_s"), "{:.0f}"),
+        ("(pb) CPU per connection, us", lambda s: runs.cpu("pb", s, "us_per"), "{:.2f}"),
+        ("(pb) p99, ms", lambda s: runs.series("pb", s, "p99"), "{:.2f}"),
+    ]
+    header = ["ceiling (ratio to HAProxy)", "HAProxy"] + [n for _, n in names]
+    rows = []
+    for label, get, fmt in metrics:
+        base = mean(get("hap"))
+        cells = [label, fmt.format(base)]
+        for srv, _ in names:
+            v = mean(get(srv))
+            cells.append(f"{fmt.format(v)} ({v / base:.2f})" if base else fmt.format(v))
+        rows.append(cells)
+    w = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    line = lambda cells: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(cells)) + " |"
+    print(line(header))
+    print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+    for r in rows:
+        print(line(r))
