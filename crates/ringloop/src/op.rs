@@ -1,0 +1,212 @@
+//! One io_uring operation as a future, and what keeps its memory alive.
+//!
+//! An operation's entry points at memory (a buffer, an address) that the kernel uses until
+//! the operation completes. [`Op`] owns that memory (`data`) while it is in flight. When an
+//! `Op` is dropped before its completion — a timeout fired, a `select!` took another branch —
+//! its data moves into the slot and a cancellation is queued; the slot frees the data when
+//! the completion (usually `-ECANCELED`) arrives.
+
+use std::any::Any;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use io_uring::{opcode, squeue, types};
+use slab::Slab;
+
+use crate::runtime::{with_core, IGNORED};
+
+/// What the kernel said when an operation completed.
+#[derive(Debug)]
+pub(crate) struct Completion<T> {
+    /// The result: a count or a descriptor, or `-errno`.
+    pub(crate) result: i32,
+    /// The operation's memory, back from the kernel.
+    pub(crate) data: T,
+}
+
+impl<T> Completion<T> {
+    /// The result as an `io::Result`.
+    pub(crate) fn io(&self) -> io::Result<u32> {
+        u32::try_from(self.result).map_err(|_| io::Error::from_raw_os_error(-self.result))
+    }
+}
+
+enum Slot {
+    /// In flight; the waker of the task awaiting it.
+    Waiting(Option<Waker>),
+    /// Completed, not yet seen by its `Op`.
+    Done(i32),
+    /// Its `Op` is gone: the data waits here for the completion. `closes_fd`: the result,
+    /// if a descriptor, is closed (an accept completed as it was cancelled).
+    Orphan {
+        _data: Box<dyn Any>,
+        closes_fd: bool,
+    },
+}
+
+/// The operations of one runtime, by `user_data`.
+#[derive(Default)]
+pub(crate) struct Slots {
+    slots: Slab<Slot>,
+}
+
+impl Slots {
+    /// Records a completion; returns the waker to wake.
+    pub(crate) fn complete(&mut self, key: u64, result: i32, _flags: u32) -> Option<Waker> {
+        let key = usize::try_from(key).ok()?;
+        match self.slots.get_mut(key)? {
+            Slot::Waiting(waker) => {
+                let waker = waker.take();
+                self.slots[key] = Slot::Done(result);
+                waker
+            }
+            Slot::Done(_) => None,
+            Slot::Orphan { closes_fd, .. } => {
+                if *closes_fd && result >= 0 {
+                    // SAFETY: the descriptor this operation created, which nobody else holds.
+                    unsafe { libc::close(result) };
+                }
+                self.slots.remove(key);
+                None
+            }
+        }
+    }
+
+    /// Operations not completed yet.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|(_, slot)| !matches!(slot, Slot::Done(_)))
+            .count()
+    }
+}
+
+/// An operation in flight, owning the memory its entry points at.
+pub(crate) struct Op<T: 'static> {
+    key: Option<usize>,
+    data: Option<T>,
+    closes_fd: bool,
+}
+
+impl<T: 'static> Op<T> {
+    /// Queues `entry` (its `user_data` is set here) on the current thread's runtime.
+    ///
+    /// # Safety
+    ///
+    /// Every pointer in `entry` must point into `data`'s heap memory (which does not move
+    /// when `data` does), or to memory that outlives the operation.
+    ///
+    /// # Errors
+    ///
+    /// When no runtime runs on this thread, or the ring refuses the submission.
+    pub(crate) unsafe fn submit(entry: squeue::Entry, data: T) -> io::Result<Op<T>> {
+        let key = with_core(|core| {
+            let key = core.slots.borrow_mut().slots.insert(Slot::Waiting(None));
+            let entry = entry.user_data(key as u64);
+            // SAFETY: the caller's promise; the slot keeps `data` alive if the `Op` goes.
+            match unsafe { core.push(&entry) } {
+                Ok(()) => Ok(key),
+                Err(e) => {
+                    core.slots.borrow_mut().slots.remove(key);
+                    Err(e)
+                }
+            }
+        })
+        .unwrap_or_else(|| Err(io::Error::other("ringloop: no runtime on this thread")))?;
+        Ok(Op {
+            key: Some(key),
+            data: Some(data),
+            closes_fd: false,
+        })
+    }
+
+    /// Marks the operation as one whose result is a new descriptor (an accept), to be
+    /// closed if the operation is dropped before its completion was seen.
+    pub(crate) fn returns_fd(mut self) -> Self {
+        self.closes_fd = true;
+        self
+    }
+}
+
+impl<T: 'static + Unpin> Future for Op<T> {
+    type Output = Completion<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion<T>> {
+        let Some(key) = self.key else {
+            // Polled after completion: a contract violation of the caller; never again ready.
+            return Poll::Pending;
+        };
+        let done = with_core(|core| {
+            let mut slots = core.slots.borrow_mut();
+            match slots.slots.get_mut(key) {
+                Some(Slot::Done(result)) => {
+                    let result = *result;
+                    slots.slots.remove(key);
+                    Some(result)
+                }
+                Some(Slot::Waiting(waker)) => {
+                    if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *waker = Some(cx.waker().clone());
+                    }
+                    None
+                }
+                _ => None,
+            }
+        })
+        .flatten();
+        match (done, self.data.take()) {
+            (Some(result), Some(data)) => {
+                self.key = None;
+                Poll::Ready(Completion { result, data })
+            }
+            (_, data) => {
+                self.data = data;
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T: 'static> Drop for Op<T> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else {
+            return;
+        };
+        let mut data = self.data.take();
+        let closes_fd = self.closes_fd;
+        let handled = with_core(|core| {
+            let mut slots = core.slots.borrow_mut();
+            match slots.slots.get(key) {
+                Some(Slot::Done(result)) => {
+                    // Completed, never seen: the data can go; a new descriptor is closed.
+                    if closes_fd && *result >= 0 {
+                        // SAFETY: the descriptor this operation created; nobody else has it.
+                        unsafe { libc::close(*result) };
+                    }
+                    slots.slots.remove(key);
+                }
+                Some(Slot::Waiting(_)) => {
+                    slots.slots[key] = Slot::Orphan {
+                        _data: Box::new(data.take()),
+                        closes_fd,
+                    };
+                    drop(slots);
+                    let cancel =
+                        opcode::AsyncCancel2::new(types::CancelBuilder::user_data(key as u64))
+                            .build()
+                            .user_data(IGNORED);
+                    // SAFETY: a cancellation points at no memory.
+                    let _ = unsafe { core.push(&cancel) };
+                }
+                _ => {}
+            }
+        });
+        if handled.is_none() {
+            // No runtime here (its thread is gone): the kernel may still write to the
+            // data, so it is leaked rather than freed.
+            std::mem::forget(data.take());
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The executor: tasks, wakers, the ring and the loop that waits on it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use io_uring::{opcode, types, IoUring};
+use slab::Slab;
+
+use crate::op::Slots;
+
+/// `user_data` of the `eventfd` read that carries wake-ups from other threads.
+pub(crate) const REMOTE_WAKE: u64 = u64::MAX;
+/// `user_data` of entries whose completion nobody waits for (cancellations, closes).
+pub(crate) const IGNORED: u64 = u64::MAX - 1;
+/// The task id of [`Runtime::block_on`]'s own future.
+const MAIN: usize = usize::MAX;
+/// Tasks polled between two looks at the ring while tasks keep being ready.
+const BUDGET: usize = 128;
+
+static NEXT_RUNTIME: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// The runtime whose `block_on` runs on this thread, if any.
+    static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+    /// Its id (0: none), for wakers to tell a local wake-up from a remote one cheaply.
+    static RUNNING: Cell<usize> = const { Cell::new(0) };
+    /// Tasks woken on this thread, to poll.
+    static READY: RefCell<VecDeque<usize>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// Whether this kernel lets this process use io_uring as [`Runtime`] does (Linux 6.1 or
+/// later, not disabled by `kernel.io_uring_disabled` or a seccomp filter).
+pub fn available() -> bool {
+    build_ring(8).is_ok()
+}
+
+fn build_ring(entries: u32) -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .setup_cqsize(entries.saturating_mul(4))
+        .build(entries)
+}
+
+/// What the runtime's thread shares with wakers on other threads.
+struct Remote {
+    runtime: usize,
+    /// Tasks woken from other threads since the loop last looked.
+    woken: Mutex<Vec<usize>>,
+    /// An `eventfd` write is pending (the loop has not yet taken `woken`).
+    signaled: AtomicBool,
+    eventfd: OwnedFd,
+}
+
+impl Remote {
+    fn wake(&self, task: usize) {
+        self.woken
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(task);
+        if !self.signaled.swap(true, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd this struct owns. A
+            // failure (the counter is saturated) still leaves the eventfd readable.
+            unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
+struct TaskWaker {
+    task: usize,
+    remote: Arc<Remote>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if RUNNING.with(Cell::get) == self.remote.runtime {
+            READY.with(|ready| ready.borrow_mut().push_back(self.task));
+        } else {
+            self.remote.wake(self.task);
+        }
+    }
+}
+
+struct Task {
+    future: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    waker: Waker,
+}
+
+/// The state of one runtime, shared by its handle and the thread-local `CURRENT`.
+pub(crate) struct Core {
+    pub(crate) ring: RefCell<IoUring>,
+    pub(crate) slots: RefCell<Slots>,
+    tasks: RefCell<Slab<Task>>,
+    remote: Arc<Remote>,
+    /// Where the kernel writes the eventfd's counter (heap memory, never moved).
+    wake_buf: RefCell<Box<u64>>,
+    /// The read of `remote.eventfd` is in flight.
+    wake_armed: Cell<bool>,
+    /// The runtime is being dropped: the read is not re-armed.
+    closing: Cell<bool>,
+    completions: RefCell<Vec<(u64, i32, u32)>>,
+}
+
+impl Core {
+    /// Queues `entry`; when the submission queue is full, submits it first.
+    ///
+    /// # Safety
+    ///
+    /// Every pointer in `entry` must stay valid until its completion arrives.
+    pub(crate) unsafe fn push(&self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+        let mut ring = self.ring.borrow_mut();
+        loop {
+            // SAFETY: the caller's promise.
+            if unsafe { ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            ring.submit()?;
+        }
+    }
+
+    fn arm_remote_wake(&self) -> io::Result<()> {
+        let buf: *mut u64 = &mut **self.wake_buf.borrow_mut();
+        let entry = opcode::Read::new(types::Fd(self.remote.eventfd.as_raw_fd()), buf.cast(), 8)
+            .build()
+            .user_data(REMOTE_WAKE);
+        // SAFETY: `wake_buf` is a heap allocation owned by this core; `Runtime::drop`
+        // waits for this read to complete before the core goes.
+        unsafe { self.push(&entry) }?;
+        self.wake_armed.set(true);
+        Ok(())
+    }
+}
+
+/// Runs `f` with the current thread's runtime core, if a runtime runs here.
+pub(crate) fn with_core<R>(f: impl FnOnce(&Rc<Core>) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|current| current.borrow().as_ref().cloned())
+        .ok()
+        .flatten()
+        .map(|core| f(&core))
+}
+
+/// Spawns `future` onto the runtime running on this thread. Returns it back when none does.
+pub fn spawn<F: Future<Output = ()> + 'static>(future: F) -> Result<(), F> {
+    let mut future = Some(future);
+    let spawned = with_core(|core| {
+        let mut tasks = core.tasks.borrow_mut();
+        let entry = tasks.vacant_entry();
+        let id = entry.key();
+        let waker = Waker::from(Arc::new(TaskWaker {
+            task: id,
+            remote: core.remote.clone(),
+        }));
+        if let Some(future) = future.take() {
+            entry.insert(Task {
+                future: Some(Box::pin(future)),
+                waker,
+            });
+            READY.with(|ready| ready.borrow_mut().push_back(id));
+        }
+    });
+    match (spawned, future) {
+        (Some(()), None) => Ok(()),
+        (_, Some(future)) => Err(future),
+        (None, None) => Ok(()),
+    }
+}
+
+/// One io_uring and the tasks that wait on it; one per thread.
+pub struct Runtime {
+    core: Rc<Core>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("id", &self.core.remote.runtime)
+            .field("tasks", &self.core.tasks.borrow().len())
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// A runtime whose ring holds `entries` submissions (and four times as many
+    /// completions).
+    ///
+    /// # Errors
+    ///
+    /// When io_uring is unavailable here (see [`available`]) or out of memory.
+    pub fn new(entries: u32) -> io::Result<Runtime> {
+        let ring = build_ring(entries)?;
+        // SAFETY: eventfd returns a new descriptor (or -1, checked) that we then own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let core = Rc::new(Core {
+            ring: RefCell::new(ring),
+            slots: RefCell::new(Slots::default()),
+            tasks: RefCell::new(Slab::new()),
+            remote: Arc::new(Remote {
+                runtime: NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed),
+                woken: Mutex::new(Vec::new()),
+                signaled: AtomicBool::new(false),
+                eventfd,
+            }),
+            wake_buf: RefCell::new(Box::new(0)),
+            wake_armed: Cell::new(false),
+            closing: Cell::new(false),
+            completions: RefCell::new(Vec::with_capacity(256)),
+        });
+        core.arm_remote_wake()?;
+        Ok(Runtime { core })
+    }
+
+    /// Runs `future` to completion on this thread, with every task [`spawn`]ed meanwhile;
+    /// waits in `io_uring_enter` whenever nothing is ready. Tasks still pending when it
+    /// returns stay, and run again at the next `block_on`.
+    ///
+    /// # Errors
+    ///
+    /// When `io_uring_enter` fails for a reason other than an interruption.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside another `block_on` on the same thread.
+    pub fn block_on<F: Future>(&self, future: F) -> io::Result<F::Output> {
+        let _entered = Entered::new(&self.core);
+        let mut future = pin!(future);
+        let main_waker = Waker::from(Arc::new(TaskWaker {
+            task: MAIN,
+            remote: self.core.remote.clone(),
+        }));
+        let mut main_ready = true;
+        loop {
+            if main_ready {
+                main_ready = false;
+                let mut cx = Context::from_waker(&main_waker);
+                if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                    return Ok(out);
+                }
+            }
+            for _ in 0..BUDGET {
+                let Some(id) = READY.with(|ready| ready.borrow_mut().pop_front()) else {
+                    break;
+                };
+                if id == MAIN {
+                    main_ready = true;
+                } else {
+                    self.poll_task(id);
+                }
+            }
+            let idle = !main_ready && READY.with(|ready| ready.borrow().is_empty());
+            self.turn(idle)?;
+        }
+    }
+
+    fn poll_task(&self, id: usize) {
+        let taken = {
+            let mut tasks = self.core.tasks.borrow_mut();
+            tasks
+                .get_mut(id)
+                .and_then(|task| task.future.take().map(|f| (f, task.waker.clone())))
+        };
+        // Not there: a stale wake-up of a finished task, or one already being polled.
+        let Some((mut future, waker)) = taken else {
+            return;
+        };
+        let mut cx = Context::from_waker(&waker);
+        let done = future.as_mut().poll(&mut cx).is_ready();
+        let mut tasks = self.core.tasks.borrow_mut();
+        if done {
+            tasks.remove(id);
+        } else if let Some(task) = tasks.get_mut(id) {
+            task.future = Some(future);
+        }
+    }
+
+    /// Submits what is queued, waits for a completion when `wait`, and wakes the owners of
+    /// every completion.
+    fn turn(&self, wait: bool) -> io::Result<()> {
+        let submitted = self.core.ring.borrow().submit_and_wait(usize::from(wait));
+        match submitted {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::ETIME)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        let mut completions = self.core.completions.borrow_mut();
+        completions.clear();
+        completions.extend(
+            self.core
+                .ring
+                .borrow_mut()
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+        );
+        for &(data, result, flags) in completions.iter() {
+            match data {
+                REMOTE_WAKE => {
+                    self.core.wake_armed.set(false);
+                    self.core.remote.signaled.store(false, Ordering::SeqCst);
+                    let woken = std::mem::take(
+                        &mut *self
+                            .core
+                            .remote
+                            .woken
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    );
+                    READY.with(|ready| ready.borrow_mut().extend(woken));
+                    if !self.core.closing.get() {
+                        self.core.arm_remote_wake()?;
+                    }
+                }
+                IGNORED => {}
+                key => {
+                    let waker = self.core.slots.borrow_mut().complete(key, result, flags);
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _entered = Entered::new(&self.core);
+        // Dropping the tasks drops their operations, which cancel themselves and leave
+        // their memory to the slots until the kernel is done with it. Then the eventfd
+        // read is cancelled too, and the ring goes only once nothing is in flight.
+        let tasks: Vec<Task> = self.core.tasks.borrow_mut().drain().collect();
+        drop(tasks);
+        self.core.closing.set(true);
+        let cancel_all = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(IGNORED);
+        // SAFETY: a cancellation points at no memory.
+        let _ = unsafe { self.core.push(&cancel_all) };
+        for _ in 0..1000 {
+            if self.core.slots.borrow().in_flight() == 0 && !self.core.wake_armed.get() {
+                break;
+            }
+            if self.turn(true).is_err() {
+                break;
+            }
+        }
+        READY.with(|ready| ready.borrow_mut().clear());
+    }
+}
+
+/// Makes a runtime the current one of this thread until dropped.
+struct Entered;
+
+impl Entered {
+    fn new(core: &Rc<Core>) -> Entered {
+        CURRENT.with(|current| {
+            let mut current = current.borrow_mut();
+            assert!(
+                current.is_none(),
+                "ringloop: a runtime already runs on this thread"
+            );
+            *current = Some(core.clone());
+        });
+        RUNNING.with(|running| running.set(core.remote.runtime));
+        Entered
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        RUNNING.with(|running| running.set(0));
+        let _ = CURRENT.try_with(|current| current.borrow_mut().take());
+    }
+}

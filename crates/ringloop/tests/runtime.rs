@@ -1,0 +1,218 @@
+//! The runtime over real sockets on 127.0.0.1: tasks, wake-ups from other threads and from
+//! tokio, accept/connect/recv/send, cancellation, and shutdown with operations in flight.
+
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use ringloop::{spawn, Runtime, TcpListener, TcpStream};
+
+fn runtime() -> Option<Runtime> {
+    if !ringloop::available() {
+        eprintln!("io_uring is not available here; skipped");
+        return None;
+    }
+    Some(Runtime::new(64).expect("runtime"))
+}
+
+fn listener() -> (std::net::TcpListener, SocketAddr) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    (l, addr)
+}
+
+#[test]
+fn block_on_returns_the_output_and_runs_spawned_tasks() {
+    let Some(rt) = runtime() else { return };
+    let hits = Rc::new(Cell::new(0));
+    let out = rt
+        .block_on({
+            let hits = hits.clone();
+            async move {
+                for _ in 0..3 {
+                    let hits = hits.clone();
+                    assert!(spawn(async move { hits.set(hits.get() + 1) }).is_ok());
+                }
+                // Let the spawned tasks run.
+                let mut yielded = false;
+                poll_fn(|cx| {
+                    if yielded {
+                        Poll::Ready(())
+                    } else {
+                        yielded = true;
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                })
+                .await;
+                7
+            }
+        })
+        .expect("block_on");
+    assert_eq!(out, 7);
+    assert_eq!(hits.get(), 3);
+    assert!(spawn(async {}).is_err(), "no runtime outside block_on");
+}
+
+#[test]
+fn a_wake_up_from_another_thread_reaches_a_waiting_loop() {
+    let Some(rt) = runtime() else { return };
+    let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = tx.send(42);
+    });
+    let started = Instant::now();
+    let got = rt
+        .block_on(async move { rx.await.expect("sent") })
+        .expect("block_on");
+    assert_eq!(got, 42);
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    sender.join().expect("sender");
+}
+
+#[test]
+fn tokio_timers_fire_with_a_tokio_handle_entered() {
+    let Some(rt) = runtime() else { return };
+    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .expect("tokio");
+    let _entered = tokio_rt.enter();
+    let started = Instant::now();
+    rt.block_on(tokio::time::sleep(Duration::from_millis(30)))
+        .expect("block_on");
+    assert!(started.elapsed() >= Duration::from_millis(30));
+    let timed_out = rt
+        .block_on(tokio::time::timeout(
+            Duration::from_millis(20),
+            std::future::pending::<()>(),
+        ))
+        .expect("block_on");
+    assert!(timed_out.is_err());
+}
+
+#[test]
+fn echoes_over_accept_recv_and_send() {
+    let Some(rt) = runtime() else { return };
+    let (l, addr) = listener();
+    let listener = TcpListener::from_std(l).expect("listener");
+    let client = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.write_all(b"hello ring").expect("write");
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).expect("read");
+        back
+    });
+    rt.block_on(async move {
+        let (stream, peer) = listener.accept().await.expect("accept");
+        assert!(peer.ip().is_loopback());
+        let mut buf = vec![0; 4];
+        loop {
+            let (n, b) = stream.recv(buf).await;
+            let n = n.expect("recv");
+            if n == 0 {
+                break;
+            }
+            let (sent, b) = stream.send_all(b, 0, n).await;
+            sent.expect("send");
+            buf = b;
+        }
+        stream
+            .get_ref()
+            .shutdown(Shutdown::Write)
+            .expect("shutdown");
+    })
+    .expect("block_on");
+    assert_eq!(client.join().expect("client"), b"hello ring");
+}
+
+#[test]
+fn connect_reaches_a_listener_and_reports_a_refusal() {
+    let Some(rt) = runtime() else { return };
+    let (l, addr) = listener();
+    rt.block_on(async move {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(stream.get_ref().peer_addr().expect("peer"), addr);
+        let (accepted, _) = l.accept().expect("accepted");
+        drop(accepted);
+        drop(l);
+        let refused = TcpStream::connect(addr).await.expect_err("nothing listens");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    })
+    .expect("block_on");
+}
+
+#[test]
+fn a_dropped_recv_is_cancelled_and_the_loop_goes_on() {
+    let Some(rt) = runtime() else { return };
+    let (l, addr) = listener();
+    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .expect("tokio");
+    let _entered = tokio_rt.enter();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        // Says nothing for a while, then one byte, then closes.
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = s.write_all(b"x");
+    });
+    rt.block_on(async move {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let timed_out =
+            tokio::time::timeout(Duration::from_millis(20), stream.recv(vec![0; 64])).await;
+        assert!(timed_out.is_err(), "nothing was sent yet");
+        // The socket still works after the cancellation.
+        let (n, buf) = stream.recv(vec![0; 64]).await;
+        assert_eq!(n.expect("recv"), 1);
+        assert_eq!(buf[0], b'x');
+    })
+    .expect("block_on");
+    peer.join().expect("peer");
+}
+
+#[test]
+fn dropping_the_runtime_with_pending_tasks_cancels_their_operations() {
+    let Some(rt) = runtime() else { return };
+    let (l, addr) = listener();
+    let _client = std::net::TcpStream::connect(addr).expect("connect");
+    let listener = TcpListener::from_std(l).expect("listener");
+    rt.block_on(async move {
+        // An accept that completes, and a recv that never will.
+        let (stream, _) = listener.accept().await.expect("accept");
+        assert!(spawn(async move {
+            let _ = stream.recv(vec![0; 16]).await;
+        })
+        .is_ok());
+        let _ = spawn(async move {
+            let _ = listener.accept().await;
+        });
+        // One turn so that both operations are in flight.
+        let mut once = false;
+        poll_fn(|cx| {
+            if once {
+                Poll::Ready(())
+            } else {
+                once = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await;
+    })
+    .expect("block_on");
+    let started = Instant::now();
+    drop(rt);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "drop waits for cancellations only"
+    );
+}
