@@ -18,8 +18,8 @@
 //!   owned buffers. A future dropped before its operation completed cancels it, and the
 //!   buffer stays alive until the kernel is done with it.
 //!
-//! The unsafe code is confined to [`op`] (handing entries that point at owned memory to
-//! the kernel) and [`net`] (plain system calls on descriptors this crate owns).
+//! The unsafe code is confined to `op` (handing entries that point at owned memory to
+//! the kernel) and `net` (plain system calls on descriptors this crate owns).
 #![deny(unsafe_op_in_unsafe_fn, missing_docs, rust_2018_idioms)]
 
 mod net;
