@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -113,6 +114,8 @@ pub(crate) struct Core {
     wake_armed: Cell<bool>,
     /// The runtime is being dropped: the read is not re-armed.
     closing: Cell<bool>,
+    /// Tasks that ended in a panic.
+    panics: Cell<u64>,
     completions: RefCell<Vec<(u64, i32, u32)>>,
 }
 
@@ -224,6 +227,7 @@ impl Runtime {
             wake_buf: RefCell::new(Box::new(0)),
             wake_armed: Cell::new(false),
             closing: Cell::new(false),
+            panics: Cell::new(0),
             completions: RefCell::new(Vec::with_capacity(256)),
         });
         core.arm_remote_wake()?;
@@ -272,6 +276,11 @@ impl Runtime {
         }
     }
 
+    /// Tasks that ended in a panic so far (each is dropped; the others go on).
+    pub fn panics(&self) -> u64 {
+        self.core.panics.get()
+    }
+
     fn poll_task(&self, id: usize) {
         let taken = {
             let mut tasks = self.core.tasks.borrow_mut();
@@ -284,7 +293,12 @@ impl Runtime {
             return;
         };
         let mut cx = Context::from_waker(&waker);
-        let done = future.as_mut().poll(&mut cx).is_ready();
+        // A task that panics ends there, as in tokio; the loop and the other tasks go on.
+        let polled = panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+        let done = !matches!(polled, Ok(Poll::Pending));
+        if polled.is_err() {
+            self.core.panics.set(self.core.panics.get() + 1);
+        }
         let mut tasks = self.core.tasks.borrow_mut();
         if done {
             tasks.remove(id);

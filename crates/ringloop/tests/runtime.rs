@@ -216,3 +216,33 @@ fn dropping_the_runtime_with_pending_tasks_cancels_their_operations() {
         "drop waits for cancellations only"
     );
 }
+
+#[test]
+fn a_panicking_task_ends_alone() {
+    let Some(rt) = runtime() else { return };
+    let ran = Rc::new(Cell::new(false));
+    let out = rt
+        .block_on({
+            let ran = ran.clone();
+            async move {
+                let _ = spawn(async { panic!("a task's own bug") });
+                let _ = spawn(async move { ran.set(true) });
+                let mut turns = 0;
+                poll_fn(|cx| {
+                    turns += 1;
+                    if turns > 2 {
+                        Poll::Ready(())
+                    } else {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                })
+                .await;
+                1
+            }
+        })
+        .expect("block_on");
+    assert_eq!(out, 1);
+    assert!(ran.get());
+    assert_eq!(rt.panics(), 1);
+}
