@@ -24,7 +24,9 @@
 
 mod net;
 mod op;
+mod pool;
 mod runtime;
 
-pub use net::{TcpListener, TcpStream};
+pub use net::{IoBuf, TcpListener, TcpStream};
+pub use pool::PooledBuf;
 pub use runtime::{available, spawn, Runtime};

@@ -5,10 +5,33 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 
-use io_uring::{opcode, types};
+use std::future::poll_fn;
+use std::task::Poll;
+
+use io_uring::{cqueue, opcode, squeue, types};
 
 use crate::op::Op;
+use crate::pool::{PooledBuf, GROUP};
 use crate::runtime::{with_core, IGNORED};
+
+/// Owned memory an operation can send from: its address stays put while the operation
+/// holds it.
+pub trait IoBuf: Unpin + 'static {
+    /// The bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+impl IoBuf for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl IoBuf for PooledBuf {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
 
 /// A socket address in the kernel's form, on the heap (the kernel reads or writes it while
 /// an operation is in flight).
@@ -137,7 +160,10 @@ impl TcpListener {
         .flags(libc::SOCK_CLOEXEC)
         .build();
         // SAFETY: the entry points into `addr`, a heap allocation the operation owns.
-        let done = unsafe { Op::submit(entry, addr) }?.returns_fd().await;
+        let done = unsafe { Op::submit(entry, addr) }
+            .map_err(|(e, _)| e)?
+            .returns_fd()
+            .await;
         let fd = done.io()?;
         // SAFETY: a new descriptor from accept4, owned by nobody else.
         let stream = unsafe { std::net::TcpStream::from_raw_fd(fd as i32) };
@@ -210,7 +236,7 @@ impl TcpStream {
         )
         .build();
         // SAFETY: the entry points into `raw`, a heap allocation the operation owns.
-        let done = unsafe { Op::submit(entry, raw) }?.await;
+        let done = unsafe { Op::submit(entry, raw) }.map_err(|(e, _)| e)?.await;
         done.io()?;
         Ok(stream)
     }
@@ -227,32 +253,102 @@ impl TcpStream {
                 let done = op.await;
                 (done.io().map(|n| n as usize), done.data)
             }
-            Err(e) => (Err(e), Vec::new()),
+            Err((e, buf)) => (Err(e), buf),
         }
     }
 
     /// Writes `buf[start..end]`, or the part the socket takes; returns how many bytes went
     /// and the buffer. `MSG_NOSIGNAL`: a closed peer is an `EPIPE`, not a signal.
-    pub async fn send(
+    pub async fn send<B: IoBuf>(&self, buf: B, start: usize, end: usize) -> (io::Result<usize>, B) {
+        self.send_flags(buf, start, end, libc::MSG_NOSIGNAL).await
+    }
+
+    /// As [`send`](TcpStream::send), but never waits: what the socket cannot take at once
+    /// is left (`WouldBlock` when it took nothing).
+    pub async fn send_nowait<B: IoBuf>(
         &self,
-        buf: Vec<u8>,
+        buf: B,
         start: usize,
         end: usize,
-    ) -> (io::Result<usize>, Vec<u8>) {
-        let Some(part) = buf.get(start..end) else {
+    ) -> (io::Result<usize>, B) {
+        self.send_flags(buf, start, end, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            .await
+    }
+
+    async fn send_flags<B: IoBuf>(
+        &self,
+        buf: B,
+        start: usize,
+        end: usize,
+        flags: i32,
+    ) -> (io::Result<usize>, B) {
+        let Some(part) = buf.bytes().get(start..end) else {
             return (Err(io::ErrorKind::InvalidInput.into()), buf);
         };
         let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
         let entry = opcode::Send::new(types::Fd(self.get_ref().as_raw_fd()), part.as_ptr(), len)
-            .flags(libc::MSG_NOSIGNAL)
+            .flags(flags)
             .build();
-        // SAFETY: the entry points into `buf`'s heap memory, which the operation owns.
+        // SAFETY: the entry points into `buf`'s memory, which the operation owns and which
+        // does not move with it.
         match unsafe { Op::submit(entry, buf) } {
             Ok(op) => {
                 let done = op.await;
                 (done.io().map(|n| n as usize), done.data)
             }
-            Err(e) => (Err(e), Vec::new()),
+            Err((e, buf)) => (Err(e), buf),
+        }
+    }
+
+    /// Reads into a buffer of the runtime's pool, picked when bytes arrive (see
+    /// [`Runtime::with_pool`](crate::Runtime::with_pool)); `None` when the peer closed its
+    /// side. With every buffer taken, waits for one to come back.
+    ///
+    /// # Errors
+    ///
+    /// What `recv` reports, or `Unsupported` when the runtime has no pool.
+    pub async fn recv_pooled(&self) -> io::Result<Option<PooledBuf>> {
+        let Some(pool) = with_core(|core| core.pool.clone()).flatten() else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "ringloop: this runtime has no buffer pool",
+            ));
+        };
+        loop {
+            let entry = opcode::Recv::new(
+                types::Fd(self.get_ref().as_raw_fd()),
+                std::ptr::null_mut(),
+                0,
+            )
+            .buf_group(GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT);
+            // SAFETY: the entry points at no memory of ours; the kernel picks a pool buffer,
+            // which stays valid as long as the runtime (its core holds the pool).
+            let done = unsafe { Op::submit(entry, ()) }.map_err(|(e, ())| e)?.await;
+            let picked = cqueue::buffer_select(done.flags).map(|id| pool.take(id, 0));
+            if done.result == -libc::ENOBUFS {
+                drop(picked);
+                let mut registered = false;
+                poll_fn(|cx| {
+                    if registered || !pool.wait(cx.waker()) {
+                        Poll::Ready(())
+                    } else {
+                        registered = true;
+                        Poll::Pending
+                    }
+                })
+                .await;
+                continue;
+            }
+            let n = done.io()? as usize;
+            return match picked {
+                Some(buf) if n > 0 => Ok(Some(buf.with_len(n))),
+                Some(_) | None if n == 0 => Ok(None),
+                _ => Err(io::Error::other(
+                    "ringloop: recv completed without a buffer",
+                )),
+            };
         }
     }
 

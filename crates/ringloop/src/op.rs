@@ -12,7 +12,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use io_uring::{opcode, squeue, types};
+use io_uring::{cqueue, opcode, squeue, types};
 use slab::Slab;
 
 use crate::runtime::{with_core, IGNORED};
@@ -22,6 +22,8 @@ use crate::runtime::{with_core, IGNORED};
 pub(crate) struct Completion<T> {
     /// The result: a count or a descriptor, or `-errno`.
     pub(crate) result: i32,
+    /// The completion's flags (`IORING_CQE_F_BUFFER` and the buffer id, …).
+    pub(crate) flags: u32,
     /// The operation's memory, back from the kernel.
     pub(crate) data: T,
 }
@@ -36,8 +38,8 @@ impl<T> Completion<T> {
 enum Slot {
     /// In flight; the waker of the task awaiting it.
     Waiting(Option<Waker>),
-    /// Completed, not yet seen by its `Op`.
-    Done(i32),
+    /// Completed, not yet seen by its `Op`: result and flags.
+    Done(i32, u32),
     /// Its `Op` is gone: the data waits here for the completion. `closes_fd`: the result,
     /// if a descriptor, is closed (an accept completed as it was cancelled).
     Orphan {
@@ -52,25 +54,35 @@ pub(crate) struct Slots {
     slots: Slab<Slot>,
 }
 
+/// What a completion calls for.
+pub(crate) enum Completed {
+    /// Wake the task awaiting it (if it registered a waker).
+    Wake(Option<Waker>),
+    /// Its `Op` is gone; the buffer the kernel picked for it (if any) goes back.
+    Orphaned(Option<u16>),
+}
+
 impl Slots {
-    /// Records a completion; returns the waker to wake.
-    pub(crate) fn complete(&mut self, key: u64, result: i32, _flags: u32) -> Option<Waker> {
-        let key = usize::try_from(key).ok()?;
-        match self.slots.get_mut(key)? {
-            Slot::Waiting(waker) => {
+    /// Records a completion.
+    pub(crate) fn complete(&mut self, key: u64, result: i32, flags: u32) -> Completed {
+        let Some(key) = usize::try_from(key).ok() else {
+            return Completed::Wake(None);
+        };
+        match self.slots.get_mut(key) {
+            Some(Slot::Waiting(waker)) => {
                 let waker = waker.take();
-                self.slots[key] = Slot::Done(result);
-                waker
+                self.slots[key] = Slot::Done(result, flags);
+                Completed::Wake(waker)
             }
-            Slot::Done(_) => None,
-            Slot::Orphan { closes_fd, .. } => {
+            Some(Slot::Orphan { closes_fd, .. }) => {
                 if *closes_fd && result >= 0 {
                     // SAFETY: the descriptor this operation created, which nobody else holds.
                     unsafe { libc::close(result) };
                 }
                 self.slots.remove(key);
-                None
+                Completed::Orphaned(cqueue::buffer_select(flags))
             }
+            Some(Slot::Done(..)) | None => Completed::Wake(None),
         }
     }
 
@@ -78,7 +90,7 @@ impl Slots {
     pub(crate) fn in_flight(&self) -> usize {
         self.slots
             .iter()
-            .filter(|(_, slot)| !matches!(slot, Slot::Done(_)))
+            .filter(|(_, slot)| !matches!(slot, Slot::Done(..)))
             .count()
     }
 }
@@ -100,8 +112,9 @@ impl<T: 'static> Op<T> {
     ///
     /// # Errors
     ///
-    /// When no runtime runs on this thread, or the ring refuses the submission.
-    pub(crate) unsafe fn submit(entry: squeue::Entry, data: T) -> io::Result<Op<T>> {
+    /// When no runtime runs on this thread, or the ring refuses the submission; `data`
+    /// comes back.
+    pub(crate) unsafe fn submit(entry: squeue::Entry, data: T) -> Result<Op<T>, (io::Error, T)> {
         let key = with_core(|core| {
             let key = core.slots.borrow_mut().slots.insert(Slot::Waiting(None));
             let entry = entry.user_data(key as u64);
@@ -114,12 +127,15 @@ impl<T: 'static> Op<T> {
                 }
             }
         })
-        .unwrap_or_else(|| Err(io::Error::other("ringloop: no runtime on this thread")))?;
-        Ok(Op {
-            key: Some(key),
-            data: Some(data),
-            closes_fd: false,
-        })
+        .unwrap_or_else(|| Err(io::Error::other("ringloop: no runtime on this thread")));
+        match key {
+            Ok(key) => Ok(Op {
+                key: Some(key),
+                data: Some(data),
+                closes_fd: false,
+            }),
+            Err(e) => Err((e, data)),
+        }
     }
 
     /// Marks the operation as one whose result is a new descriptor (an accept), to be
@@ -141,10 +157,10 @@ impl<T: 'static + Unpin> Future for Op<T> {
         let done = with_core(|core| {
             let mut slots = core.slots.borrow_mut();
             match slots.slots.get_mut(key) {
-                Some(Slot::Done(result)) => {
-                    let result = *result;
+                Some(Slot::Done(result, flags)) => {
+                    let done = (*result, *flags);
                     slots.slots.remove(key);
-                    Some(result)
+                    Some(done)
                 }
                 Some(Slot::Waiting(waker)) => {
                     if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -157,9 +173,13 @@ impl<T: 'static + Unpin> Future for Op<T> {
         })
         .flatten();
         match (done, self.data.take()) {
-            (Some(result), Some(data)) => {
+            (Some((result, flags)), Some(data)) => {
                 self.key = None;
-                Poll::Ready(Completion { result, data })
+                Poll::Ready(Completion {
+                    result,
+                    flags,
+                    data,
+                })
             }
             (_, data) => {
                 self.data = data;
@@ -179,13 +199,19 @@ impl<T: 'static> Drop for Op<T> {
         let handled = with_core(|core| {
             let mut slots = core.slots.borrow_mut();
             match slots.slots.get(key) {
-                Some(Slot::Done(result)) => {
-                    // Completed, never seen: the data can go; a new descriptor is closed.
+                Some(Slot::Done(result, flags)) => {
+                    // Completed, never seen: the data can go; a new descriptor is closed and
+                    // a picked buffer goes back.
                     if closes_fd && *result >= 0 {
                         // SAFETY: the descriptor this operation created; nobody else has it.
                         unsafe { libc::close(*result) };
                     }
+                    let picked = cqueue::buffer_select(*flags);
                     slots.slots.remove(key);
+                    drop(slots);
+                    if let (Some(id), Some(pool)) = (picked, core.pool.as_ref()) {
+                        pool.give_back(id);
+                    }
                 }
                 Some(Slot::Waiting(_)) => {
                     slots.slots[key] = Slot::Orphan {

@@ -16,7 +16,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use io_uring::{opcode, types, IoUring};
 use slab::Slab;
 
-use crate::op::Slots;
+use crate::op::{Completed, Slots};
+use crate::pool::Pool;
 
 /// `user_data` of the `eventfd` read that carries wake-ups from other threads.
 pub(crate) const REMOTE_WAKE: u64 = u64::MAX;
@@ -104,7 +105,10 @@ struct Task {
 
 /// The state of one runtime, shared by its handle and the thread-local `CURRENT`.
 pub(crate) struct Core {
+    /// Declared first: dropped before the pool and the buffers it points at.
     pub(crate) ring: RefCell<IoUring>,
+    /// Receive buffers the kernel picks from ([`Runtime::with_pool`]).
+    pub(crate) pool: Option<Rc<Pool>>,
     pub(crate) slots: RefCell<Slots>,
     tasks: RefCell<Slab<Task>>,
     remote: Arc<Remote>,
@@ -206,7 +210,26 @@ impl Runtime {
     ///
     /// When io_uring is unavailable here (see [`available`]) or out of memory.
     pub fn new(entries: u32) -> io::Result<Runtime> {
+        Runtime::build(entries, None)
+    }
+
+    /// As [`new`](Runtime::new), with a pool of `count` receive buffers of `size` bytes for
+    /// [`TcpStream::recv_pooled`](crate::TcpStream::recv_pooled) (`count` a power of two,
+    /// at most 32768).
+    ///
+    /// # Errors
+    ///
+    /// As `new`, and when the pool cannot be mapped or registered (Linux 5.19 or later).
+    pub fn with_pool(entries: u32, count: u16, size: usize) -> io::Result<Runtime> {
+        Runtime::build(entries, Some((count, size)))
+    }
+
+    fn build(entries: u32, pool: Option<(u16, usize)>) -> io::Result<Runtime> {
         let ring = build_ring(entries)?;
+        let pool = match pool {
+            Some((count, size)) => Some(Rc::new(Pool::new(&ring, count, size)?)),
+            None => None,
+        };
         // SAFETY: eventfd returns a new descriptor (or -1, checked) that we then own.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -216,6 +239,7 @@ impl Runtime {
         let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
         let core = Rc::new(Core {
             ring: RefCell::new(ring),
+            pool,
             slots: RefCell::new(Slots::default()),
             tasks: RefCell::new(Slab::new()),
             remote: Arc::new(Remote {
@@ -258,6 +282,8 @@ impl Runtime {
                 main_ready = false;
                 let mut cx = Context::from_waker(&main_waker);
                 if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                    // What the last polls queued (a close, say) reaches the kernel now.
+                    self.core.ring.borrow().submit()?;
                     return Ok(out);
                 }
             }
@@ -349,9 +375,15 @@ impl Runtime {
                 }
                 IGNORED => {}
                 key => {
-                    let waker = self.core.slots.borrow_mut().complete(key, result, flags);
-                    if let Some(waker) = waker {
-                        waker.wake();
+                    let completed = self.core.slots.borrow_mut().complete(key, result, flags);
+                    match completed {
+                        Completed::Wake(Some(waker)) => waker.wake(),
+                        Completed::Wake(None) | Completed::Orphaned(None) => {}
+                        Completed::Orphaned(Some(id)) => {
+                            if let Some(pool) = &self.core.pool {
+                                pool.give_back(id);
+                            }
+                        }
                     }
                 }
             }

@@ -246,3 +246,146 @@ fn a_panicking_task_ends_alone() {
     assert!(ran.get());
     assert_eq!(rt.panics(), 1);
 }
+
+/// A runtime with a pool of `count` receive buffers of 64 bytes.
+fn pooled(count: u16) -> Option<Runtime> {
+    if !ringloop::available() {
+        eprintln!("io_uring is not available here; skipped");
+        return None;
+    }
+    Some(Runtime::with_pool(64, count, 64).expect("runtime with a pool"))
+}
+
+#[test]
+fn pooled_receives_take_a_buffer_only_while_bytes_are_in_it() {
+    let Some(rt) = pooled(2) else { return };
+    let (l, addr) = listener();
+    // Three peers each send one message; two buffers serve all three, one at a time.
+    let peers: Vec<_> = (0..3u8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                s.write_all(&[b'a' + i; 10]).expect("write");
+                s.shutdown(Shutdown::Write).expect("shutdown");
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+            })
+        })
+        .collect();
+    let got = rt
+        .block_on(async move {
+            let mut streams = Vec::new();
+            for _ in 0..3 {
+                streams.push(l.accept().expect("accept").0);
+            }
+            let mut got = Vec::new();
+            for s in streams {
+                let s = TcpStream::from_std(s).expect("stream");
+                let first = s.recv_pooled().await.expect("recv").expect("bytes");
+                got.push(first.to_vec());
+                drop(first);
+                assert!(
+                    s.recv_pooled().await.expect("recv").is_none(),
+                    "then the FIN"
+                );
+            }
+            got
+        })
+        .expect("block_on");
+    let mut got = got;
+    got.sort();
+    assert_eq!(got, vec![vec![b'a'; 10], vec![b'b'; 10], vec![b'c'; 10]]);
+    for p in peers {
+        p.join().expect("peer");
+    }
+}
+
+#[test]
+fn with_every_buffer_held_a_receive_waits_for_one_to_come_back() {
+    let Some(rt) = pooled(1) else { return };
+    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .expect("tokio");
+    let _entered = tokio_rt.enter();
+    let (l, addr) = listener();
+    let senders: Vec<_> = (0..2u8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                s.write_all(&[b'x' + i; 5]).expect("write");
+                std::thread::sleep(Duration::from_millis(300));
+            })
+        })
+        .collect();
+    let (a, _) = l.accept().expect("accept");
+    let (b, _) = l.accept().expect("accept");
+    rt.block_on(async move {
+        let (a, b) = (
+            TcpStream::from_std(a).expect("a"),
+            TcpStream::from_std(b).expect("b"),
+        );
+        let held = a.recv_pooled().await.expect("recv").expect("bytes");
+        // The only buffer is held: b's receive cannot complete until it is dropped.
+        let waited = tokio::time::timeout(Duration::from_millis(50), b.recv_pooled()).await;
+        assert!(waited.is_err(), "no buffer left");
+        let released_at = Instant::now();
+        let release = async move {
+            std::future::poll_fn(|cx| {
+                if released_at.elapsed() >= Duration::from_millis(20) {
+                    Poll::Ready(())
+                } else {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            })
+            .await;
+            drop(held);
+        };
+        let (got, ()) = tokio::join!(b.recv_pooled(), release);
+        let got = got.expect("recv").expect("bytes");
+        assert_eq!(got.len(), 5);
+        assert!(got.iter().all(|&c| c == b'x' || c == b'y'));
+    })
+    .expect("block_on");
+    for s in senders {
+        s.join().expect("sender");
+    }
+}
+
+#[test]
+fn send_nowait_leaves_what_a_full_socket_cannot_take() {
+    let Some(rt) = runtime() else { return };
+    let (l, addr) = listener();
+    // The peer never reads.
+    let hold = std::thread::spawn(move || {
+        let (s, _) = l.accept().expect("accept");
+        std::thread::sleep(Duration::from_millis(500));
+        drop(s);
+    });
+    rt.block_on(async move {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let chunk = vec![7u8; 1 << 20];
+        let mut total = 0;
+        loop {
+            let (sent, back) = stream.send_nowait(chunk.clone(), 0, chunk.len()).await;
+            drop(back);
+            match sent {
+                Ok(n) if n < chunk.len() => {
+                    total += n;
+                    break;
+                }
+                Ok(n) => total += n,
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+                    break;
+                }
+            }
+            assert!(total < 256 << 20, "a socket buffer is not this large");
+        }
+        assert!(total > 0);
+    })
+    .expect("block_on");
+    hold.join().expect("holder");
+}
