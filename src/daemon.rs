@@ -26,6 +26,7 @@ use crate::config::{AdminAddress, Config};
 use crate::core::StrategyKind;
 use crate::server::bind::Listening;
 use crate::server::listener::{self, Listener};
+use crate::server::ring_loop::{self, Engine};
 use crate::server::session::SessionContext;
 use crate::telemetry::{StatsHandle, Totals};
 
@@ -134,15 +135,28 @@ impl Server {
             Listening::Loops(sockets) => {
                 let threads = sockets.len();
                 let open = Arc::default();
-                let spawned = listener::spawn_loops(
-                    sockets,
-                    &open,
-                    &ctx,
-                    backend.session,
-                    &tracker,
-                    &shutdown,
-                )
-                .await;
+                let engine = ring_loop::engine(config.listener.io, backend.session);
+                let io = match engine {
+                    Ok(Engine::IoUring) => "io_uring",
+                    _ => "epoll",
+                };
+                let spawned = match engine {
+                    Ok(Engine::IoUring) => {
+                        ring_loop::spawn_ring_loops(sockets, &open, &ctx, &tracker, &shutdown).await
+                    }
+                    Ok(Engine::Epoll) => {
+                        listener::spawn_loops(
+                            sockets,
+                            &open,
+                            &ctx,
+                            backend.session,
+                            &tracker,
+                            &shutdown,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = spawned {
                     shutdown.cancel();
                     if let Some(upstreams) = &upstreams {
@@ -151,7 +165,7 @@ impl Server {
                     }
                     return Err(e);
                 }
-                info!(addr = %local_addr, threads, "listening on event-loop threads");
+                info!(addr = %local_addr, threads, io, "listening on event-loop threads");
             }
         }
 
@@ -216,7 +230,17 @@ impl Server {
         }
         let config = Arc::new(config);
         self.config_tx.send_replace(config.clone());
-        let _ = self.dispatcher.send(Command::Reconfigure(config)).await;
+        // Returns once the dispatcher applied it (upstream limits included), so that a
+        // connection accepted after a reload meets the new configuration.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        if self
+            .dispatcher
+            .send(Command::Reconfigure(config, Some(done_tx)))
+            .await
+            .is_ok()
+        {
+            let _ = done_rx.await;
+        }
     }
 
     /// Switches the strategy at run time; returns once the dispatcher uses it.

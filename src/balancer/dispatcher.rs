@@ -265,7 +265,12 @@ impl Dispatcher {
                     let _ = done_tx.send(());
                 }
             }
-            Command::Reconfigure(config) => self.reconfigure(config),
+            Command::Reconfigure(config, done) => {
+                self.reconfigure(config);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
         }
     }
 

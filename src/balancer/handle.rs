@@ -32,8 +32,9 @@ pub enum Command {
     /// Switch the strategy at run time; the optional sender is signalled once the new
     /// strategy is in force (the admin API answers only then).
     SetStrategy(StrategyKind, Option<oneshot::Sender<()>>),
-    /// Apply a reloaded configuration (strategy, thresholds, pool sizes, interval, ...).
-    Reconfigure(Arc<Config>),
+    /// Apply a reloaded configuration (strategy, thresholds, pool sizes, interval, ...);
+    /// the optional sender is signalled once it is in force.
+    Reconfigure(Arc<Config>, Option<oneshot::Sender<()>>),
 }
 
 /// Why a connection was not admitted.

@@ -42,8 +42,8 @@ use diagnostics::{parse_error, validation_error};
 pub use restart::{keep_restart_keys, RestartChange};
 pub use schema::{
     AdminAddress, AdminAddressError, AdminConfig, AutoscalerConfig, BackendConfig, BackendMode,
-    Config, DispatcherConfig, ListenerConfig, LoadConfig, LogConfig, MachinesConfig, PoolConfig,
-    ProviderConfig, RequestsConfig, Routing, ScalingPolicy, SendProxy, ShutdownConfig,
+    Config, DispatcherConfig, IoEngine, ListenerConfig, LoadConfig, LogConfig, MachinesConfig,
+    PoolConfig, ProviderConfig, RequestsConfig, Routing, ScalingPolicy, SendProxy, ShutdownConfig,
     UpstreamConfig,
 };
 pub use source::{ConfigSource, DEFAULT_PATH, SEARCH_PATH, SYSTEM_PATH};

@@ -1,6 +1,6 @@
 //! The keys a reload cannot change: what the daemon reads once, at start.
 //!
-//! `listener.address`, `listener.backlog`, `listener.threads`, `admin.address` and
+//! `listener.address`, `listener.backlog`, `listener.threads`, `listener.io`, `admin.address` and
 //! `admin.max_connections` are properties of sockets, event loops and of the admin server
 //! bound at start, and every key of
 //! `[backend]` but `upstreams` shapes the machines and health checks built at start
@@ -24,10 +24,11 @@ const RESTART_TABLES: [&str; 1] = ["backend"];
 /// Keys of [`RESTART_TABLES`] that a reload applies: (table, key).
 const RELOADABLE_KEYS: [(&str, &str); 1] = [("backend", "upstreams")];
 /// Single keys that need a restart: (table, key).
-const RESTART_KEYS: [(&str, &str); 5] = [
+const RESTART_KEYS: [(&str, &str); 6] = [
     ("listener", "address"),
     ("listener", "backlog"),
     ("listener", "threads"),
+    ("listener", "io"),
     ("admin", "address"),
     ("admin", "max_connections"),
 ];
@@ -53,6 +54,7 @@ pub fn keep_restart_keys(running: &Config, next: &mut Config) -> Vec<RestartChan
     next.listener.address = running.listener.address;
     next.listener.backlog = running.listener.backlog;
     next.listener.threads = running.listener.threads;
+    next.listener.io = running.listener.io;
     next.admin.address = running.admin.address;
     next.admin.max_connections = running.admin.max_connections;
     let upstreams = std::mem::take(&mut next.backend.upstreams);

@@ -63,6 +63,23 @@ pub struct ListenerConfig {
     /// socket (`SO_REUSEPORT`); 0 = one per core where the backend's sessions can run on
     /// their own loops (proxy mode). Read once at start.
     pub threads: usize,
+    /// How the event loops of proxy mode do their I/O: readiness (`epoll`, tokio) or
+    /// completions (`io_uring`, ringloop); `auto` picks io_uring where the kernel allows
+    /// it. Read once at start.
+    pub io: IoEngine,
+}
+
+/// `listener.io`: the I/O engine of proxy mode's event loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoEngine {
+    /// io_uring when this kernel and process may use it (Linux 6.1+, not disabled by
+    /// `kernel.io_uring_disabled` or a seccomp profile), epoll otherwise.
+    Auto,
+    /// tokio's epoll-based runtime, one per loop.
+    Epoll,
+    /// One io_uring per loop; starting fails where io_uring is unavailable.
+    IoUring,
 }
 
 impl Default for ListenerConfig {
@@ -75,6 +92,7 @@ impl Default for ListenerConfig {
             line_timeout: Duration::from_secs(10),
             backlog: 1024,
             threads: 0,
+            io: IoEngine::Epoll,
         }
     }
 }

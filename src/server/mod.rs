@@ -10,5 +10,6 @@ pub mod balance;
 pub mod bind;
 pub mod descriptors;
 pub mod listener;
+pub mod ring_loop;
 pub mod session;
 pub mod slot;

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use elastic_lb::config::Config;
+use elastic_lb::config::{BackendMode, Config, IoEngine};
 use elastic_lb::server::bind::Listening;
 use elastic_lb::telemetry::Snapshot;
 use elastic_lb::Server;
@@ -47,8 +47,23 @@ pub struct Lb {
     pub admin: SocketAddr,
 }
 
+/// The I/O engine the proxy-mode tests run on: `ELASTIC_LB_TEST_IO=io_uring` (or `epoll`)
+/// serves every proxy-mode balancer of the tests from two event loops with that engine —
+/// CI runs the proxy tests once more that way; unset, they run as written.
+pub fn test_io() -> Option<IoEngine> {
+    match std::env::var("ELASTIC_LB_TEST_IO").ok()?.as_str() {
+        "io_uring" => Some(IoEngine::IoUring),
+        "epoll" => Some(IoEngine::Epoll),
+        "auto" => Some(IoEngine::Auto),
+        other => panic!("ELASTIC_LB_TEST_IO={other}: expected io_uring, epoll or auto"),
+    }
+}
+
 /// Binds the balancer and the admin endpoint on `127.0.0.1:0` and starts a [`Server`].
 pub async fn start_lb(cfg: Config) -> Lb {
+    if cfg.backend.mode == BackendMode::Proxy && test_io().is_some() {
+        return start_lb_loops(cfg, 2).await;
+    }
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind balancer");
@@ -57,7 +72,10 @@ pub async fn start_lb(cfg: Config) -> Lb {
 
 /// As [`start_lb`], with the balancer's connections served by `loops` event-loop threads
 /// of their own (one `SO_REUSEPORT` socket each), as the daemon does in proxy mode.
-pub async fn start_lb_loops(cfg: Config, loops: usize) -> Lb {
+pub async fn start_lb_loops(mut cfg: Config, loops: usize) -> Lb {
+    if let Some(io) = test_io() {
+        cfg.listener.io = io;
+    }
     let listening =
         Listening::bind("127.0.0.1:0".parse().expect("addr"), 128, loops).expect("bind balancer");
     start_on(cfg, listening).await

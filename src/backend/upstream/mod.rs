@@ -13,16 +13,19 @@
 //! - [`health`] — probes every upstream each `backend.health_check_interval`.
 //! - [`forward()`] — a placed connection is connected to its upstream and bytes are copied
 //!   both ways until either side closes. No protocol parsing, no bytes added.
+//!   [`forward_ring`] does the same on an io_uring event loop ([`ring`]).
 //!
 //! NOTE: acquisition trusts the most recent probe (at most one interval old) instead of
 //! probing inline, so the dispatcher never waits on the network while placing connections.
 
+mod activity;
 pub mod forward;
 pub mod health;
 pub mod pool;
 pub mod provider;
 pub mod proxy_header;
 mod pump;
+pub mod ring;
 
 use std::sync::Arc;
 
@@ -35,10 +38,12 @@ use crate::config::Config;
 use crate::core::{MachineId, Size, SizeCounts, Units};
 use crate::telemetry::MachineInfo;
 
-pub use forward::{forward, Forwarded, Limits};
+pub use activity::{Forwarded, Limits};
+pub use forward::forward;
 pub use health::{Failure, HealthPolicy, Upstream};
 pub use pool::{AddError, Origin, RemoveError, Removed, UpstreamPool, UpstreamView};
 pub use provider::Provider;
+pub use ring::forward_ring;
 
 // === impl UpstreamFactory ===
 

@@ -13,7 +13,7 @@ use crate::protocol::ErrorCode;
 
 /// How long a closing connection keeps reading (and discarding) so that its last reply is
 /// not destroyed by a reset (see `linger`).
-const LINGER: Duration = Duration::from_secs(2);
+pub(super) const LINGER: Duration = Duration::from_secs(2);
 
 /// The one-line refusal a client of `kind` gets before its connection is closed: the
 /// line protocol names the reason; a proxied stream adds no bytes (SPEC §8).

@@ -1,17 +1,19 @@
 //! A proxied stream session (proxy mode, SPEC §8): place the connection, connect it to its
 //! machine's upstream and copy bytes both ways.
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{warn, Instrument};
 
 use super::access::{self, ConnCounters};
-use super::close::linger;
+use super::close::{linger, LINGER};
 use super::context::SessionContext;
-use crate::backend::upstream;
+use crate::backend::upstream::{self, Forwarded, Limits, Upstream};
 use crate::core::{MachineId, Units};
 
 /// Upstreams a client is tried on at most before it is refused.
@@ -25,7 +27,71 @@ const CONNECT_TRIES: usize = 3;
 /// A connect that fails (within `backend.connect_timeout`) counts against that upstream
 /// and the client is placed again at once, never on a machine that already failed it, up
 /// to `CONNECT_TRIES` (3) upstreams in all.
-pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext) {
+pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: &SessionContext) {
+    serve_client(socket, peer, ctx).await;
+}
+
+/// [`serve`] for a client accepted on an io_uring event loop (`listener.io`).
+pub async fn serve_ring(socket: ringloop::TcpStream, peer: SocketAddr, ctx: &SessionContext) {
+    serve_client(socket, peer, ctx).await;
+}
+
+/// A proxied client's socket, tokio's or an io_uring loop's: how it is forwarded to an
+/// upstream and how it is refused.
+trait Client: Sized {
+    /// [`upstream::forward()`] or [`upstream::forward_ring`].
+    async fn forward(
+        self,
+        upstream: &Upstream,
+        limits: Limits,
+        stop: &CancellationToken,
+    ) -> Result<Forwarded, (Self, io::Error)>;
+
+    /// Closes without adding bytes (see [`close`]).
+    async fn refuse(self);
+}
+
+impl Client for TcpStream {
+    async fn forward(
+        self,
+        upstream: &Upstream,
+        limits: Limits,
+        stop: &CancellationToken,
+    ) -> Result<Forwarded, (Self, io::Error)> {
+        upstream::forward(self, upstream, limits, stop).await
+    }
+
+    async fn refuse(self) {
+        close(self).await;
+    }
+}
+
+impl Client for ringloop::TcpStream {
+    async fn forward(
+        self,
+        upstream: &Upstream,
+        limits: Limits,
+        stop: &CancellationToken,
+    ) -> Result<Forwarded, (Self, io::Error)> {
+        upstream::forward_ring(self, upstream, limits, stop).await
+    }
+
+    async fn refuse(self) {
+        // As `close`: a FIN, then a bounded read of what the client still sends.
+        if self.get_ref().shutdown(Shutdown::Write).is_ok() {
+            let deadline = Instant::now() + LINGER;
+            let mut sink = vec![0u8; 4096];
+            loop {
+                match tokio::time::timeout_at(deadline, self.recv(sink)).await {
+                    Ok((Ok(n), back)) if n > 0 => sink = back,
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+async fn serve_client<C: Client>(mut socket: C, peer: SocketAddr, ctx: &SessionContext) {
     let mut avoid: Vec<MachineId> = Vec::new();
     let mut last_reservation = Units::ZERO;
     for _ in 0..CONNECT_TRIES {
@@ -40,7 +106,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
             Some(placement) => placement,
             None => match ctx.dispatcher.admit_avoiding(peer, avoid.clone()).await {
                 Ok(placement) => placement,
-                Err(_) => return close(socket).await,
+                Err(_) => return socket.refuse().await,
             },
         };
         let machine = placement.machine();
@@ -58,7 +124,8 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
             }
         };
         let started = Instant::now();
-        match upstream::forward(socket, &upstream, limits, &ctx.hard_stop)
+        match socket
+            .forward(&upstream, limits, &ctx.hard_stop)
             .instrument(span)
             .await
         {
@@ -83,7 +150,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, ctx: &SessionContext
     }
     // Every try failed: the client is refused (closed, no bytes added).
     ctx.stats.totals.connection_rejected(last_reservation);
-    close(socket).await;
+    socket.refuse().await;
 }
 
 /// Closes a refused client without adding bytes: a FIN, then what it sent while it waited

@@ -1,0 +1,193 @@
+//! [`forward()`](super::forward()) on an io_uring event loop (`listener.io`): the same
+//! connection, timers and outcomes, with the socket operations going through the loop's
+//! ring ([`ringloop`]) instead of readiness and system calls.
+//!
+//! The copy keeps the epoll pump's memory rule — an idle connection owns no buffer — in the
+//! ring's way: each direction keeps a `recv` armed that takes a buffer from the loop's pool
+//! ([`POOL_BUFFERS`] of 16 KiB, picked by the kernel only when bytes arrive), and the bytes
+//! go to the destination straight from it. Only what the destination cannot take at once
+//! moves to a buffer of the connection's own, so slow readers cannot hold the pool.
+//! Back-pressure is the same: a direction reads again only once the destination took
+//! everything it read.
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::Shutdown;
+use std::pin::pin;
+use std::task::Poll;
+
+use ringloop::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::activity::{Activity, Forwarded, Limits};
+use super::health::{Failure, Upstream};
+use super::proxy_header;
+use super::pump::{Pump, Way, CHUNK};
+
+/// Receive buffers in each loop's pool (of 16 KiB: 4 MiB a loop). A `recv` that
+/// finds none waits for one to come back; a buffer is out only from the arrival of bytes
+/// until the destination took them.
+pub const POOL_BUFFERS: u16 = 256;
+
+/// A loop's runtime: a ring of `entries` submissions and the receive-buffer pool.
+///
+/// # Errors
+///
+/// Where io_uring or its provided buffers (Linux 5.19+) are unavailable.
+pub fn runtime(entries: u32) -> io::Result<ringloop::Runtime> {
+    ringloop::Runtime::with_pool(entries, POOL_BUFFERS, CHUNK)
+}
+use crate::config::SendProxy;
+use crate::core::gate::Gated;
+
+/// As [`forward()`](super::forward()), for a client accepted on an io_uring loop.
+///
+/// # Errors
+///
+/// The connect error, with the client back (the caller may try another machine).
+pub async fn forward_ring(
+    client: TcpStream,
+    upstream: &Upstream,
+    limits: Limits,
+    stop: &CancellationToken,
+) -> Result<Forwarded, (TcpStream, io::Error)> {
+    let connected = tokio::time::timeout(limits.connect, TcpStream::connect(upstream.address))
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
+    let connected = match connected {
+        Ok(server) if limits.send_proxy != SendProxy::Off => {
+            send_proxy_header(server, &client, limits).await
+        }
+        other => other,
+    };
+    let server = match connected {
+        Ok(server) => server,
+        Err(e) => {
+            upstream.record_failure(Failure::Connect);
+            return Err((client, e));
+        }
+    };
+    let _ = server.get_ref().set_nodelay(true);
+    let activity = Activity::default();
+    let mut watchdog = Gated::new(activity.watch(&limits, stop));
+    let pumped = tokio::select! {
+        biased;
+        pumped = pump(&client, &server, &activity) => Ok(pumped),
+        why = &mut watchdog => Err(why),
+    };
+    drop(watchdog);
+    let reason = match pumped {
+        Ok(Ok(())) => "closed",
+        Ok(Err(e)) => {
+            debug!(error = %e, "proxied connection ended");
+            "error"
+        }
+        Err(why) => {
+            let reason = why.ended(upstream, &limits);
+            // Both sides see an orderly close.
+            let _ = client.get_ref().shutdown(Shutdown::Write);
+            let _ = server.get_ref().shutdown(Shutdown::Write);
+            reason
+        }
+    };
+    Ok(activity.forwarded(upstream, reason))
+}
+
+/// Writes the PROXY header to a freshly connected upstream, within the connect timeout.
+async fn send_proxy_header(
+    server: TcpStream,
+    client: &TcpStream,
+    limits: Limits,
+) -> io::Result<TcpStream> {
+    let client = client.get_ref();
+    let header = proxy_header::header(limits.send_proxy, client.peer_addr()?, client.local_addr()?);
+    let len = header.len();
+    let sent = tokio::time::timeout(limits.connect, server.send_all(header.to_vec(), 0, len))
+        .await
+        .map(|(sent, _)| sent)
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
+    sent.map(|()| server)
+}
+
+/// Copies both ways until both directions have ended; the first error ends both.
+async fn pump(client: &TcpStream, server: &TcpStream, observer: &impl Pump) -> io::Result<()> {
+    let (up_done, down_done) = (Cell::new(false), Cell::new(false));
+    let mut up = pin!(copy(
+        client,
+        server,
+        Way::Up,
+        observer,
+        &up_done,
+        &down_done
+    ));
+    let mut down = pin!(copy(
+        server,
+        client,
+        Way::Down,
+        observer,
+        &down_done,
+        &up_done
+    ));
+    let (mut up_ended, mut down_ended) = (false, false);
+    poll_fn(|cx| {
+        if !up_ended {
+            if let Poll::Ready(r) = up.as_mut().poll(cx) {
+                r?;
+                up_ended = true;
+            }
+        }
+        if !down_ended {
+            if let Poll::Ready(r) = down.as_mut().poll(cx) {
+                r?;
+                down_ended = true;
+            }
+        }
+        if up_ended && down_ended {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// One direction: `src` to `dst` until `src` ends. Its FIN is passed on with
+/// `shutdown(SHUT_WR)` unless the other direction already ended (then dropping both
+/// sockets closes them, as the epoll pump does).
+async fn copy(
+    src: &TcpStream,
+    dst: &TcpStream,
+    way: Way,
+    observer: &impl Pump,
+    done: &Cell<bool>,
+    other_done: &Cell<bool>,
+) -> io::Result<()> {
+    loop {
+        let Some(chunk) = src.recv_pooled().await? else {
+            done.set(true);
+            if !other_done.get() {
+                dst.get_ref().shutdown(Shutdown::Write)?;
+            }
+            return Ok(());
+        };
+        let n = chunk.len();
+        observer.on_read(way, n);
+        // Usually the destination takes it all at once, straight from the pool's buffer.
+        let (sent, chunk) = dst.send_nowait(chunk, 0, n).await;
+        let sent = match sent {
+            Ok(sent) => sent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if sent < n {
+            // A slow destination: the rest moves to a buffer of this connection's own and
+            // the pool's buffer goes back.
+            let rest = chunk.get(sent..).unwrap_or_default().to_vec();
+            drop(chunk);
+            let len = rest.len();
+            dst.send_all(rest, 0, len).await.0?;
+        }
+    }
+}

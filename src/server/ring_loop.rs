@@ -1,0 +1,198 @@
+//! Proxy mode's event loops on io_uring (`listener.io`): one thread per listening socket of
+//! a [`super::bind::bind_group`], each running a [`ringloop::Runtime`] — accepts, connects,
+//! reads and writes go through the thread's ring, and the thread waits in `io_uring_enter`
+//! instead of `epoll_wait`.
+//!
+//! Everything else is shared with the epoll loops: the connection cap and its slots, the
+//! session ([`session::stream::serve_ring`]: admission, upstream retries, access lines), and
+//! shutdown (a token of the daemon's tracker per thread until its last connection ended).
+//! The thread enters the daemon's tokio runtime, so timers (connect, server and idle
+//! timeouts, the lingering close) and the dispatcher's channels work as on tokio's loops;
+//! their wake-ups reach the ring through its eventfd. Unlike the epoll loops, a loop keeps
+//! every connection it accepts: there is no hand-off to a less loaded loop yet, so the
+//! kernel's `SO_REUSEPORT` hash alone spreads them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, warn};
+
+use super::session::{self, SessionContext};
+use super::slot::ConnectionSlot;
+use crate::backend::upstream;
+use crate::backend::SessionKind;
+use crate::config::IoEngine;
+use crate::core::Units;
+use crate::telemetry::RefusalLog;
+
+/// The I/O engine the event loops run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// tokio current-thread runtimes ([`super::listener::spawn_loops`]).
+    Epoll,
+    /// ringloop runtimes ([`spawn_ring_loops`]).
+    IoUring,
+}
+
+/// The engine for `listener.io` and the backend's sessions: io_uring serves proxied
+/// streams only (the line protocol stays on tokio's loops); `auto` takes it where this
+/// kernel allows it.
+///
+/// # Errors
+///
+/// `listener.io = "io_uring"` in proxy mode where io_uring is unavailable.
+pub fn engine(io: IoEngine, session: SessionKind) -> io::Result<Engine> {
+    if session != SessionKind::Stream {
+        return Ok(Engine::Epoll);
+    }
+    match io {
+        IoEngine::Epoll => Ok(Engine::Epoll),
+        IoEngine::Auto if ringloop::available() => Ok(Engine::IoUring),
+        IoEngine::Auto => {
+            debug!("io_uring is not available here; the event loops use epoll");
+            Ok(Engine::Epoll)
+        }
+        IoEngine::IoUring if ringloop::available() => Ok(Engine::IoUring),
+        IoEngine::IoUring => Err(io::Error::other(
+            "listener.io = \"io_uring\": io_uring is not available here (Linux 6.1 or later, \
+             not disabled by kernel.io_uring_disabled or a seccomp profile); use \"epoll\" or \"auto\"",
+        )),
+    }
+}
+
+/// Submission-queue entries of each loop's ring (completions: four times as many).
+const RING_ENTRIES: u32 = 4096;
+
+/// Starts one io_uring event-loop thread per socket; returns once every loop runs (or one
+/// could not start). Must be called inside the daemon's tokio runtime, which the threads
+/// enter for timers.
+///
+/// # Errors
+///
+/// When a thread or its ring cannot be created. The loops already running stop when
+/// `shutdown` fires (the caller cancels it).
+pub async fn spawn_ring_loops(
+    sockets: Vec<std::net::TcpListener>,
+    open: &Arc<AtomicUsize>,
+    ctx: &Arc<SessionContext>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> io::Result<()> {
+    let handle = tokio::runtime::Handle::current();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let (open, ctx, shutdown, handle) =
+            (open.clone(), ctx.clone(), shutdown.clone(), handle.clone());
+        let token = tracker.token();
+        let (started_tx, started_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("elastic-lb-ring-{i}"))
+            .spawn(move || {
+                let _tokio = handle.enter();
+                let started = upstream::ring::runtime(RING_ENTRIES).and_then(|runtime| {
+                    ringloop::TcpListener::from_std(socket).map(|listener| (runtime, listener))
+                });
+                let (runtime, listener) = match started {
+                    Ok(started) => {
+                        let _ = started_tx.send(Ok(()));
+                        started
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let connections = TaskTracker::new();
+                let accepting = accept(listener, open, ctx, connections.clone(), shutdown);
+                let ran = runtime.block_on(async move {
+                    accepting.await;
+                    connections.close();
+                    connections.wait().await;
+                });
+                if let Err(e) = ran {
+                    error!(loop_index = i, error = %e, "io_uring event loop failed");
+                }
+                drop(runtime);
+                drop(token);
+            })?;
+        started_rx
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("event-loop thread ended at start")))?;
+    }
+    Ok(())
+}
+
+/// Accepts until `shutdown` fires; each connection takes a slot of
+/// `listener.max_connections` and runs as a task of this loop.
+async fn accept(
+    listener: ringloop::TcpListener,
+    open: Arc<AtomicUsize>,
+    ctx: Arc<SessionContext>,
+    connections: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(1);
+    let mut overloaded_log = RefusalLog::default();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(1);
+                pair
+            }
+            Err(e) => {
+                // EMFILE / ENFILE / ENOBUFS: back off instead of spinning, then retry.
+                warn!(error = %e, ?backoff, "accept failed; backing off");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let limit = ctx.config.borrow().listener.max_connections;
+        let Some(slot) = ConnectionSlot::try_take(&open, limit) else {
+            // A proxied stream adds no bytes: the refusal is a plain close.
+            ctx.stats.totals.connection_rejected(Units::ZERO);
+            if let Some(refused) = overloaded_log.refused(Instant::now()) {
+                warn!(
+                    refused,
+                    max_connections = limit,
+                    "connections refused (overloaded) since the last report"
+                );
+            }
+            drop(socket);
+            continue;
+        };
+        spawn_session(socket, peer, ctx.clone(), slot, &connections);
+    }
+    debug!("io_uring accept loop closed");
+}
+
+fn spawn_session(
+    socket: ringloop::TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<SessionContext>,
+    slot: ConnectionSlot,
+    connections: &TaskTracker,
+) {
+    let session = connections.track_future(async move {
+        session::stream::serve_ring(socket, peer, &ctx).await;
+        drop(slot);
+    });
+    if ringloop::spawn(session).is_err() {
+        // Only called from the loop's own `block_on`.
+        debug!("no io_uring runtime on this thread; connection closed");
+    }
+}
