@@ -23,7 +23,8 @@
 #
 #   scripts/bench.sh [all|simulated|proxy]   (env: ROUNDS=2 RUN=5s IDLE=5000 PORT=27070,
 #   and for the proxy section LB_THREADS= (elastic-lb's event-loop threads, listener.threads;
-#   default one per core), HAP_THREADS=2 (HAProxy's nbthread) and CEILING=1, which also
+#   default one per core), LB_IO=auto (listener.io: auto, io_uring or epoll),
+#   HAP_THREADS=2 (HAProxy's nbthread) and CEILING=1, which also
 #   measures the two featureless proxies of benches/ceiling -- the epoll floor and the
 #   io_uring ceiling of this host -- in the same rounds and prints a second table)
 #
@@ -244,6 +245,7 @@ address = "$LBP_ADDR"
 max_connections = 20000
 idle_timeout = "0s"
 threads = ${LB_THREADS:-0}
+io = "${LB_IO:-auto}"
 [admin]
 address = "off"
 [load]
@@ -278,7 +280,7 @@ UP_PID=$!; pids+=("$UP_PID")
 wait_port "$UP_ADDR"
 RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lbp.toml" 2>>"$tmp/lbp.log" &
 LBP_PID=$!; pids+=("$LBP_PID")
-echo "elastic-lb event-loop threads: ${LB_THREADS:-one per core}; HAProxy nbthread ${HAP_THREADS:-2}" >&2
+echo "elastic-lb event-loop threads: ${LB_THREADS:-one per core}, io ${LB_IO:-auto}; HAProxy nbthread ${HAP_THREADS:-2}" >&2
 wait_port "$LBP_ADDR"
 # In the foreground (-db), in this script's session like elastic-lb: a daemon (-D) calls setsid,
 # and with kernel.sched_autogroup_enabled a new session is a scheduling group of its own,

@@ -92,7 +92,7 @@ impl Default for ListenerConfig {
             line_timeout: Duration::from_secs(10),
             backlog: 1024,
             threads: 0,
-            io: IoEngine::Epoll,
+            io: IoEngine::Auto,
         }
     }
 }

@@ -8,9 +8,10 @@
 //! shutdown (a token of the daemon's tracker per thread until its last connection ended).
 //! The thread enters the daemon's tokio runtime, so timers (connect, server and idle
 //! timeouts, the lingering close) and the dispatcher's channels work as on tokio's loops;
-//! their wake-ups reach the ring through its eventfd. Unlike the epoll loops, a loop keeps
-//! every connection it accepts: there is no hand-off to a less loaded loop yet, so the
-//! kernel's `SO_REUSEPORT` hash alone spreads them.
+//! their wake-ups reach the ring through its eventfd. Loops even out as the epoll loops do
+//! ([`super::balance`]): a loop that holds more than one connection more than another hands
+//! a new connection to the least loaded one — which costs even less here, the socket being
+//! registered nowhere.
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
+use super::balance::{Handoff, Loops, Seat};
 use super::session::{self, SessionContext};
 use super::slot::ConnectionSlot;
 use crate::backend::upstream;
@@ -86,9 +88,11 @@ pub async fn spawn_ring_loops(
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
     let handle = tokio::runtime::Handle::current();
-    for (i, socket) in sockets.into_iter().enumerate() {
+    let (loops, inboxes) = Loops::new(sockets.len());
+    for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let (open, ctx, shutdown, handle) =
             (open.clone(), ctx.clone(), shutdown.clone(), handle.clone());
+        let balance = (loops.clone(), i);
         let token = tracker.token();
         let (started_tx, started_rx) = oneshot::channel();
         std::thread::Builder::new()
@@ -109,8 +113,12 @@ pub async fn spawn_ring_loops(
                     }
                 };
                 let connections = TaskTracker::new();
-                let accepting = accept(listener, open, ctx, connections.clone(), shutdown);
+                let receiving = receive(inbox, ctx.clone(), connections.clone());
+                let accepting = accept(listener, open, ctx, connections.clone(), shutdown, balance);
                 let ran = runtime.block_on(async move {
+                    if ringloop::spawn(connections.track_future(receiving)).is_err() {
+                        debug!("no io_uring runtime on this thread");
+                    }
                     accepting.await;
                     connections.close();
                     connections.wait().await;
@@ -136,6 +144,7 @@ async fn accept(
     ctx: Arc<SessionContext>,
     connections: TaskTracker,
     shutdown: CancellationToken,
+    (loops, me): (Loops, usize),
 ) {
     let mut backoff = Duration::from_millis(1);
     let mut overloaded_log = RefusalLog::default();
@@ -175,21 +184,67 @@ async fn accept(
             drop(socket);
             continue;
         };
-        spawn_session(socket, peer, ctx.clone(), slot, &connections);
+        let to = loops.place(me);
+        if to == me {
+            spawn_session(
+                socket,
+                peer,
+                ctx.clone(),
+                (slot, loops.seat(me)),
+                &connections,
+            );
+            continue;
+        }
+        let handoff = Handoff {
+            socket: socket.into_std(),
+            peer,
+            slot,
+            seat: loops.seat(to),
+        };
+        if let Err(back) = loops.send(to, handoff) {
+            // That loop has stopped (shutdown): serve it here after all.
+            match ringloop::TcpStream::from_std(back.socket) {
+                Ok(socket) => {
+                    let held = (back.slot, loops.seat(me));
+                    spawn_session(socket, peer, ctx.clone(), held, &connections);
+                }
+                Err(e) => debug!(error = %e, "cannot take a connection back; closed"),
+            }
+        }
     }
     debug!("io_uring accept loop closed");
+}
+
+/// Serves the connections other loops hand to this one, until every loop stopped accepting.
+async fn receive(
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+    ctx: Arc<SessionContext>,
+    connections: TaskTracker,
+) {
+    while let Some(Handoff {
+        socket,
+        peer,
+        slot,
+        seat,
+    }) = inbox.recv().await
+    {
+        match ringloop::TcpStream::from_std(socket) {
+            Ok(socket) => spawn_session(socket, peer, ctx.clone(), (slot, seat), &connections),
+            Err(e) => debug!(error = %e, "cannot take a handed-over connection; closed"),
+        }
+    }
 }
 
 fn spawn_session(
     socket: ringloop::TcpStream,
     peer: SocketAddr,
     ctx: Arc<SessionContext>,
-    slot: ConnectionSlot,
+    held: (ConnectionSlot, Seat),
     connections: &TaskTracker,
 ) {
     let session = connections.track_future(async move {
         session::stream::serve_ring(socket, peer, &ctx).await;
-        drop(slot);
+        drop(held);
     });
     if ringloop::spawn(session).is_err() {
         // Only called from the loop's own `block_on`.

@@ -200,6 +200,15 @@ impl TcpStream {
         })
     }
 
+    /// Gives the socket back (to move it to another thread's runtime, say). Operations
+    /// queued on it before must have completed.
+    pub fn into_std(mut self) -> std::net::TcpStream {
+        // Only `Drop` empties it, and `self` is not dropped before this.
+        self.inner
+            .take()
+            .expect("ringloop: TcpStream used after drop")
+    }
+
     /// The socket, for its addresses and options (`set_nodelay`, `shutdown`, …).
     pub fn get_ref(&self) -> &std::net::TcpStream {
         // Only `Drop` takes it out.
