@@ -68,7 +68,7 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Generate load against a balancer (see `elastic-lb load --help`).
+    /// Generate load against a balancer and report throughput, latency and errors.
     Load(elastic_lb::cli::load::LoadArgs),
 }
 

@@ -166,6 +166,42 @@ async fn oversized_bodies_get_413_in_the_json_error_shape() {
     assert!(answer.json()["error"].is_string(), "{}", answer.body);
 }
 
+/// Sends a GET whose head carries one header of `value_len` bytes and returns the status
+/// line. A refused head leaves bytes unread, so the server's close may reset the connection:
+/// what arrived before the reset is kept.
+async fn get_with_header_of(addr: SocketAddr, value_len: usize) -> String {
+    let mut stream = within("admin connect", TcpStream::connect(addr))
+        .await
+        .expect("connect to admin");
+    let head = format!(
+        "GET /api/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(value_len)
+    );
+    // The server may answer (and close) before it has read everything.
+    let _ = within("admin write", stream.write_all(head.as_bytes())).await;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match within("admin read", stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn request_heads_past_64_kib_get_431() {
+    let lb = start_lb(test_config()).await;
+    let fits = get_with_header_of(lb.admin, 60 * 1024).await;
+    assert!(fits.contains(" 200 "), "a 60 KiB head: {fits:?}");
+    for kib in [65, 100, 150] {
+        let status = get_with_header_of(lb.admin, kib * 1024).await;
+        assert!(status.contains(" 431 "), "a {kib} KiB head: {status:?}");
+    }
+}
+
 // === connection cap ===
 
 #[tokio::test]

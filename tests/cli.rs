@@ -329,6 +329,22 @@ fn help_documents_signals_logs_config_lookup_and_exit_status() {
 }
 
 #[test]
+fn each_subcommand_help_describes_it_without_pointing_back_to_itself() {
+    let dir = scratch_dir("sub-help");
+    for sub in ["run", "check", "stats", "load"] {
+        let out = run(&[sub, "--help"], &dir);
+        assert_eq!(out.status.code(), Some(0), "{sub}: {}", out.stderr);
+        let about = out.stdout.lines().next().unwrap_or("");
+        assert!(!about.is_empty(), "{sub} --help starts with no description");
+        let own = format!("{sub} --help");
+        assert!(
+            !about.contains(&own),
+            "{sub} --help refers to itself: {about:?}"
+        );
+    }
+}
+
+#[test]
 fn version_prints_the_name_and_version() {
     let dir = scratch_dir("version");
     for flag in ["--version", "-V"] {

@@ -44,8 +44,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`Limits::request_timeout`]; above the 5 s a strategy switch may wait.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Read buffer per connection: a request head larger than this is refused (431). hyper's
-/// default (~400 KiB) would let 256 connections hold 100 MiB.
+/// Read buffer per connection and longest request head: a larger head is refused (431).
+/// hyper's default (~400 KiB) would let 256 connections hold 100 MiB. Both limits are set:
+/// `max_buf_size` alone is not a head limit, since one read may fill more of the buffer's
+/// spare capacity and complete a head well past it.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Least time between two "admin connections at the cap" warnings.
 const CAP_WARNING_PERIOD: Duration = Duration::from_secs(60);
@@ -179,6 +181,7 @@ impl Connection {
         let mut builder = http1::Builder::new();
         builder
             .max_buf_size(MAX_HEAD_BYTES)
+            .max_header_size(MAX_HEAD_BYTES)
             .header_read_timeout(None);
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
