@@ -423,3 +423,41 @@ async fn the_listen_backlog_is_the_one_asked_for() {
         drop(listener);
     }
 }
+
+/// A client that half-closes right after its request (`printf 'GET …' | nc -N`, simple
+/// HTTP/1.0 tools) still gets its answer and then the close, as from nginx or HAProxy:
+/// the FIN ends what the client sends, not the answers it is owed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_followed_by_a_half_close_is_answered() {
+    let lb = start_lb(test_config()).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    const CLIENTS: usize = 200;
+    for i in 0..CLIENTS {
+        let admin = lb.admin;
+        tasks.spawn(async move {
+            let path = ["/api/stats", "/metrics", "/", "/api/strategy"][i % 4];
+            let mut s = within("admin connect", TcpStream::connect(admin))
+                .await
+                .expect("connect to admin");
+            let head = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\n\r\n");
+            s.write_all(head.as_bytes()).await.expect("write request");
+            s.shutdown().await.expect("half-close");
+            let mut raw = Vec::new();
+            let closed = timeout(TIMEOUT, s.read_to_end(&mut raw)).await.is_ok();
+            (path, raw, closed)
+        });
+    }
+    let mut unanswered = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (path, raw, closed) = done.expect("client task");
+        assert!(closed, "{path}: the connection is closed after the answer");
+        if !raw.starts_with(b"HTTP/1.1 200 ") {
+            unanswered.push(path);
+        }
+    }
+    assert!(
+        unanswered.is_empty(),
+        "{} of {CLIENTS} half-closed requests got no answer: {unanswered:?}",
+        unanswered.len()
+    );
+}

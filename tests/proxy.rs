@@ -552,3 +552,58 @@ async fn an_upload_longer_than_server_timeout_is_not_cut() {
     assert_eq!(up[0].state, elastic_lb::core::MachineState::Active);
     task.abort();
 }
+
+/// A client that keeps sending but does not read its answers yet is a slow *client*, not a
+/// silent upstream: the upstream answered and only waits for the balancer to take more,
+/// which it does not while the client's side is full. `server_timeout` must not cut the
+/// connection or count a failure against a healthy upstream (HAProxy arms `timeout server`
+/// only while it wants to read from the server); `idle_timeout` governs the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_late_is_not_a_server_timeout() {
+    let echo = Echo::start().await;
+    let mut cfg = proxy_config(10.0, &[echo.addr]);
+    let server_timeout = Duration::from_millis(300);
+    cfg.backend.server_timeout = server_timeout;
+    cfg.backend.max_fails = 1;
+    let lb = start_lb(cfg).await;
+    let c = TcpStream::connect(lb.addr).await.expect("connect");
+    let (mut r, mut w) = c.into_split();
+    // More than every socket buffer on the way holds: the echo backs up to the client.
+    const TOTAL: usize = 48 << 20;
+    let writer = tokio::spawn(async move {
+        let chunk = vec![5u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < TOTAL {
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        let _ = w.shutdown().await;
+        sent
+    });
+    // The client reads nothing for 4 × server_timeout while its bytes are stuck.
+    tokio::time::sleep(4 * server_timeout).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let reading = async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), reading)
+        .await
+        .expect("the echo ends");
+    let sent = writer.await.expect("writer");
+    assert_eq!(sent, TOTAL, "the client could send everything");
+    assert_eq!(
+        got, TOTAL,
+        "every byte came back: the connection was not cut"
+    );
+    let s = lb.snapshot();
+    assert_eq!(s.machines.len(), 1, "the upstream was not ejected: {s:#?}");
+    assert_eq!(s.machines[0].state, elastic_lb::core::MachineState::Active);
+}

@@ -179,10 +179,14 @@ impl Connection {
             })
         };
         let mut builder = http1::Builder::new();
+        // half_close: a client that shuts its write side right after a request (`nc -N`)
+        // still gets the answer; without it hyper drops the connection, answer unsent,
+        // when it reads the FIN before the handler is done.
         builder
             .max_buf_size(MAX_HEAD_BYTES)
             .max_header_size(MAX_HEAD_BYTES)
-            .header_read_timeout(None);
+            .header_read_timeout(None)
+            .half_close(true);
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
         let mut draining = false;

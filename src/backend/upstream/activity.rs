@@ -2,7 +2,7 @@
 //! bytes last moved, whether the upstream owes the client an answer, the timers that end it
 //! from outside — and how it went (shared by the epoll and the io_uring forwarding).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,8 @@ pub struct Limits {
     /// Connecting to the upstream (`backend.connect_timeout`).
     pub connect: Duration,
     /// The upstream answered nothing this long after the client's latest bytes
-    /// (`backend.server_timeout`): close, and count a failure against the upstream.
+    /// (`backend.server_timeout`): close, and count a failure against the upstream. Time
+    /// in which its answer waits for the client to read does not count.
     pub server: Duration,
     /// Nothing moved either way this long (`listener.idle_timeout`, like HAProxy's
     /// `timeout tunnel`); zero = never.
@@ -80,6 +81,11 @@ pub(super) struct Activity {
     /// 1 + milliseconds after `base` of the latest client bytes the upstream has not
     /// answered yet; 0 while nothing is waiting for an answer.
     unanswered_since: AtomicU64,
+    /// The client is not taking the upstream's answer: bytes read from the upstream wait
+    /// to be written to the client, so the balancer reads no more from the upstream. The
+    /// upstream is not silent then, the client is slow (`listener.idle_timeout` governs
+    /// it, as HAProxy arms `timeout server` only while it wants to read from the server).
+    answer_stalled: AtomicBool,
     /// Bytes read from the client and from the upstream so far.
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
@@ -91,6 +97,7 @@ impl Default for Activity {
             base: tokio::time::Instant::now(),
             last_ms: AtomicU64::new(0),
             unanswered_since: AtomicU64::new(0),
+            answer_stalled: AtomicBool::new(false),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
         }
@@ -115,6 +122,19 @@ impl Pump for Activity {
                 self.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
                 self.unanswered_since.store(0, Ordering::Relaxed);
             }
+        }
+    }
+
+    fn on_stall(&self, way: Way, stalled: bool) {
+        if way != Way::Down {
+            // An upstream that stops reading the client's bytes is the upstream's doing.
+            return;
+        }
+        self.answer_stalled.store(stalled, Ordering::Relaxed);
+        // The balancer reads the upstream again: client bytes still unanswered wait from now.
+        if !stalled && self.unanswered_since.load(Ordering::Relaxed) != 0 {
+            let ms = self.base.elapsed().as_millis() as u64;
+            self.unanswered_since.store(ms + 1, Ordering::Relaxed);
         }
     }
 }
@@ -159,8 +179,9 @@ impl Activity {
     async fn unanswered_for(&self, limit: Duration) {
         loop {
             let since = self.unanswered_since.load(Ordering::Relaxed);
-            if since == 0 {
-                // Nothing waiting: look again in one limit's time.
+            if since == 0 || self.answer_stalled.load(Ordering::Relaxed) {
+                // Nothing waiting, or the answer waits for the client: look again in one
+                // limit's time.
                 tokio::time::sleep(limit).await;
                 continue;
             }

@@ -59,6 +59,10 @@ struct Half {
 pub(super) trait Pump {
     /// `n` bytes were read going `way`.
     fn on_read(&self, way: Way, n: usize);
+
+    /// The destination of `way` stopped taking bytes (`true`: the direction holds bytes
+    /// back and reads no more from its source) or took all of them again (`false`).
+    fn on_stall(&self, _way: Way, _stalled: bool) {}
 }
 
 /// Copies bytes both ways between `client` and `server` until both directions have ended,
@@ -121,6 +125,7 @@ impl Half {
                 // Caught up: hold no buffer while the connection is quiet.
                 self.pending = Vec::new();
                 self.written = 0;
+                observer.on_stall(way, false);
             }
             if self.eof {
                 if !other_done {
@@ -163,6 +168,7 @@ impl Half {
             };
             if taken < data.len() {
                 self.pending.extend_from_slice(&data[taken..]);
+                observer.on_stall(way, true);
             }
             Poll::Ready(Ok(()))
         })

@@ -183,11 +183,13 @@ async fn copy(
         };
         if sent < n {
             // A slow destination: the rest moves to a buffer of this connection's own and
-            // the pool's buffer goes back.
+            // the pool's buffer goes back; no more is read from `src` meanwhile.
             let rest = chunk.get(sent..).unwrap_or_default().to_vec();
             drop(chunk);
             let len = rest.len();
+            observer.on_stall(way, true);
             dst.send_all(rest, 0, len).await.0?;
+            observer.on_stall(way, false);
         }
     }
 }
