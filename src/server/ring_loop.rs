@@ -15,6 +15,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::balance::{Handoff, Loops, Seat};
 use super::session::{self, SessionContext};
@@ -58,7 +59,7 @@ pub fn engine(io: IoEngine, session: SessionKind) -> io::Result<Engine> {
         IoEngine::Epoll => Ok(Engine::Epoll),
         IoEngine::Auto if ringloop::available() => Ok(Engine::IoUring),
         IoEngine::Auto => {
-            debug!("io_uring is not available here; the event loops use epoll");
+            info!("listener.io = \"auto\": io_uring is not available here; the event loops use epoll");
             Ok(Engine::Epoll)
         }
         IoEngine::IoUring if ringloop::available() => Ok(Engine::IoUring),
@@ -68,6 +69,10 @@ pub fn engine(io: IoEngine, session: SessionKind) -> io::Result<Engine> {
         )),
     }
 }
+
+/// Accepts each loop keeps in flight on its listening socket: a burst of connections is
+/// taken in one pass of the loop, not one per pass (HAProxy's `tune.maxaccept` in spirit).
+const ACCEPTS_IN_FLIGHT: usize = 4;
 
 /// Submission-queue entries of each loop's ring (completions: four times as many).
 const RING_ENTRIES: u32 = 4096;
@@ -114,12 +119,27 @@ pub async fn spawn_ring_loops(
                 };
                 let connections = TaskTracker::new();
                 let receiving = receive(inbox, ctx.clone(), connections.clone());
-                let accepting = accept(listener, open, ctx, connections.clone(), shutdown, balance);
+                let listener = Rc::new(listener);
+                let acceptors: Vec<_> = (0..ACCEPTS_IN_FLIGHT)
+                    .map(|_| {
+                        let (listener, open, ctx) = (listener.clone(), open.clone(), ctx.clone());
+                        let (shutdown, balance) = (shutdown.clone(), balance.clone());
+                        accept(listener, open, ctx, connections.clone(), shutdown, balance)
+                    })
+                    .collect();
+                // The port closes when the last acceptor ends (on shutdown), and the other
+                // loops' inboxes when every acceptor of every loop has ended.
+                drop((listener, balance));
                 let ran = runtime.block_on(async move {
                     if ringloop::spawn(connections.track_future(receiving)).is_err() {
                         debug!("no io_uring runtime on this thread");
                     }
-                    accepting.await;
+                    let accepting = TaskTracker::new();
+                    for acceptor in acceptors {
+                        let _ = ringloop::spawn(accepting.track_future(acceptor));
+                    }
+                    accepting.close();
+                    accepting.wait().await;
                     connections.close();
                     connections.wait().await;
                 });
@@ -136,10 +156,10 @@ pub async fn spawn_ring_loops(
     Ok(())
 }
 
-/// Accepts until `shutdown` fires; each connection takes a slot of
-/// `listener.max_connections` and runs as a task of this loop.
+/// Accepts until `shutdown` fires (one of the loop's [`ACCEPTS_IN_FLIGHT`] acceptors); each
+/// connection takes a slot of `listener.max_connections` and runs as a task of this loop.
 async fn accept(
-    listener: ringloop::TcpListener,
+    listener: Rc<ringloop::TcpListener>,
     open: Arc<AtomicUsize>,
     ctx: Arc<SessionContext>,
     connections: TaskTracker,
