@@ -2,7 +2,7 @@
 //! tokio, accept/connect/recv/send, cancellation, and shutdown with operations in flight.
 
 use std::cell::Cell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
@@ -388,4 +388,152 @@ fn send_nowait_leaves_what_a_full_socket_cannot_take() {
     })
     .expect("block_on");
     hold.join().expect("holder");
+}
+
+// ---- review tests ----
+
+/// A task that stopped waiting for a pool buffer (its receive was dropped, by a timeout
+/// say) leaves its waker in the pool's waiting list; the next buffer that comes back wakes
+/// that task instead of one still waiting, which then waits with every buffer free.
+#[test]
+fn review_a_dropped_pool_waiter_does_not_swallow_the_wake_up_of_a_live_one() {
+    let Some(rt) = pooled(1) else { return };
+    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .expect("tokio");
+    let _entered = tokio_rt.enter();
+    let (l, addr) = listener();
+    let senders: Vec<_> = (0..3u8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                s.write_all(&[b'a' + i; 5]).expect("write");
+                std::thread::sleep(Duration::from_millis(1500));
+            })
+        })
+        .collect();
+    let mut accepted: Vec<_> = (0..3).map(|_| l.accept().expect("accept").0).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let c = TcpStream::from_std(accepted.pop().unwrap()).expect("c");
+    let b = TcpStream::from_std(accepted.pop().unwrap()).expect("b");
+    let a = TcpStream::from_std(accepted.pop().unwrap()).expect("a");
+    let got = Rc::new(Cell::new(None::<Duration>));
+    rt.block_on({
+        let got = got.clone();
+        async move {
+            let held = a.recv_pooled().await.expect("recv").expect("bytes");
+            // W: waits for the only buffer (registered first).
+            let _ = spawn({
+                let got = got.clone();
+                async move {
+                    let _ = b.recv_pooled().await;
+                    got.set(Some(Duration::ZERO));
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            // D: waits too (registered second), then gives up.
+            let _ = spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_millis(20), c.recv_pooled()).await;
+            });
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let released = Instant::now();
+            drop(held);
+            // W should now get the free buffer.
+            while got.get().is_none() && released.elapsed() < Duration::from_millis(800) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if got.get().is_some() {
+                got.set(Some(released.elapsed()));
+            }
+        }
+    })
+    .expect("block_on");
+    for s in senders {
+        s.join().expect("sender");
+    }
+    assert!(
+        got.get().is_some(),
+        "the live waiter never got the buffer freed 800 ms ago"
+    );
+}
+
+/// An `Op` polled under a runtime other than the one it was submitted on looks its key up
+/// in the wrong slab: it can take another operation's completion and hand its buffer back
+/// while its own kernel operation still writes into it.
+#[test]
+fn review_an_op_polled_under_another_runtime_hands_back_a_buffer_the_kernel_still_writes() {
+    let Some(rt_a) = runtime() else { return };
+    let rt_b = Runtime::new(64).expect("runtime b");
+    let (l, addr) = listener();
+    let mut a_peer = std::net::TcpStream::connect(addr).expect("connect a");
+    let a = TcpStream::from_std(l.accept().expect("accept a").0).expect("a");
+    let mut b_peer = std::net::TcpStream::connect(addr).expect("connect b");
+    let b = TcpStream::from_std(l.accept().expect("accept b").0).expect("b");
+    b_peer.write_all(b"bbbb").expect("write b");
+    std::thread::sleep(Duration::from_millis(20));
+
+    // Runtime A: a recv on `a` (nothing there yet), polled once, then handed out.
+    let mut fut = Box::pin(a.recv(vec![0u8; 16]));
+    rt_a.block_on(poll_fn(|cx| {
+        assert!(fut.as_mut().poll(cx).is_pending());
+        Poll::Ready(())
+    }))
+    .expect("block_on a");
+
+    // Runtime B: its own recv (key 0 there too) completes; then A's future is polled.
+    let buf = rt_b
+        .block_on(async {
+            let mut fb = Box::pin(b.recv(vec![0u8; 16]));
+            let mut turns = 0;
+            poll_fn(|cx| {
+                if turns == 0 {
+                    let _ = fb.as_mut().poll(cx);
+                }
+                turns += 1;
+                if turns < 3 {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(())
+            })
+            .await;
+            // fb's completion is recorded but unseen; poll A's future here.
+            let (n, buf) = poll_fn(|cx| fut.as_mut().poll(cx)).await;
+            eprintln!("A's recv, polled under B: {n:?}");
+            drop(fb);
+            buf
+        })
+        .expect("block_on b");
+    assert_eq!(&buf[..4], &[0, 0, 0, 0]);
+    // A's kernel recv is still armed on `buf`, which the caller now owns.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        a_peer.write_all(b"AAAA").expect("write a");
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = tx.send(());
+        a_peer
+    });
+    rt_a.block_on(async move {
+        let _ = rx.await;
+    })
+    .expect("block_on a again");
+    let _a_peer = writer.join().expect("writer");
+    assert_eq!(
+        &buf[..4],
+        &[0, 0, 0, 0],
+        "the kernel wrote into a Vec owned by safe code: {:?}",
+        &buf[..4]
+    );
+}
+
+#[test]
+fn review_recv_futures_are_send() {
+    fn is_send<T: Send>(_: &T) {}
+    let (l, addr) = listener();
+    let _c = std::net::TcpStream::connect(addr).expect("connect");
+    let s = TcpStream::from_std(l.accept().expect("accept").0).expect("s");
+    let f = s.recv(vec![0u8; 8]);
+    is_send(&f);
 }
