@@ -97,6 +97,8 @@ impl Slots {
 
 /// An operation in flight, owning the memory its entry points at.
 pub(crate) struct Op<T: 'static> {
+    /// The runtime it was submitted on: its key means nothing in another's slots.
+    runtime: usize,
     key: Option<usize>,
     data: Option<T>,
     closes_fd: bool,
@@ -120,7 +122,7 @@ impl<T: 'static> Op<T> {
             let entry = entry.user_data(key as u64);
             // SAFETY: the caller's promise; the slot keeps `data` alive if the `Op` goes.
             match unsafe { core.push(&entry) } {
-                Ok(()) => Ok(key),
+                Ok(()) => Ok((core.id(), key)),
                 Err(e) => {
                     core.slots.borrow_mut().slots.remove(key);
                     Err(e)
@@ -129,7 +131,8 @@ impl<T: 'static> Op<T> {
         })
         .unwrap_or_else(|| Err(io::Error::other("ringloop: no runtime on this thread")));
         match key {
-            Ok(key) => Ok(Op {
+            Ok((runtime, key)) => Ok(Op {
+                runtime,
                 key: Some(key),
                 data: Some(data),
                 closes_fd: false,
@@ -154,7 +157,13 @@ impl<T: 'static + Unpin> Future for Op<T> {
             // Polled after completion: a contract violation of the caller; never again ready.
             return Poll::Pending;
         };
+        let runtime = self.runtime;
         let done = with_core(|core| {
+            assert_eq!(
+                core.id(),
+                runtime,
+                "ringloop: an operation polled under a runtime other than its own"
+            );
             let mut slots = core.slots.borrow_mut();
             match slots.slots.get_mut(key) {
                 Some(Slot::Done(result, flags)) => {
@@ -196,7 +205,12 @@ impl<T: 'static> Drop for Op<T> {
         };
         let mut data = self.data.take();
         let closes_fd = self.closes_fd;
+        let runtime = self.runtime;
         let handled = with_core(|core| {
+            if core.id() != runtime {
+                // Not this runtime's operation: nothing here knows when the kernel is done.
+                return false;
+            }
             let mut slots = core.slots.borrow_mut();
             match slots.slots.get(key) {
                 Some(Slot::Done(result, flags)) => {
@@ -228,10 +242,11 @@ impl<T: 'static> Drop for Op<T> {
                 }
                 _ => {}
             }
+            true
         });
-        if handled.is_none() {
-            // No runtime here (its thread is gone): the kernel may still write to the
-            // data, so it is leaked rather than freed.
+        if handled != Some(true) {
+            // No runtime here (its thread is gone), or another one: the kernel may still
+            // write to the data, so it is leaked rather than freed.
             std::mem::forget(data.take());
         }
     }

@@ -121,8 +121,11 @@ impl Pool {
 
     fn release(&self, id: u16) {
         self.put(id);
-        let waiter = self.waiting.borrow_mut().pop();
-        if let Some(waiter) = waiter {
+        // Every waiter, not one: a waiter whose receive was dropped since (a timeout) would
+        // swallow a single wake-up while a live one slept on. Those that find no buffer
+        // again wait again; running out of buffers is rare.
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        for waiter in waiting {
             waiter.wake();
         }
     }

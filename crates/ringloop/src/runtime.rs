@@ -124,6 +124,11 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// This runtime's id, unique in the process.
+    pub(crate) fn id(&self) -> usize {
+        self.remote.runtime
+    }
+
     /// Queues `entry`; when the submission queue is full, submits it first.
     ///
     /// # Safety

@@ -396,7 +396,7 @@ fn send_nowait_leaves_what_a_full_socket_cannot_take() {
 /// say) leaves its waker in the pool's waiting list; the next buffer that comes back wakes
 /// that task instead of one still waiting, which then waits with every buffer free.
 #[test]
-fn review_a_dropped_pool_waiter_does_not_swallow_the_wake_up_of_a_live_one() {
+fn a_dropped_pool_waiter_does_not_swallow_the_wake_up_of_a_live_one() {
     let Some(rt) = pooled(1) else { return };
     let tokio_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -459,21 +459,16 @@ fn review_a_dropped_pool_waiter_does_not_swallow_the_wake_up_of_a_live_one() {
     );
 }
 
-/// An `Op` polled under a runtime other than the one it was submitted on looks its key up
-/// in the wrong slab: it can take another operation's completion and hand its buffer back
-/// while its own kernel operation still writes into it.
+/// An operation polled under a runtime other than the one it was submitted on would look
+/// its key up in the wrong table (and could hand back a buffer the kernel still writes):
+/// it panics instead, and when dropped there its memory is leaked, never freed.
 #[test]
-fn review_an_op_polled_under_another_runtime_hands_back_a_buffer_the_kernel_still_writes() {
+fn an_operation_polled_under_another_runtime_panics_and_keeps_its_memory() {
     let Some(rt_a) = runtime() else { return };
     let rt_b = Runtime::new(64).expect("runtime b");
     let (l, addr) = listener();
-    let mut a_peer = std::net::TcpStream::connect(addr).expect("connect a");
+    let _a_peer = std::net::TcpStream::connect(addr).expect("connect a");
     let a = TcpStream::from_std(l.accept().expect("accept a").0).expect("a");
-    let mut b_peer = std::net::TcpStream::connect(addr).expect("connect b");
-    let b = TcpStream::from_std(l.accept().expect("accept b").0).expect("b");
-    b_peer.write_all(b"bbbb").expect("write b");
-    std::thread::sleep(Duration::from_millis(20));
-
     // Runtime A: a recv on `a` (nothing there yet), polled once, then handed out.
     let mut fut = Box::pin(a.recv(vec![0u8; 16]));
     rt_a.block_on(poll_fn(|cx| {
@@ -481,55 +476,24 @@ fn review_an_op_polled_under_another_runtime_hands_back_a_buffer_the_kernel_stil
         Poll::Ready(())
     }))
     .expect("block_on a");
-
-    // Runtime B: its own recv (key 0 there too) completes; then A's future is polled.
-    let buf = rt_b
-        .block_on(async {
-            let mut fb = Box::pin(b.recv(vec![0u8; 16]));
-            let mut turns = 0;
-            poll_fn(|cx| {
-                if turns == 0 {
-                    let _ = fb.as_mut().poll(cx);
-                }
-                turns += 1;
-                if turns < 3 {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                Poll::Ready(())
-            })
-            .await;
-            // fb's completion is recorded but unseen; poll A's future here.
-            let (n, buf) = poll_fn(|cx| fut.as_mut().poll(cx)).await;
-            eprintln!("A's recv, polled under B: {n:?}");
-            drop(fb);
-            buf
-        })
-        .expect("block_on b");
-    assert_eq!(&buf[..4], &[0, 0, 0, 0]);
-    // A's kernel recv is still armed on `buf`, which the caller now owns.
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let writer = std::thread::spawn(move || {
-        a_peer.write_all(b"AAAA").expect("write a");
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = tx.send(());
-        a_peer
-    });
-    rt_a.block_on(async move {
-        let _ = rx.await;
-    })
-    .expect("block_on a again");
-    let _a_peer = writer.join().expect("writer");
-    assert_eq!(
-        &buf[..4],
-        &[0, 0, 0, 0],
-        "the kernel wrote into a Vec owned by safe code: {:?}",
-        &buf[..4]
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt_b.block_on(poll_fn(|cx| fut.as_mut().poll(cx)))
+    }));
+    let message = polled.expect_err("polling under B panics");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("another runtime") || message.contains("other than its own"),
+        "{message}"
     );
+    // Dropped under B: leaked, not freed (A's kernel recv may still write into it).
+    rt_b.block_on(async move { drop(fut) }).expect("block_on b");
 }
 
 #[test]
-fn review_recv_futures_are_send() {
+fn recv_futures_are_send() {
     fn is_send<T: Send>(_: &T) {}
     let (l, addr) = listener();
     let _c = std::net::TcpStream::connect(addr).expect("connect");
