@@ -5,6 +5,7 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::task::Poll;
 
@@ -13,6 +14,10 @@ use io_uring::{cqueue, opcode, squeue, types};
 use crate::op::Op;
 use crate::pool::{PooledBuf, GROUP};
 use crate::runtime::{with_core, IGNORED};
+
+/// `IORING_RECVSEND_POLL_FIRST` (Linux 5.19): a `recv` waits for readiness before its
+/// first attempt.
+const POLL_FIRST: u16 = 1;
 
 /// Owned memory an operation can send from: its address stays put while the operation
 /// holds it.
@@ -174,6 +179,7 @@ impl TcpListener {
         Ok((
             TcpStream {
                 inner: Some(stream),
+                readable: Cell::new(true),
             },
             peer,
         ))
@@ -185,6 +191,12 @@ impl TcpListener {
 #[derive(Debug)]
 pub struct TcpStream {
     inner: Option<std::net::TcpStream>,
+    /// The latest pooled receive left bytes in the socket (`IORING_CQE_F_SOCK_NONEMPTY`),
+    /// or none completed yet: the next one tries to read at once. Otherwise it waits for
+    /// bytes first (`IORING_RECVSEND_POLL_FIRST`), sparing the kernel an attempt that
+    /// would find the socket empty, as it does after each answer of a request-response
+    /// exchange.
+    readable: Cell<bool>,
 }
 
 impl TcpStream {
@@ -197,6 +209,7 @@ impl TcpStream {
         stream.set_nonblocking(false)?;
         Ok(TcpStream {
             inner: Some(stream),
+            readable: Cell::new(true),
         })
     }
 
@@ -236,6 +249,7 @@ impl TcpStream {
         // SAFETY: a new descriptor owned by nobody else.
         let stream = TcpStream {
             inner: Some(unsafe { std::net::TcpStream::from_raw_fd(fd) }),
+            readable: Cell::new(true),
         };
         let raw = RawAddr::from(addr);
         let entry = opcode::Connect::new(
@@ -330,12 +344,14 @@ impl TcpStream {
                 0,
             )
             .buf_group(GROUP)
+            .ioprio(if self.readable.get() { 0 } else { POLL_FIRST })
             .build()
             .flags(squeue::Flags::BUFFER_SELECT);
             // SAFETY: the entry points at no memory of ours; the kernel picks a pool buffer,
             // which stays valid as long as the runtime (its core holds the pool).
             let done = unsafe { Op::submit(entry, ()) }.map_err(|(e, ())| e)?.await;
             let picked = cqueue::buffer_select(done.flags).map(|id| pool.take(id, 0));
+            self.readable.set(cqueue::sock_nonempty(done.flags));
             if done.result == -libc::ENOBUFS {
                 drop(picked);
                 let mut registered = false;
