@@ -4,8 +4,9 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 
-use std::cell::Cell;
 use std::future::poll_fn;
 use std::task::Poll;
 
@@ -179,7 +180,7 @@ impl TcpListener {
         Ok((
             TcpStream {
                 inner: Some(stream),
-                readable: Cell::new(true),
+                readable: AtomicBool::new(true),
             },
             peer,
         ))
@@ -196,7 +197,7 @@ pub struct TcpStream {
     /// bytes first (`IORING_RECVSEND_POLL_FIRST`), sparing the kernel an attempt that
     /// would find the socket empty, as it does after each answer of a request-response
     /// exchange.
-    readable: Cell<bool>,
+    readable: AtomicBool,
 }
 
 impl TcpStream {
@@ -209,7 +210,7 @@ impl TcpStream {
         stream.set_nonblocking(false)?;
         Ok(TcpStream {
             inner: Some(stream),
-            readable: Cell::new(true),
+            readable: AtomicBool::new(true),
         })
     }
 
@@ -249,7 +250,7 @@ impl TcpStream {
         // SAFETY: a new descriptor owned by nobody else.
         let stream = TcpStream {
             inner: Some(unsafe { std::net::TcpStream::from_raw_fd(fd) }),
-            readable: Cell::new(true),
+            readable: AtomicBool::new(true),
         };
         let raw = RawAddr::from(addr);
         let entry = opcode::Connect::new(
@@ -344,14 +345,19 @@ impl TcpStream {
                 0,
             )
             .buf_group(GROUP)
-            .ioprio(if self.readable.get() { 0 } else { POLL_FIRST })
+            .ioprio(if self.readable.load(Relaxed) {
+                0
+            } else {
+                POLL_FIRST
+            })
             .build()
             .flags(squeue::Flags::BUFFER_SELECT);
             // SAFETY: the entry points at no memory of ours; the kernel picks a pool buffer,
             // which stays valid as long as the runtime (its core holds the pool).
             let done = unsafe { Op::submit(entry, ()) }.map_err(|(e, ())| e)?.await;
             let picked = cqueue::buffer_select(done.flags).map(|id| pool.take(id, 0));
-            self.readable.set(cqueue::sock_nonempty(done.flags));
+            self.readable
+                .store(cqueue::sock_nonempty(done.flags), Relaxed);
             if done.result == -libc::ENOBUFS {
                 drop(picked);
                 let mut registered = false;
