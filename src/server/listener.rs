@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::balance::{Handoff, Loops, Seat};
+use super::balance::{spawn_loop_threads, Handoff, Loops, Seat};
 use super::session::{self, SessionContext};
 use super::slot::ConnectionSlot;
 use crate::backend::SessionKind;
@@ -201,11 +201,11 @@ async fn receive(
 
 /// Starts one event-loop thread per socket of a [`super::bind::bind_group`]: each runs a
 /// current-thread runtime with its own accept loop ([`Listener::run`]; `open`, `ctx` and
-/// `session` shared by all loops) and the connections it accepts, start to end — no
-/// hand-off to another thread, no work stealing (HAProxy's and nginx's model). Each thread
-/// holds a token of `tracker` until its last connection has ended, so
-/// [`crate::Server::shutdown`] waits for these connections exactly as for the shared
-/// runtime's. Returns once every loop runs (or one could not start).
+/// `session` shared by all loops) and the connections it accepts, start to end — no work
+/// stealing (HAProxy's and nginx's model); a new connection moves to another loop only to
+/// even the loops out ([`super::balance`]). Each thread holds a token of `tracker` until
+/// its last connection has ended ([`spawn_loop_threads`]). Returns once every loop runs (or
+/// one could not start).
 ///
 /// # Errors
 ///
@@ -219,51 +219,37 @@ pub async fn spawn_loops(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
-    let (loops, inboxes) = Loops::new(sockets.len());
-    for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
-        let (open, ctx, shutdown) = (open.clone(), ctx.clone(), shutdown.clone());
-        let balance = Some((loops.clone(), i));
-        let token = tracker.token();
-        let (started_tx, started_rx) = oneshot::channel();
-        // The runtime is built and dropped on its own thread only: a runtime dropped
-        // inside the caller's async context would panic.
-        std::thread::Builder::new()
-            .name(format!("elastic-lb-loop-{i}"))
-            .spawn(move || {
-                let (runtime, listener) = match start_loop(socket) {
-                    Ok(started) => {
-                        let _ = started_tx.send(Ok(()));
-                        started
-                    }
-                    Err(e) => {
-                        let _ = started_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let connections = TaskTracker::new();
-                let receiving = receive(inbox, ctx.clone(), session, connections.clone());
-                let accept_loop = Listener {
-                    listener,
-                    open,
-                    ctx,
-                    session,
-                    tracker: connections.clone(),
-                    shutdown,
-                    balance,
-                };
-                runtime.block_on(async move {
-                    connections.spawn(receiving);
-                    accept_loop.run().await;
-                    connections.close();
-                    connections.wait().await;
-                });
-                drop(token);
-            })?;
-        started_rx
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("event-loop thread ended at start")))?;
-    }
-    Ok(())
+    spawn_loop_threads(
+        "elastic-lb-loop",
+        sockets,
+        tracker,
+        |socket, balance, inbox| {
+            let (open, ctx, shutdown) = (open.clone(), ctx.clone(), shutdown.clone());
+            move || {
+                let (runtime, listener) = start_loop(socket)?;
+                Ok(move || {
+                    let connections = TaskTracker::new();
+                    let receiving = receive(inbox, ctx.clone(), session, connections.clone());
+                    let accept_loop = Listener {
+                        listener,
+                        open,
+                        ctx,
+                        session,
+                        tracker: connections.clone(),
+                        shutdown,
+                        balance: Some(balance),
+                    };
+                    runtime.block_on(async move {
+                        connections.spawn(receiving);
+                        accept_loop.run().await;
+                        connections.close();
+                        connections.wait().await;
+                    });
+                })
+            }
+        },
+    )
+    .await
 }
 
 /// An event loop's runtime and its listening socket, registered with that runtime.

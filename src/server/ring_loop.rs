@@ -20,13 +20,12 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use super::balance::{Handoff, Loops, Seat};
+use super::balance::{spawn_loop_threads, Handoff, Loops, Seat};
 use super::session::{self, SessionContext};
 use super::slot::ConnectionSlot;
 use crate::backend::upstream;
@@ -93,67 +92,55 @@ pub async fn spawn_ring_loops(
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
     let handle = tokio::runtime::Handle::current();
-    let (loops, inboxes) = Loops::new(sockets.len());
-    for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
-        let (open, ctx, shutdown, handle) =
-            (open.clone(), ctx.clone(), shutdown.clone(), handle.clone());
-        let balance = (loops.clone(), i);
-        let token = tracker.token();
-        let (started_tx, started_rx) = oneshot::channel();
-        std::thread::Builder::new()
-            .name(format!("elastic-lb-ring-{i}"))
-            .spawn(move || {
-                let _tokio = handle.enter();
-                let started = upstream::ring::runtime(RING_ENTRIES).and_then(|runtime| {
-                    ringloop::TcpListener::from_std(socket).map(|listener| (runtime, listener))
-                });
-                let (runtime, listener) = match started {
-                    Ok(started) => {
-                        let _ = started_tx.send(Ok(()));
-                        started
+    spawn_loop_threads(
+        "elastic-lb-ring",
+        sockets,
+        tracker,
+        |socket, balance, inbox| {
+            let (open, ctx, shutdown, handle) =
+                (open.clone(), ctx.clone(), shutdown.clone(), handle.clone());
+            move || {
+                let runtime = upstream::ring::runtime(RING_ENTRIES)?;
+                let listener = ringloop::TcpListener::from_std(socket)?;
+                Ok(move || {
+                    let _tokio = handle.enter();
+                    let i = balance.1;
+                    let connections = TaskTracker::new();
+                    let receiving = receive(inbox, ctx.clone(), connections.clone());
+                    let listener = Rc::new(listener);
+                    let acceptors: Vec<_> = (0..ACCEPTS_IN_FLIGHT)
+                        .map(|_| {
+                            let (listener, open, ctx) =
+                                (listener.clone(), open.clone(), ctx.clone());
+                            let (shutdown, balance) = (shutdown.clone(), balance.clone());
+                            accept(listener, open, ctx, connections.clone(), shutdown, balance)
+                        })
+                        .collect();
+                    // The port closes when the last acceptor ends (on shutdown), and the other
+                    // loops' inboxes when every acceptor of every loop has ended.
+                    drop((listener, balance));
+                    let ran = runtime.block_on(async move {
+                        if ringloop::spawn(connections.track_future(receiving)).is_err() {
+                            debug!("no io_uring runtime on this thread");
+                        }
+                        let accepting = TaskTracker::new();
+                        for acceptor in acceptors {
+                            let _ = ringloop::spawn(accepting.track_future(acceptor));
+                        }
+                        accepting.close();
+                        accepting.wait().await;
+                        connections.close();
+                        connections.wait().await;
+                    });
+                    if let Err(e) = ran {
+                        error!(loop_index = i, error = %e, "io_uring event loop failed");
                     }
-                    Err(e) => {
-                        let _ = started_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let connections = TaskTracker::new();
-                let receiving = receive(inbox, ctx.clone(), connections.clone());
-                let listener = Rc::new(listener);
-                let acceptors: Vec<_> = (0..ACCEPTS_IN_FLIGHT)
-                    .map(|_| {
-                        let (listener, open, ctx) = (listener.clone(), open.clone(), ctx.clone());
-                        let (shutdown, balance) = (shutdown.clone(), balance.clone());
-                        accept(listener, open, ctx, connections.clone(), shutdown, balance)
-                    })
-                    .collect();
-                // The port closes when the last acceptor ends (on shutdown), and the other
-                // loops' inboxes when every acceptor of every loop has ended.
-                drop((listener, balance));
-                let ran = runtime.block_on(async move {
-                    if ringloop::spawn(connections.track_future(receiving)).is_err() {
-                        debug!("no io_uring runtime on this thread");
-                    }
-                    let accepting = TaskTracker::new();
-                    for acceptor in acceptors {
-                        let _ = ringloop::spawn(accepting.track_future(acceptor));
-                    }
-                    accepting.close();
-                    accepting.wait().await;
-                    connections.close();
-                    connections.wait().await;
-                });
-                if let Err(e) = ran {
-                    error!(loop_index = i, error = %e, "io_uring event loop failed");
-                }
-                drop(runtime);
-                drop(token);
-            })?;
-        started_rx
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("event-loop thread ended at start")))?;
-    }
-    Ok(())
+                    drop(runtime);
+                })
+            }
+        },
+    )
+    .await
 }
 
 /// Accepts until `shutdown` fires (one of the loop's [`ACCEPTS_IN_FLIGHT`] acceptors); each
