@@ -1,4 +1,9 @@
-//! Byte forwarding between a client and its machine's upstream.
+//! Byte forwarding between a client and its machine's upstream, the same over tokio's
+//! sockets and an io_uring loop's ([`Socket`]).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -26,10 +31,72 @@ pub async fn forward(
     upstream: &Upstream,
     limits: Limits,
     stop: &CancellationToken,
-) -> Result<Forwarded, (TcpStream, std::io::Error)> {
-    let connected = tokio::time::timeout(limits.connect, TcpStream::connect(upstream.address))
+) -> Result<Forwarded, (TcpStream, io::Error)> {
+    forward_with(client, upstream, limits, stop).await
+}
+
+/// What [`forward_with`] needs of a socket: tokio's (here) or an io_uring loop's
+/// ([`super::ring`]).
+pub(super) trait Socket: Sized {
+    /// Opens a connection to `addr`.
+    fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<Self>>;
+
+    /// The peer's address and the local one.
+    fn addresses(&self) -> io::Result<(SocketAddr, SocketAddr)>;
+
+    /// Sets `TCP_NODELAY` (best effort).
+    fn set_nodelay(&self);
+
+    /// Writes all of `bytes`.
+    fn write_all(&mut self, bytes: &[u8]) -> impl Future<Output = io::Result<()>>;
+
+    /// Copies bytes both ways until both directions have ended (see [`pump::pump`]).
+    fn pump(
+        client: &mut Self,
+        server: &mut Self,
+        observer: &Activity,
+    ) -> impl Future<Output = io::Result<()>>;
+
+    /// Sends a FIN (best effort): the connection ends from outside.
+    fn shutdown_write(&mut self) -> impl Future<Output = ()>;
+}
+
+impl Socket for TcpStream {
+    async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        TcpStream::connect(addr).await
+    }
+
+    fn addresses(&self) -> io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.peer_addr()?, self.local_addr()?))
+    }
+
+    fn set_nodelay(&self) {
+        let _ = TcpStream::set_nodelay(self, true);
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        AsyncWriteExt::write_all(self, bytes).await
+    }
+
+    async fn pump(client: &mut Self, server: &mut Self, observer: &Activity) -> io::Result<()> {
+        pump::pump(client, server, observer).await.map(|_| ())
+    }
+
+    async fn shutdown_write(&mut self) {
+        let _ = AsyncWriteExt::shutdown(self).await;
+    }
+}
+
+/// [`forward`] over any [`Socket`].
+pub(super) async fn forward_with<S: Socket>(
+    client: S,
+    upstream: &Upstream,
+    limits: Limits,
+    stop: &CancellationToken,
+) -> Result<Forwarded, (S, io::Error)> {
+    let connected = tokio::time::timeout(limits.connect, S::connect(upstream.address))
         .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
     let connected = match connected {
         Ok(server) if limits.send_proxy != SendProxy::Off => {
             send_proxy_header(server, &client, limits).await
@@ -43,10 +110,10 @@ pub async fn forward(
             return Err((client, e));
         }
     };
-    let _ = server.set_nodelay(true);
+    server.set_nodelay();
     // Linux: inherited from the listening socket (`server::bind`).
     #[cfg(not(target_os = "linux"))]
-    let _ = client.set_nodelay(true);
+    client.set_nodelay();
     let (mut client, mut server) = (client, server);
     let activity = Activity::default();
     // The timers and the shutdown signal are polled only when one of them fires, not on
@@ -54,12 +121,12 @@ pub async fn forward(
     let mut watchdog = Gated::new(activity.watch(&limits, stop));
     let pumped = tokio::select! {
         biased;
-        pumped = pump::pump(&mut client, &mut server, &activity) => Ok(pumped),
+        pumped = S::pump(&mut client, &mut server, &activity) => Ok(pumped),
         why = &mut watchdog => Err(why),
     };
     drop(watchdog);
     let reason = match pumped {
-        Ok(Ok(_)) => "closed",
+        Ok(Ok(())) => "closed",
         Ok(Err(e)) => {
             debug!(error = %e, "proxied connection ended");
             "error"
@@ -67,8 +134,8 @@ pub async fn forward(
         Err(why) => {
             let reason = why.ended(upstream, &limits);
             // Both sides see an orderly close.
-            let _ = client.shutdown().await;
-            let _ = server.shutdown().await;
+            client.shutdown_write().await;
+            server.shutdown_write().await;
             reason
         }
     };
@@ -77,14 +144,11 @@ pub async fn forward(
 
 /// Writes the PROXY header (client's peer address → the balancer's local address of the
 /// client connection) to a freshly connected upstream, within the connect timeout.
-async fn send_proxy_header(
-    mut server: TcpStream,
-    client: &TcpStream,
-    limits: Limits,
-) -> std::io::Result<TcpStream> {
-    let header = proxy_header::header(limits.send_proxy, client.peer_addr()?, client.local_addr()?);
+async fn send_proxy_header<S: Socket>(mut server: S, client: &S, limits: Limits) -> io::Result<S> {
+    let (peer, local) = client.addresses()?;
+    let header = proxy_header::header(limits.send_proxy, peer, local);
     tokio::time::timeout(limits.connect, server.write_all(&header))
         .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))?;
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))?;
     Ok(server)
 }

@@ -13,17 +13,16 @@
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::pin::pin;
 use std::task::Poll;
 
 use ringloop::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use super::activity::{Activity, Forwarded, Limits};
-use super::health::{Failure, Upstream};
-use super::proxy_header;
+use super::forward::{forward_with, Socket};
+use super::health::Upstream;
 use super::pump::{Pump, Way, CHUNK};
 
 /// Receive buffers in each loop's pool (of 16 KiB: 4 MiB a loop). A `recv` that
@@ -39,8 +38,6 @@ pub const POOL_BUFFERS: u16 = 256;
 pub fn runtime(entries: u32) -> io::Result<ringloop::Runtime> {
     ringloop::Runtime::with_pool(entries, POOL_BUFFERS, CHUNK)
 }
-use crate::config::SendProxy;
-use crate::core::gate::Gated;
 
 /// As [`forward()`](super::forward()), for a client accepted on an io_uring loop.
 ///
@@ -53,62 +50,34 @@ pub async fn forward_ring(
     limits: Limits,
     stop: &CancellationToken,
 ) -> Result<Forwarded, (TcpStream, io::Error)> {
-    let connected = tokio::time::timeout(limits.connect, TcpStream::connect(upstream.address))
-        .await
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
-    let connected = match connected {
-        Ok(server) if limits.send_proxy != SendProxy::Off => {
-            send_proxy_header(server, &client, limits).await
-        }
-        other => other,
-    };
-    let server = match connected {
-        Ok(server) => server,
-        Err(e) => {
-            upstream.record_failure(Failure::Connect);
-            return Err((client, e));
-        }
-    };
-    let _ = server.get_ref().set_nodelay(true);
-    let activity = Activity::default();
-    let mut watchdog = Gated::new(activity.watch(&limits, stop));
-    let pumped = tokio::select! {
-        biased;
-        pumped = pump(&client, &server, &activity) => Ok(pumped),
-        why = &mut watchdog => Err(why),
-    };
-    drop(watchdog);
-    let reason = match pumped {
-        Ok(Ok(())) => "closed",
-        Ok(Err(e)) => {
-            debug!(error = %e, "proxied connection ended");
-            "error"
-        }
-        Err(why) => {
-            let reason = why.ended(upstream, &limits);
-            // Both sides see an orderly close.
-            let _ = client.get_ref().shutdown(Shutdown::Write);
-            let _ = server.get_ref().shutdown(Shutdown::Write);
-            reason
-        }
-    };
-    Ok(activity.forwarded(upstream, reason))
+    forward_with(client, upstream, limits, stop).await
 }
 
-/// Writes the PROXY header to a freshly connected upstream, within the connect timeout.
-async fn send_proxy_header(
-    server: TcpStream,
-    client: &TcpStream,
-    limits: Limits,
-) -> io::Result<TcpStream> {
-    let client = client.get_ref();
-    let header = proxy_header::header(limits.send_proxy, client.peer_addr()?, client.local_addr()?);
-    let len = header.len();
-    let sent = tokio::time::timeout(limits.connect, server.send_all(header.to_vec(), 0, len))
-        .await
-        .map(|(sent, _)| sent)
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
-    sent.map(|()| server)
+impl Socket for TcpStream {
+    async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        TcpStream::connect(addr).await
+    }
+
+    fn addresses(&self) -> io::Result<(SocketAddr, SocketAddr)> {
+        let socket = self.get_ref();
+        Ok((socket.peer_addr()?, socket.local_addr()?))
+    }
+
+    fn set_nodelay(&self) {
+        let _ = self.get_ref().set_nodelay(true);
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.send_all(bytes.to_vec(), 0, bytes.len()).await.0
+    }
+
+    async fn pump(client: &mut Self, server: &mut Self, observer: &Activity) -> io::Result<()> {
+        pump(client, server, observer).await
+    }
+
+    async fn shutdown_write(&mut self) {
+        let _ = self.get_ref().shutdown(Shutdown::Write);
+    }
 }
 
 /// Copies both ways until both directions have ended; the first error ends both.
