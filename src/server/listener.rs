@@ -16,23 +16,19 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::balance::{spawn_loop_threads, Handoff, Loops, Seat};
 use super::session::{self, SessionContext};
-use super::slot::ConnectionSlot;
+use super::slot::{Acceptor, ConnectionSlot};
 use crate::backend::SessionKind;
-use crate::core::Units;
 use crate::protocol::ErrorCode;
-use crate::telemetry::RefusalLog;
 
 /// The accept loop's state.
 #[derive(Debug)]
@@ -56,9 +52,8 @@ pub struct Listener {
 impl Listener {
     /// Accepts until `shutdown` fires.
     pub async fn run(self) {
-        let mut backoff = Duration::from_millis(1);
         let refusing = Arc::new(AtomicUsize::new(0));
-        let mut overloaded_log = RefusalLog::default();
+        let mut acceptor = Acceptor::new(self.open.clone());
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -66,36 +61,16 @@ impl Listener {
                 accepted = self.listener.accept() => accepted,
             };
             let (socket, peer) = match accepted {
-                Ok(pair) => {
-                    backoff = Duration::from_millis(1);
-                    pair
-                }
-                Err(e) => {
-                    // EMFILE / ENFILE / ENOBUFS: back off instead of spinning, then retry.
-                    warn!(error = %e, ?backoff, "accept failed; backing off");
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
+                Ok(pair) => pair,
+                Err(e) if acceptor.failed(&e, &self.shutdown).await => continue,
+                Err(_) => break,
             };
-            let limit = self.ctx.config.borrow().listener.max_connections;
-            match ConnectionSlot::try_take(&self.open, limit) {
-                Some(slot) => match &self.balance {
+            match acceptor.admit(&self.ctx) {
+                Ok(slot) => match &self.balance {
                     None => self.spawn_session(socket, peer, slot, None),
                     Some((loops, me)) => self.place(loops, *me, socket, peer, slot),
                 },
-                None => {
-                    self.ctx.stats.totals.connection_rejected(Units::ZERO);
-                    if let Some(refused) = overloaded_log.refused(Instant::now()) {
-                        warn!(
-                            refused,
-                            max_connections = limit,
-                            "connections refused (overloaded) since the last report"
-                        );
-                    }
+                Err(limit) => {
                     let msg = format!("too many connections (max_connections = {limit})");
                     let Some(reply) = session::refusal(self.session, ErrorCode::Overloaded, &msg)
                     else {

@@ -18,21 +18,17 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use super::balance::{spawn_loop_threads, Handoff, Loops, Seat};
 use super::session::{self, SessionContext};
-use super::slot::ConnectionSlot;
+use super::slot::{Acceptor, ConnectionSlot};
 use crate::backend::upstream;
 use crate::backend::SessionKind;
 use crate::config::IoEngine;
-use crate::core::Units;
-use crate::telemetry::RefusalLog;
 
 /// The I/O engine the event loops run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +149,7 @@ async fn accept(
     shutdown: CancellationToken,
     (loops, me): (Loops, usize),
 ) {
-    let mut backoff = Duration::from_millis(1);
-    let mut overloaded_log = RefusalLog::default();
+    let mut acceptor = Acceptor::new(open);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -162,32 +157,12 @@ async fn accept(
             accepted = listener.accept() => accepted,
         };
         let (socket, peer) = match accepted {
-            Ok(pair) => {
-                backoff = Duration::from_millis(1);
-                pair
-            }
-            Err(e) => {
-                // EMFILE / ENFILE / ENOBUFS: back off instead of spinning, then retry.
-                warn!(error = %e, ?backoff, "accept failed; backing off");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
+            Ok(pair) => pair,
+            Err(e) if acceptor.failed(&e, &shutdown).await => continue,
+            Err(_) => break,
         };
-        let limit = ctx.config.borrow().listener.max_connections;
-        let Some(slot) = ConnectionSlot::try_take(&open, limit) else {
+        let Ok(slot) = acceptor.admit(&ctx) else {
             // A proxied stream adds no bytes: the refusal is a plain close.
-            ctx.stats.totals.connection_rejected(Units::ZERO);
-            if let Some(refused) = overloaded_log.refused(Instant::now()) {
-                warn!(
-                    refused,
-                    max_connections = limit,
-                    "connections refused (overloaded) since the last report"
-                );
-            }
             drop(socket);
             continue;
         };

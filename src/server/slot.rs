@@ -1,8 +1,19 @@
 //! [`ConnectionSlot`]: one of `listener.max_connections`, held by a connection for its
-//! whole life (also while it moves to another event loop) and released on drop.
+//! whole life (also while it moves to another event loop) and released on drop; and
+//! [`Acceptor`], what every accept loop does around `accept` (error backoff, the cap).
 
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::session::SessionContext;
+use crate::core::Units;
+use crate::telemetry::RefusalLog;
 
 /// One of `max_connections`; released on drop.
 #[derive(Debug)]
@@ -26,6 +37,59 @@ impl Drop for ConnectionSlot {
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// An accept loop's state around `accept`, the same on tokio's and io_uring's loops.
+#[derive(Debug)]
+pub struct Acceptor {
+    open: Arc<AtomicUsize>,
+    backoff: Duration,
+    overloaded_log: RefusalLog,
+}
+
+impl Acceptor {
+    /// For a loop whose connections count in `open` (shared by all loops).
+    pub fn new(open: Arc<AtomicUsize>) -> Acceptor {
+        Acceptor {
+            open,
+            backoff: FIRST_BACKOFF,
+            overloaded_log: RefusalLog::default(),
+        }
+    }
+
+    /// After a failed accept (EMFILE / ENFILE / ENOBUFS): logs it and waits, doubling the
+    /// wait up to a second, instead of spinning. `false` when `shutdown` fired meanwhile.
+    pub async fn failed(&mut self, e: &io::Error, shutdown: &CancellationToken) -> bool {
+        warn!(error = %e, backoff = ?self.backoff, "accept failed; backing off");
+        let waited = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(self.backoff) => true,
+        };
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+        waited
+    }
+
+    /// After a successful accept: a slot under `listener.max_connections` (read live), or
+    /// `Err(limit)` once the refusal is counted (and logged, at most once a report period).
+    pub fn admit(&mut self, ctx: &SessionContext) -> Result<ConnectionSlot, usize> {
+        self.backoff = FIRST_BACKOFF;
+        let limit = ctx.config.borrow().listener.max_connections;
+        if let Some(slot) = ConnectionSlot::try_take(&self.open, limit) {
+            return Ok(slot);
+        }
+        ctx.stats.totals.connection_rejected(Units::ZERO);
+        if let Some(refused) = self.overloaded_log.refused(Instant::now()) {
+            warn!(
+                refused,
+                max_connections = limit,
+                "connections refused (overloaded) since the last report"
+            );
+        }
+        Err(limit)
+    }
+}
+
+/// The first wait after a failed accept.
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 
 #[cfg(test)]
 mod tests {
