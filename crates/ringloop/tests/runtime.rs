@@ -19,6 +19,31 @@ fn runtime() -> Option<Runtime> {
     Some(Runtime::new(64).expect("runtime"))
 }
 
+/// A tokio runtime whose handle, entered, serves tokio timers to a ringloop runtime.
+fn tokio_timers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .expect("tokio")
+}
+
+/// Gives the runtime `n` turns (the task wakes itself), so that spawned tasks run and
+/// queued operations reach the kernel.
+async fn yield_turns(n: usize) {
+    let mut turns = 0;
+    poll_fn(|cx| {
+        if turns >= n {
+            Poll::Ready(())
+        } else {
+            turns += 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
 fn listener() -> (std::net::TcpListener, SocketAddr) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -38,17 +63,7 @@ fn block_on_returns_the_output_and_runs_spawned_tasks() {
                     assert!(spawn(async move { hits.set(hits.get() + 1) }).is_ok());
                 }
                 // Let the spawned tasks run.
-                let mut yielded = false;
-                poll_fn(|cx| {
-                    if yielded {
-                        Poll::Ready(())
-                    } else {
-                        yielded = true;
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
-                    }
-                })
-                .await;
+                yield_turns(1).await;
                 7
             }
         })
@@ -78,11 +93,7 @@ fn a_wake_up_from_another_thread_reaches_a_waiting_loop() {
 #[test]
 fn tokio_timers_fire_with_a_tokio_handle_entered() {
     let Some(rt) = runtime() else { return };
-    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .expect("tokio");
+    let tokio_rt = tokio_timers();
     let _entered = tokio_rt.enter();
     let started = Instant::now();
     rt.block_on(tokio::time::sleep(Duration::from_millis(30)))
@@ -153,11 +164,7 @@ fn connect_reaches_a_listener_and_reports_a_refusal() {
 fn a_dropped_recv_is_cancelled_and_the_loop_goes_on() {
     let Some(rt) = runtime() else { return };
     let (l, addr) = listener();
-    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .expect("tokio");
+    let tokio_rt = tokio_timers();
     let _entered = tokio_rt.enter();
     let peer = std::thread::spawn(move || {
         let (mut s, _) = l.accept().expect("accept");
@@ -196,17 +203,7 @@ fn dropping_the_runtime_with_pending_tasks_cancels_their_operations() {
             let _ = listener.accept().await;
         });
         // One turn so that both operations are in flight.
-        let mut once = false;
-        poll_fn(|cx| {
-            if once {
-                Poll::Ready(())
-            } else {
-                once = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        })
-        .await;
+        yield_turns(1).await;
     })
     .expect("block_on");
     let started = Instant::now();
@@ -227,17 +224,7 @@ fn a_panicking_task_ends_alone() {
             async move {
                 let _ = spawn(async { panic!("a task's own bug") });
                 let _ = spawn(async move { ran.set(true) });
-                let mut turns = 0;
-                poll_fn(|cx| {
-                    turns += 1;
-                    if turns > 2 {
-                        Poll::Ready(())
-                    } else {
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
-                    }
-                })
-                .await;
+                yield_turns(2).await;
                 1
             }
         })
@@ -300,14 +287,44 @@ fn pooled_receives_take_a_buffer_only_while_bytes_are_in_it() {
     }
 }
 
+/// A receive that leaves bytes in the socket is followed by one that reads at once; one
+/// that drained it, by one that waits for bytes first (`IORING_RECVSEND_POLL_FIRST`).
+/// Either way every byte arrives, in order, and the FIN after them.
+#[test]
+fn pooled_receives_get_every_byte_whether_or_not_bytes_wait_in_the_socket() {
+    let Some(rt) = pooled(4) else { return };
+    let (l, addr) = listener();
+    let sent: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let expected = sent.clone();
+    let peer = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        // A burst larger than a buffer (64 bytes here): bytes are left for the next receive.
+        s.write_all(&sent[..600]).expect("write");
+        // Then pauses, so that receives find the socket empty and wait.
+        for chunk in sent[600..].chunks(100) {
+            std::thread::sleep(Duration::from_millis(20));
+            s.write_all(chunk).expect("write");
+        }
+    });
+    let (s, _) = l.accept().expect("accept");
+    let got = rt
+        .block_on(async move {
+            let s = TcpStream::from_std(s).expect("stream");
+            let mut got = Vec::new();
+            while let Some(buf) = s.recv_pooled().await.expect("recv") {
+                got.extend_from_slice(&buf);
+            }
+            got
+        })
+        .expect("block_on");
+    peer.join().expect("peer");
+    assert_eq!(got, expected);
+}
+
 #[test]
 fn with_every_buffer_held_a_receive_waits_for_one_to_come_back() {
     let Some(rt) = pooled(1) else { return };
-    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .expect("tokio");
+    let tokio_rt = tokio_timers();
     let _entered = tokio_rt.enter();
     let (l, addr) = listener();
     let senders: Vec<_> = (0..2u8)
@@ -398,11 +415,7 @@ fn send_nowait_leaves_what_a_full_socket_cannot_take() {
 #[test]
 fn a_dropped_pool_waiter_does_not_swallow_the_wake_up_of_a_live_one() {
     let Some(rt) = pooled(1) else { return };
-    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .expect("tokio");
+    let tokio_rt = tokio_timers();
     let _entered = tokio_rt.enter();
     let (l, addr) = listener();
     let senders: Vec<_> = (0..3u8)
