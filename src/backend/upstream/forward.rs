@@ -1,5 +1,5 @@
 //! Byte forwarding between a client and its machine's upstream, the same over tokio's
-//! sockets and an io_uring loop's ([`Socket`]).
+//! sockets and an io_uring loop's.
 
 use std::future::Future;
 use std::io;
