@@ -104,12 +104,20 @@ pub async fn spawn_ring_loops(
                     let connections = TaskTracker::new();
                     let receiving = receive(inbox, ctx.clone(), connections.clone());
                     let listener = Rc::new(listener);
+                    let first = Acceptor::new(open);
                     let acceptors: Vec<_> = (0..ACCEPTS_IN_FLIGHT)
                         .map(|_| {
-                            let (listener, open, ctx) =
-                                (listener.clone(), open.clone(), ctx.clone());
+                            let (listener, acceptor, ctx) =
+                                (listener.clone(), first.sibling(), ctx.clone());
                             let (shutdown, balance) = (shutdown.clone(), balance.clone());
-                            accept(listener, open, ctx, connections.clone(), shutdown, balance)
+                            accept(
+                                listener,
+                                acceptor,
+                                ctx,
+                                connections.clone(),
+                                shutdown,
+                                balance,
+                            )
                         })
                         .collect();
                     // The port closes when the last acceptor ends (on shutdown), and the other
@@ -143,13 +151,12 @@ pub async fn spawn_ring_loops(
 /// connection takes a slot of `listener.max_connections` and runs as a task of this loop.
 async fn accept(
     listener: Rc<ringloop::TcpListener>,
-    open: Arc<AtomicUsize>,
+    mut acceptor: Acceptor,
     ctx: Arc<SessionContext>,
     connections: TaskTracker,
     shutdown: CancellationToken,
     (loops, me): (Loops, usize),
 ) {
-    let mut acceptor = Acceptor::new(open);
     loop {
         let accepted = tokio::select! {
             biased;

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -44,6 +44,10 @@ pub struct Acceptor {
     open: Arc<AtomicUsize>,
     backoff: Duration,
     overloaded_log: RefusalLog,
+    /// Failed accepts: under descriptor exhaustion every acceptor fails many times a
+    /// second, so at most one line a second (with the count), shared by the acceptors of a
+    /// loop ([`Acceptor::sibling`]).
+    failure_log: Arc<Mutex<RefusalLog>>,
 }
 
 impl Acceptor {
@@ -53,13 +57,32 @@ impl Acceptor {
             open,
             backoff: FIRST_BACKOFF,
             overloaded_log: RefusalLog::default(),
+            failure_log: Arc::default(),
         }
     }
 
-    /// After a failed accept (EMFILE / ENFILE / ENOBUFS): logs it and waits, doubling the
-    /// wait up to a second, instead of spinning. `false` when `shutdown` fired meanwhile.
+    /// Another acceptor on the same socket (an io_uring loop keeps several accepts in
+    /// flight): its own backoff, the same connection count and failure log.
+    pub fn sibling(&self) -> Acceptor {
+        Acceptor {
+            open: self.open.clone(),
+            backoff: FIRST_BACKOFF,
+            overloaded_log: RefusalLog::default(),
+            failure_log: self.failure_log.clone(),
+        }
+    }
+
+    /// After a failed accept (EMFILE / ENFILE / ENOBUFS): logs it (at most once a second)
+    /// and waits, doubling the wait up to a second, instead of spinning. `false` when
+    /// `shutdown` fired meanwhile.
     pub async fn failed(&mut self, e: &io::Error, shutdown: &CancellationToken) -> bool {
-        warn!(error = %e, backoff = ?self.backoff, "accept failed; backing off");
+        let due = self
+            .failure_log
+            .lock()
+            .map_or(None, |mut log| log.refused(Instant::now()));
+        if let Some(failures) = due {
+            warn!(error = %e, failures, backoff = ?self.backoff, "accept failed; backing off");
+        }
         let waited = tokio::select! {
             _ = shutdown.cancelled() => false,
             _ = tokio::time::sleep(self.backoff) => true,
@@ -106,5 +129,32 @@ mod tests {
         drop(a);
         assert!(ConnectionSlot::try_take(&open, 1).is_none());
         assert!(ConnectionSlot::try_take(&open, 3).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_accepts_back_off_doubling_to_a_second_and_stop_on_shutdown() {
+        let acceptor = Acceptor::new(Arc::new(AtomicUsize::new(0)));
+        let mut sibling = acceptor.sibling();
+        let shutdown = CancellationToken::new();
+        let e = io::Error::other("Too many open files");
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            let started = Instant::now();
+            assert!(sibling.failed(&e, &shutdown).await);
+            waits.push(started.elapsed().as_millis());
+        }
+        assert_eq!(
+            waits,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000],
+            "doubling from 1 ms, capped at a second"
+        );
+        // A sibling shares the failure log, not the backoff.
+        assert_eq!(acceptor.backoff, FIRST_BACKOFF);
+        assert!(Arc::ptr_eq(&acceptor.failure_log, &sibling.failure_log));
+        shutdown.cancel();
+        assert!(
+            !sibling.failed(&e, &shutdown).await,
+            "shutdown ends the wait"
+        );
     }
 }
