@@ -43,10 +43,10 @@ impl Drop for ConnectionSlot {
 pub struct Acceptor {
     open: Arc<AtomicUsize>,
     backoff: Duration,
-    overloaded_log: RefusalLog,
-    /// Failed accepts: under descriptor exhaustion every acceptor fails many times a
-    /// second, so at most one line a second (with the count), shared by the acceptors of a
-    /// loop ([`Acceptor::sibling`]).
+    /// Connections refused at `max_connections`, and failed accepts (under descriptor
+    /// exhaustion every acceptor fails many times a second): at most one line a second
+    /// for each, with the count, shared by the acceptors of a loop ([`Acceptor::sibling`]).
+    overloaded_log: Arc<Mutex<RefusalLog>>,
     failure_log: Arc<Mutex<RefusalLog>>,
 }
 
@@ -56,18 +56,18 @@ impl Acceptor {
         Acceptor {
             open,
             backoff: FIRST_BACKOFF,
-            overloaded_log: RefusalLog::default(),
+            overloaded_log: Arc::default(),
             failure_log: Arc::default(),
         }
     }
 
     /// Another acceptor on the same socket (an io_uring loop keeps several accepts in
-    /// flight): its own backoff, the same connection count and failure log.
+    /// flight): its own backoff, the same connection count and logs.
     pub fn sibling(&self) -> Acceptor {
         Acceptor {
             open: self.open.clone(),
             backoff: FIRST_BACKOFF,
-            overloaded_log: RefusalLog::default(),
+            overloaded_log: self.overloaded_log.clone(),
             failure_log: self.failure_log.clone(),
         }
     }
@@ -76,11 +76,7 @@ impl Acceptor {
     /// and waits, doubling the wait up to a second, instead of spinning. `false` when
     /// `shutdown` fired meanwhile.
     pub async fn failed(&mut self, e: &io::Error, shutdown: &CancellationToken) -> bool {
-        let due = self
-            .failure_log
-            .lock()
-            .map_or(None, |mut log| log.refused(Instant::now()));
-        if let Some(failures) = due {
+        if let Some(failures) = due(&self.failure_log) {
             warn!(error = %e, failures, backoff = ?self.backoff, "accept failed; backing off");
         }
         let waited = tokio::select! {
@@ -100,7 +96,7 @@ impl Acceptor {
             return Ok(slot);
         }
         ctx.stats.totals.connection_rejected(Units::ZERO);
-        if let Some(refused) = self.overloaded_log.refused(Instant::now()) {
+        if let Some(refused) = due(&self.overloaded_log) {
             warn!(
                 refused,
                 max_connections = limit,
@@ -109,6 +105,12 @@ impl Acceptor {
         }
         Err(limit)
     }
+}
+
+/// Counts one event in `log`; `Some(count)` when a line is due.
+fn due(log: &Mutex<RefusalLog>) -> Option<u64> {
+    log.lock()
+        .map_or(None, |mut log| log.refused(Instant::now()))
 }
 
 /// The first wait after a failed accept.
@@ -151,6 +153,10 @@ mod tests {
         // A sibling shares the failure log, not the backoff.
         assert_eq!(acceptor.backoff, FIRST_BACKOFF);
         assert!(Arc::ptr_eq(&acceptor.failure_log, &sibling.failure_log));
+        assert!(Arc::ptr_eq(
+            &acceptor.overloaded_log,
+            &sibling.overloaded_log
+        ));
         shutdown.cancel();
         assert!(
             !sibling.failed(&e, &shutdown).await,
