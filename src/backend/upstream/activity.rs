@@ -73,7 +73,7 @@ impl Watchdog {
 
 /// When bytes last moved on a proxied connection, in either direction.
 #[derive(Debug)]
-pub(super) struct Activity {
+pub(crate) struct Activity {
     /// Reference point of `last_ms`.
     base: tokio::time::Instant,
     /// Milliseconds after `base` of the latest read that returned data.

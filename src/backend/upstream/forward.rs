@@ -17,27 +17,9 @@ use super::pump;
 use crate::config::SendProxy;
 use crate::core::gate::Gated;
 
-/// Connects `client` to `upstream` and copies bytes both ways until either side closes,
-/// the upstream leaves the client unanswered for `limits.server`, nothing moves for
-/// `limits.idle`, or `stop` fires (the end of the shutdown grace). A failed connect and a
-/// server timeout count as passive failures of the upstream; an answer resets them.
-///
-/// # Errors
-///
-/// The connect error (the caller may try another machine); errors while copying only end
-/// the connection and are logged.
-pub async fn forward(
-    client: TcpStream,
-    upstream: &Upstream,
-    limits: Limits,
-    stop: &CancellationToken,
-) -> Result<Forwarded, (TcpStream, io::Error)> {
-    forward_with(client, upstream, limits, stop).await
-}
-
-/// What [`forward_with`] needs of a socket: tokio's (here) or an io_uring loop's
+/// What [`forward`] needs of a socket: tokio's (here) or an io_uring loop's
 /// ([`super::ring`]).
-pub(super) trait Socket: Sized {
+pub(crate) trait Socket: Sized {
     /// Opens a connection to `addr`.
     fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<Self>>;
 
@@ -87,8 +69,17 @@ impl Socket for TcpStream {
     }
 }
 
-/// [`forward`] over any [`Socket`].
-pub(super) async fn forward_with<S: Socket>(
+/// Connects `client` to `upstream` and copies bytes both ways until either side closes,
+/// the upstream leaves the client unanswered for `limits.server`, nothing moves for
+/// `limits.idle`, or `stop` fires (the end of the shutdown grace). A failed connect and a
+/// server timeout count as passive failures of the upstream; an answer resets them. The
+/// same for a client on the shared runtime, an epoll loop or an io_uring loop ([`Socket`]).
+///
+/// # Errors
+///
+/// The connect error, with the client back (the caller may try another machine); errors
+/// while copying only end the connection and are logged.
+pub(crate) async fn forward<S: Socket>(
     client: S,
     upstream: &Upstream,
     limits: Limits,

@@ -11,9 +11,9 @@
 //! - [`pool`] — the run-time list: `[[backend.upstreams]]` on start and reload, the admin
 //!   API's additions and removals, the provider's upstreams.
 //! - [`health`] — probes every upstream each `backend.health_check_interval`.
-//! - [`forward()`] — a placed connection is connected to its upstream and bytes are copied
+//! - `forward()` — a placed connection is connected to its upstream and bytes are copied
 //!   both ways until either side closes. No protocol parsing, no bytes added.
-//!   [`forward_ring`] does the same on an io_uring event loop ([`ring`]).
+//!   The same function serves clients on io_uring event loops ([`ring`]).
 //!
 //! NOTE: acquisition trusts the most recent probe (at most one interval old) instead of
 //! probing inline, so the dispatcher never waits on the network while placing connections.
@@ -39,11 +39,10 @@ use crate::core::{MachineId, Size, SizeCounts, Units};
 use crate::telemetry::MachineInfo;
 
 pub use activity::{Forwarded, Limits};
-pub use forward::forward;
+pub(crate) use forward::{forward, Socket};
 pub use health::{Failure, HealthPolicy, Upstream};
 pub use pool::{AddError, Origin, RemoveError, Removed, UpstreamPool, UpstreamView};
 pub use provider::Provider;
-pub use ring::forward_ring;
 
 // === impl UpstreamFactory ===
 

@@ -1,4 +1,4 @@
-//! [`forward()`](super::forward()) on an io_uring event loop (`listener.io`): the same
+//! `forward()` on an io_uring event loop (`listener.io`): the same
 //! connection, timers and outcomes, with the socket operations going through the loop's
 //! ring ([`ringloop`]) instead of readiness and system calls.
 //!
@@ -18,11 +18,9 @@ use std::pin::pin;
 use std::task::Poll;
 
 use ringloop::TcpStream;
-use tokio_util::sync::CancellationToken;
 
-use super::activity::{Activity, Forwarded, Limits};
-use super::forward::{forward_with, Socket};
-use super::health::Upstream;
+use super::activity::Activity;
+use super::forward::Socket;
 use super::pump::{Pump, Way, CHUNK};
 
 /// Receive buffers in each loop's pool (of 16 KiB: 4 MiB a loop). A `recv` that
@@ -37,20 +35,6 @@ pub const POOL_BUFFERS: u16 = 256;
 /// Where io_uring or its provided buffers (Linux 5.19+) are unavailable.
 pub fn runtime(entries: u32) -> io::Result<ringloop::Runtime> {
     ringloop::Runtime::with_pool(entries, POOL_BUFFERS, CHUNK)
-}
-
-/// As [`forward()`](super::forward()), for a client accepted on an io_uring loop.
-///
-/// # Errors
-///
-/// The connect error, with the client back (the caller may try another machine).
-pub async fn forward_ring(
-    client: TcpStream,
-    upstream: &Upstream,
-    limits: Limits,
-    stop: &CancellationToken,
-) -> Result<Forwarded, (TcpStream, io::Error)> {
-    forward_with(client, upstream, limits, stop).await
 }
 
 impl Socket for TcpStream {

@@ -1,19 +1,17 @@
 //! A proxied stream session (proxy mode, SPEC §8): place the connection, connect it to its
 //! machine's upstream and copy bytes both ways.
 
-use std::io;
 use std::net::{Shutdown, SocketAddr};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{warn, Instrument};
 
 use super::access::{self, ConnCounters};
 use super::close::{linger, LINGER};
 use super::context::SessionContext;
-use crate::backend::upstream::{self, Forwarded, Limits, Upstream};
+use crate::backend::upstream;
 use crate::core::{MachineId, Units};
 
 /// Upstreams a client is tried on at most before it is refused.
@@ -36,46 +34,20 @@ pub async fn serve_ring(socket: ringloop::TcpStream, peer: SocketAddr, ctx: &Ses
     serve_client(socket, peer, ctx).await;
 }
 
-/// A proxied client's socket, tokio's or an io_uring loop's: how it is forwarded to an
-/// upstream and how it is refused.
-trait Client: Sized {
-    /// [`upstream::forward()`] or [`upstream::forward_ring`].
-    async fn forward(
-        self,
-        upstream: &Upstream,
-        limits: Limits,
-        stop: &CancellationToken,
-    ) -> Result<Forwarded, (Self, io::Error)>;
-
+/// A proxied client's socket, tokio's or an io_uring loop's: forwarded by
+/// [`upstream::forward`] ([`upstream::Socket`]), and refused in its own way.
+trait Client: upstream::Socket {
     /// Closes without adding bytes (see [`close`]).
     async fn refuse(self);
 }
 
 impl Client for TcpStream {
-    async fn forward(
-        self,
-        upstream: &Upstream,
-        limits: Limits,
-        stop: &CancellationToken,
-    ) -> Result<Forwarded, (Self, io::Error)> {
-        upstream::forward(self, upstream, limits, stop).await
-    }
-
     async fn refuse(self) {
         close(self).await;
     }
 }
 
 impl Client for ringloop::TcpStream {
-    async fn forward(
-        self,
-        upstream: &Upstream,
-        limits: Limits,
-        stop: &CancellationToken,
-    ) -> Result<Forwarded, (Self, io::Error)> {
-        upstream::forward_ring(self, upstream, limits, stop).await
-    }
-
     async fn refuse(self) {
         // As `close`: a FIN, then a bounded read of what the client still sends.
         if self.get_ref().shutdown(Shutdown::Write).is_ok() {
@@ -124,8 +96,7 @@ async fn serve_client<C: Client>(mut socket: C, peer: SocketAddr, ctx: &SessionC
             }
         };
         let started = Instant::now();
-        match socket
-            .forward(&upstream, limits, &ctx.hard_stop)
+        match upstream::forward(socket, &upstream, limits, &ctx.hard_stop)
             .instrument(span)
             .await
         {
