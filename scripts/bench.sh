@@ -19,7 +19,8 @@
 # generators, connect+request+close, with CPU per request of each proxy.
 #
 # Every number is compared as a ratio measured in the same run: the machine is shared and
-# noisy. Only loopback addresses are used.
+# noisy. The contenders take turns within each round, and who goes first rotates from round
+# to round, so neither always runs right after the other. Only loopback addresses are used.
 #
 #   scripts/bench.sh [all|simulated|proxy]   (env: ROUNDS=2 RUN=5s IDLE=5000 PORT=27070,
 #   and for the proxy section LB_THREADS= (elastic-lb's event-loop threads, listener.threads;
@@ -109,6 +110,13 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 # CPU time (user + system) of a running process, in clock ticks.
+# The words after ROUND, rotated left by ROUND - 1: round 1 keeps the order, round 2 starts
+# with the second word, and so on.
+rotated() { # ROUND WORD...
+    local n=$(( ($1 - 1) % ($# - 1) )); shift
+    local words=("$@")
+    echo "${words[@]:n}" "${words[@]:0:n}"
+}
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 
@@ -144,12 +152,12 @@ if [ "$SECTION" != proxy ]; then
 start lb; LB_PID=$SERVER_PID
 start bare; BARE_PID=$SERVER_PID
 for round in $(seq "$ROUNDS"); do
-    for srv in lb bare; do
+    for srv in $(rotated "$round" lb bare); do
         addr=$LB_ADDR; pid=$LB_PID
         [ "$srv" = bare ] && { addr=$BARE_ADDR; pid=$BARE_PID; }
         closed_loops a p "$srv" "$round" "$pid" "$addr"
     done
-    for srv in lb bare; do
+    for srv in $(rotated "$round" lb bare); do
         addr=$LB_ADDR; [ "$srv" = bare ] && addr=$BARE_ADDR
         echo "round $round: $srv connect-per-request" >&2
         "$BIN/elastic-lb" load --target "$addr" --connections 16 --duration "$RUN" \
@@ -314,7 +322,8 @@ for srv in $PROXIES; do
         --mix small=100 --json >/dev/null
 done
 for round in $(seq "$ROUNDS"); do
-    for srv in $PROXIES; do
+    # shellcheck disable=SC2086 # PROXIES is a list of words
+    for srv in $(rotated "$round" $PROXIES); do
         addr=$(proxy_addr "$srv"); pid=$(proxy_pid "$srv")
         closed_loops pa pp "$srv" "$round" "$pid" "$addr"
         echo "round $round: $srv proxy connect-per-request" >&2
