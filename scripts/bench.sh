@@ -22,14 +22,16 @@
 # noisy. The contenders take turns within each round, and who goes first rotates from round
 # to round, so neither always runs right after the other. Only loopback addresses are used.
 #
-#   scripts/bench.sh [all|simulated|proxy]   (env: ROUNDS=2 RUN=5s IDLE=5000 PORT=27070,
+#   scripts/bench.sh [all|simulated|proxy]   (env: ROUNDS=2 for the simulated section and 8
+#   for the proxy section, RUN=5s IDLE=5000 PORT=27070,
 #   and for the proxy section LB_THREADS= (elastic-lb's event-loop threads, listener.threads;
 #   default one per core), LB_IO=auto (listener.io: auto, io_uring or epoll),
 #   HAP_THREADS=2 (HAProxy's nbthread) and CEILING=1, which also
 #   measures the two featureless proxies of benches/ceiling -- the epoll floor and the
 #   io_uring ceiling of this host -- in the same rounds and prints a second table)
 #
-# Takes about a minute and a half per section after the build.
+# Takes about a minute and a half for the simulated section and four minutes for the proxy
+# section (eight rounds: its margins are smaller than one round's noise) after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +41,8 @@ all | simulated | proxy) ;;
 *) echo "usage: scripts/bench.sh [all|simulated|proxy]" >&2; exit 2 ;;
 esac
 
-ROUNDS=${ROUNDS:-2}
+SIM_ROUNDS=${ROUNDS:-2}
+PROXY_ROUNDS=${ROUNDS:-8}
 RUN=${RUN:-5s}
 IDLE=${IDLE:-5000}
 PORT=${PORT:-27070}
@@ -151,7 +154,7 @@ if [ "$SECTION" != proxy ]; then
 # (a) and (b): both servers up; alternate the client between them.
 start lb; LB_PID=$SERVER_PID
 start bare; BARE_PID=$SERVER_PID
-for round in $(seq "$ROUNDS"); do
+for round in $(seq "$SIM_ROUNDS"); do
     for srv in $(rotated "$round" lb bare); do
         addr=$LB_ADDR; pid=$LB_PID
         [ "$srv" = bare ] && { addr=$BARE_ADDR; pid=$BARE_PID; }
@@ -167,7 +170,7 @@ done
 stop "$LB_PID"; stop "$BARE_PID"
 
 # (c): a fresh process each time, so earlier load does not inflate the "before".
-for round in $(seq "$ROUNDS"); do
+for round in $(seq "$SIM_ROUNDS"); do
     for srv in lb bare; do
         echo "round $round: $srv $IDLE idle connections" >&2
         start "$srv" "$tmp/lb-idle.toml"
@@ -193,7 +196,7 @@ done
 echo "scale-up reaction" >&2
 "$BIN/examples/scale_reaction" 30 --json >"$tmp/reaction.json"
 
-python3 - "$tmp" "$ROUNDS" "$IDLE" <<'PY'
+python3 - "$tmp" "$SIM_ROUNDS" "$IDLE" <<'PY'
 import sys
 sys.path.insert(0, "scripts")
 from bench_report import Runs
@@ -321,7 +324,7 @@ for srv in $PROXIES; do
     "$BIN/elastic-lb" load --target "$(proxy_addr "$srv")" --connections 50 --duration 1s \
         --mix small=100 --json >/dev/null
 done
-for round in $(seq "$ROUNDS"); do
+for round in $(seq "$PROXY_ROUNDS"); do
     # shellcheck disable=SC2086 # PROXIES is a list of words
     for srv in $(rotated "$round" $PROXIES); do
         addr=$(proxy_addr "$srv"); pid=$(proxy_pid "$srv")
@@ -335,7 +338,7 @@ stop "$LBP_PID"; stop "$HAP_PID"
 [ "${CEILING:-0}" = 1 ] && { stop "$EPL_PID"; stop "$URL_PID"; }
 stop "$UP_PID"
 
-python3 - "$tmp" "$ROUNDS" "${CEILING:-0}" <<'PY'
+python3 - "$tmp" "$PROXY_ROUNDS" "${CEILING:-0}" <<'PY'
 import sys
 sys.path.insert(0, "scripts")
 from bench_report import Runs, ceiling_table
