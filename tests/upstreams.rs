@@ -537,6 +537,40 @@ async fn provider_failures_and_timeouts_mean_none_available() {
     );
 }
 
+/// A provider that runs past `provider_timeout` is stopped with what it started: a script's
+/// background step does not outlive the "none available" (it could still create an upstream
+/// that nobody releases).
+#[tokio::test]
+async fn a_timed_out_provider_is_stopped_with_what_it_started() {
+    let tmp = TempDir::new("provider-group");
+    let pid_file = tmp.0.join("step.pid");
+    let slow = tmp.script(
+        "slow-steps",
+        &format!(
+            "sleep 30 >/dev/null 2>&1 &\necho $! >{}\nsleep 30",
+            pid_file.display()
+        ),
+    );
+    let limit = Duration::from_millis(500);
+    assert_eq!(Provider::new(slow, limit).acquire(Size::Large).await, None);
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("the script recorded its step")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let end = Instant::now() + Duration::from_secs(5);
+    while running(pid) && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = !running(pid);
+    if !stopped {
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    }
+    assert!(stopped, "the provider's background step {pid} still runs");
+}
+
 /// A provider that keeps failing (a quota, an API outage) is not run on every autoscaler
 /// tick: the next `acquire` waits 1 s, then 2 s, … (at most 1 min).
 #[tokio::test]

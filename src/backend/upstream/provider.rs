@@ -12,12 +12,20 @@
 //! daemon's stderr. A command that starts a background process must detach that
 //! process's stdout (e.g. `nohup … >/dev/null`): the answer is complete only when stdout
 //! closes.
+//!
+//! Each run is a process group of its own. Past the time limit the whole group is killed,
+//! so a script's slow step (a `docker run`, a cloud CLI call) does not outlive the "none
+//! available" and create an upstream that nobody releases. Within the limit nothing is
+//! killed: the upstream processes a local provider starts go on running.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use tokio::process::Command;
 use tracing::{info, warn};
 
@@ -85,16 +93,39 @@ impl Provider {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start: {e}"))?;
-        let output = tokio::time::timeout(self.timeout, child.wait_with_output())
-            .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
-            .map_err(|e| format!("cannot read its output: {e}"))?;
+        let group = child.id();
+        let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            Ok(output) => output.map_err(|e| format!("cannot read its output: {e}"))?,
+            Err(_) => {
+                if let Some(group) = group {
+                    kill_group(group);
+                }
+                return Err(format!(
+                    "no answer within {:?} (its process group was killed)",
+                    self.timeout
+                ));
+            }
+        };
         if !output.status.success() {
             return Err(format!("exited with {}", output.status));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+/// Sends SIGKILL to process group `group` (the provider command and what it started). It
+/// may be gone already; that is fine.
+fn kill_group(group: u32) {
+    let Ok(group) = i32::try_from(group) else {
+        return;
+    };
+    if let Err(e) = killpg(Pid::from_raw(group), Signal::SIGKILL) {
+        if e != Errno::ESRCH {
+            warn!(group, error = %e, "cannot stop the provider command's process group");
+        }
     }
 }
