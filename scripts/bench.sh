@@ -26,7 +26,8 @@
 #   for the proxy section, RUN=5s IDLE=5000 PORT=27070,
 #   and for the proxy section LB_THREADS= (elastic-lb's event-loop threads, listener.threads;
 #   default one per core), LB_IO=auto (listener.io: auto, io_uring or epoll),
-#   HAP_THREADS=2 (HAProxy's nbthread) and CEILING=1, which also
+#   HAP_THREADS=2 (HAProxy's nbthread), PIN=1 (pins the threads of both proxies, one per
+#   CPU in turn: elastic-lb's listener.pin_threads and HAProxy's cpu-map) and CEILING=1, which also
 #   measures the two featureless proxies of benches/ceiling -- the epoll floor and the
 #   io_uring ceiling of this host -- in the same rounds and prints a second table)
 #
@@ -257,6 +258,7 @@ max_connections = 20000
 idle_timeout = "0s"
 threads = ${LB_THREADS:-0}
 io = "${LB_IO:-auto}"
+pin_threads = $([ "${PIN:-0}" = 1 ] && echo true || echo false)
 [admin]
 address = "off"
 [load]
@@ -271,9 +273,23 @@ TOML
 # HAProxy as its package ships it, plus what the comparison needs: mode tcp, two threads
 # (one per core, as elastic-lb's runtime), no logging (elastic-lb logs nothing per
 # connection at RUST_LOG=warn either).
+# With PIN=1 HAProxy's thread i stays on the i-th CPU this script may use, as elastic-lb's
+# loops do with listener.pin_threads.
+HAP_CPU_MAP=
+if [ "${PIN:-0}" = 1 ]; then
+    cpus=$(python3 -c '
+import sys
+cpus = []
+for part in open("/proc/self/status").read().split("Cpus_allowed_list:")[1].split()[0].split(","):
+    lo, _, hi = part.partition("-")
+    cpus += range(int(lo), int(hi or lo) + 1)
+print(" ".join(str(cpus[i % len(cpus)]) for i in range(int(sys.argv[1]))))' "${HAP_THREADS:-2}")
+    HAP_CPU_MAP="cpu-map auto:1/1-${HAP_THREADS:-2} $cpus"
+fi
 cat >"$tmp/haproxy.cfg" <<CFG
 global
     nbthread ${HAP_THREADS:-2}
+    ${HAP_CPU_MAP}
     maxconn 8000
 defaults
     mode tcp
@@ -291,7 +307,7 @@ UP_PID=$!; pids+=("$UP_PID")
 wait_port "$UP_ADDR"
 RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lbp.toml" 2>>"$tmp/lbp.log" &
 LBP_PID=$!; pids+=("$LBP_PID")
-echo "elastic-lb event-loop threads: ${LB_THREADS:-one per core}, io ${LB_IO:-auto}; HAProxy nbthread ${HAP_THREADS:-2}" >&2
+echo "elastic-lb event-loop threads: ${LB_THREADS:-one per core}, io ${LB_IO:-auto}; HAProxy nbthread ${HAP_THREADS:-2}; pinned: $([ "${PIN:-0}" = 1 ] && echo "yes ($HAP_CPU_MAP)" || echo no)" >&2
 wait_port "$LBP_ADDR"
 # In the foreground (-db), in this script's session like elastic-lb: a daemon (-D) calls setsid,
 # and with kernel.sched_autogroup_enabled a new session is a scheduling group of its own,

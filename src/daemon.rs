@@ -134,6 +134,7 @@ impl Server {
             }
             Listening::Loops(sockets) => {
                 let threads = sockets.len();
+                let pinned = config.listener.pin_threads;
                 let open = Arc::default();
                 let engine = ring_loop::engine(config.listener.io, backend.session);
                 let io = match engine {
@@ -142,11 +143,15 @@ impl Server {
                 };
                 let spawned = match engine {
                     Ok(Engine::IoUring) => {
-                        ring_loop::spawn_ring_loops(sockets, &open, &ctx, &tracker, &shutdown).await
+                        ring_loop::spawn_ring_loops(
+                            sockets, pinned, &open, &ctx, &tracker, &shutdown,
+                        )
+                        .await
                     }
                     Ok(Engine::Epoll) => {
                         listener::spawn_loops(
                             sockets,
+                            pinned,
                             &open,
                             &ctx,
                             backend.session,
@@ -165,7 +170,7 @@ impl Server {
                     }
                     return Err(e);
                 }
-                info!(addr = %local_addr, threads, io, "listening on event-loop threads");
+                info!(addr = %local_addr, threads, io, pinned, "listening on event-loop threads");
             }
         }
 

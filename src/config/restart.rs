@@ -1,8 +1,8 @@
 //! The keys a reload cannot change: what the daemon reads once, at start.
 //!
-//! `listener.address`, `listener.backlog`, `listener.threads`, `listener.io`, `admin.address` and
-//! `admin.max_connections` are properties of sockets, event loops and of the admin server
-//! bound at start, and every key of
+//! `listener.address`, `listener.backlog`, `listener.threads`, `listener.io`,
+//! `listener.pin_threads`, `admin.address` and `admin.max_connections` are properties of
+//! sockets, event loops and of the admin server bound at start, and every key of
 //! `[backend]` but `upstreams` shapes the machines and health checks built at start
 //! (`[[backend.upstreams]]` is applied on reload: added upstreams join the pool, removed
 //! ones drain). On SIGHUP, `main` calls
@@ -24,11 +24,12 @@ const RESTART_TABLES: [&str; 1] = ["backend"];
 /// Keys of [`RESTART_TABLES`] that a reload applies: (table, key).
 const RELOADABLE_KEYS: [(&str, &str); 1] = [("backend", "upstreams")];
 /// Single keys that need a restart: (table, key).
-const RESTART_KEYS: [(&str, &str); 6] = [
+const RESTART_KEYS: [(&str, &str); 7] = [
     ("listener", "address"),
     ("listener", "backlog"),
     ("listener", "threads"),
     ("listener", "io"),
+    ("listener", "pin_threads"),
     ("admin", "address"),
     ("admin", "max_connections"),
 ];
@@ -55,6 +56,7 @@ pub fn keep_restart_keys(running: &Config, next: &mut Config) -> Vec<RestartChan
     next.listener.backlog = running.listener.backlog;
     next.listener.threads = running.listener.threads;
     next.listener.io = running.listener.io;
+    next.listener.pin_threads = running.listener.pin_threads;
     next.admin.address = running.admin.address;
     next.admin.max_connections = running.admin.max_connections;
     let upstreams = std::mem::take(&mut next.backend.upstreams);

@@ -67,6 +67,9 @@ pub struct ListenerConfig {
     /// completions (`io_uring`, ringloop); `auto` picks io_uring where the kernel allows
     /// it. Read once at start.
     pub io: IoEngine,
+    /// Pin each event-loop thread to one CPU of those the process may use, in turn (nginx
+    /// `worker_cpu_affinity auto`, HAProxy `cpu-map`). Read once at start.
+    pub pin_threads: bool,
 }
 
 /// `listener.io`: the I/O engine of proxy mode's event loops.
@@ -93,6 +96,7 @@ impl Default for ListenerConfig {
             backlog: 1024,
             threads: 0,
             io: IoEngine::Auto,
+            pin_threads: false,
         }
     }
 }

@@ -106,7 +106,8 @@ fn unknown_key_is_reworded() {
     assert_eq!(
         err(text),
         "x.toml:3: listener.colour: unknown key (expected one of address, \
-         max_connections, max_line_bytes, idle_timeout, line_timeout, backlog, threads, io)"
+         max_connections, max_line_bytes, idle_timeout, line_timeout, backlog, threads, io, \
+         pin_threads)"
     );
 }
 

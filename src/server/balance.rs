@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
+use super::affinity;
 use super::slot::ConnectionSlot;
 
 /// How many more connections than the least loaded loop a loop keeps before handing off.
@@ -99,6 +100,8 @@ impl Loops {
 /// thread (a runtime is built and dropped on its own thread only) and returns what runs it.
 /// Each thread holds a token of `tracker` until its loop has run, so
 /// [`crate::Server::shutdown`] waits for the loops' connections as for the shared runtime's.
+/// With `pin`, thread `i` stays on the `i`-th CPU this process may use (in turn when there
+/// are more loops than CPUs; [`super::affinity`]).
 ///
 /// # Errors
 ///
@@ -107,6 +110,7 @@ impl Loops {
 pub async fn spawn_loop_threads<Start, Run>(
     name: &str,
     sockets: Vec<std::net::TcpListener>,
+    pin: bool,
     tracker: &TaskTracker,
     mut loop_body: impl FnMut(
         std::net::TcpListener,
@@ -119,13 +123,22 @@ where
     Run: FnOnce(),
 {
     let (loops, inboxes) = Loops::new(sockets.len());
+    let cpus = if pin {
+        affinity::allowed_cpus()
+    } else {
+        Vec::new()
+    };
     for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let start = loop_body(socket, (loops.clone(), i), inbox);
         let token = tracker.token();
         let (started_tx, started_rx) = oneshot::channel();
+        let cpu = affinity::cpu_for(&cpus, i);
         std::thread::Builder::new()
             .name(format!("{name}-{i}"))
             .spawn(move || {
+                if let Some(cpu) = cpu {
+                    affinity::pin_current_thread(cpu);
+                }
                 let run = match start() {
                     Ok(run) => {
                         let _ = started_tx.send(Ok(()));

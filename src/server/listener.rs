@@ -188,6 +188,7 @@ async fn receive(
 /// already running stop when `shutdown` fires (the caller cancels it).
 pub async fn spawn_loops(
     sockets: Vec<std::net::TcpListener>,
+    pin: bool,
     open: &Arc<AtomicUsize>,
     ctx: &Arc<SessionContext>,
     session: SessionKind,
@@ -197,6 +198,7 @@ pub async fn spawn_loops(
     spawn_loop_threads(
         "elastic-lb-loop",
         sockets,
+        pin,
         tracker,
         |socket, balance, inbox| {
             let (open, ctx, shutdown) = (open.clone(), ctx.clone(), shutdown.clone());

@@ -6,6 +6,7 @@
 //! start-up on its own task. Depends on `config`, `protocol`, `telemetry`, `backend` and
 //! `balancer`; the daemon ([`crate::Server`]) starts it; `main` binds and checks the limits.
 
+pub mod affinity;
 pub mod balance;
 pub mod bind;
 pub mod descriptors;

@@ -82,6 +82,7 @@ const RING_ENTRIES: u32 = 4096;
 /// `shutdown` fires (the caller cancels it).
 pub async fn spawn_ring_loops(
     sockets: Vec<std::net::TcpListener>,
+    pin: bool,
     open: &Arc<AtomicUsize>,
     ctx: &Arc<SessionContext>,
     tracker: &TaskTracker,
@@ -91,6 +92,7 @@ pub async fn spawn_ring_loops(
     spawn_loop_threads(
         "elastic-lb-ring",
         sockets,
+        pin,
         tracker,
         |socket, balance, inbox| {
             let (open, ctx, shutdown, handle) =
