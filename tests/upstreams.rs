@@ -537,38 +537,69 @@ async fn provider_failures_and_timeouts_mean_none_available() {
     );
 }
 
-/// A provider that runs past `provider_timeout` is stopped with what it started: a script's
-/// background step does not outlive the "none available" (it could still create an upstream
-/// that nobody releases).
+/// A provider that runs past `provider_timeout`, or whose run is dropped (the daemon exits
+/// while it runs), is stopped with what it started: a script's background step does not
+/// outlive the "none available" (it could still create an upstream that nobody releases).
 #[tokio::test]
-async fn a_timed_out_provider_is_stopped_with_what_it_started() {
+async fn a_provider_past_its_limit_or_dropped_is_stopped_with_what_it_started() {
     let tmp = TempDir::new("provider-group");
-    let pid_file = tmp.0.join("step.pid");
-    let slow = tmp.script(
-        "slow-steps",
-        &format!(
-            "sleep 30 >/dev/null 2>&1 &\necho $! >{}\nsleep 30",
-            pid_file.display()
-        ),
-    );
-    let limit = Duration::from_millis(500);
+    let script = |name: &str| {
+        let pid_file = tmp.0.join(format!("{name}.pid"));
+        let path = tmp.script(
+            name,
+            &format!(
+                "sleep 30 >/dev/null 2>&1 &\necho $! >{0}.tmp && mv {0}.tmp {0}\nsleep 30",
+                pid_file.display()
+            ),
+        );
+        (path, pid_file)
+    };
+
+    let (slow, pid_file) = script("slow-steps");
+    let limit = Duration::from_secs(2);
     assert_eq!(Provider::new(slow, limit).acquire(Size::Large).await, None);
-    let pid: u32 = std::fs::read_to_string(&pid_file)
-        .expect("the script recorded its step")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let step = recorded_step(&pid_file).await;
+    assert_stops(step).await;
+
+    let (dropped, pid_file) = script("dropped-run");
+    let run = tokio::spawn(async move {
+        Provider::new(dropped, Duration::from_secs(60))
+            .acquire(Size::Large)
+            .await
+    });
+    let step = recorded_step(&pid_file).await;
+    run.abort();
+    assert!(run.await.is_err(), "the run was dropped");
+    assert_stops(step).await;
+}
+
+/// The pid a provider script wrote to `pid_file`, once it is there.
+async fn recorded_step(pid_file: &Path) -> u32 {
+    let mut pid = None;
+    common::wait_until(LONG, "the script recorded its background step", || {
+        pid = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        pid.is_some()
+    })
+    .await;
+    pid.expect("a pid")
+}
+
+/// Waits until the provider's background `sleep` (`pid`) has stopped; kills it otherwise.
+async fn assert_stops(pid: u32) {
     let end = Instant::now() + Duration::from_secs(5);
     while running(pid) && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let stopped = !running(pid);
-    if !stopped {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let still = running(pid) && comm.trim() == "sleep";
+    if still {
         let _ = std::process::Command::new("kill")
             .arg(pid.to_string())
             .status();
     }
-    assert!(stopped, "the provider's background step {pid} still runs");
+    assert!(!still, "the provider's background step {pid} still runs");
 }
 
 /// A provider that keeps failing (a quota, an API outage) is not run on every autoscaler

@@ -13,11 +13,13 @@
 //! process's stdout (e.g. `nohup … >/dev/null`): the answer is complete only when stdout
 //! closes.
 //!
-//! Each run is a process group of its own. Past the time limit the whole group is killed,
-//! so a script's slow step (a `docker run`, a cloud CLI call) does not outlive the "none
-//! available" and create an upstream that nobody releases. Within the limit nothing is
-//! killed: the upstream processes a local provider starts go on running.
+//! Each run is a process group of its own. Past the time limit, or when the daemon exits
+//! while it runs, the whole group is killed: a script's slow step (a `sleep`, the `docker`
+//! or cloud CLI process) does not outlive the "none available". What left the group escapes
+//! (`setsid`, a container the docker daemon runs, an API request already sent). Within the
+//! limit nothing is killed: the upstream processes a local provider starts go on running.
 
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -26,6 +28,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tracing::{info, warn};
 
@@ -87,7 +90,7 @@ impl Provider {
 
     /// Runs the command with `verb arg`; its stdout when it exits 0 within the limit.
     async fn run(&self, verb: &str, arg: &str) -> Result<String, String> {
-        let child = Command::new(&self.command)
+        let mut child = Command::new(&self.command)
             .arg(verb)
             .arg(arg)
             .stdin(Stdio::null())
@@ -97,35 +100,81 @@ impl Provider {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start: {e}"))?;
-        let group = child.id();
-        let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(output) => output.map_err(|e| format!("cannot read its output: {e}"))?,
+        // Until the command has answered, dropping this kills its whole group: past the time
+        // limit, and when the run is cancelled (the daemon exits). Declared after `child`, so
+        // it is dropped first: the leader is reaped only after the group was killed, and its
+        // id cannot have gone to another group meanwhile.
+        let mut group = Group(child.id());
+        let mut stdout = child.stdout.take();
+        let answered = tokio::time::timeout(self.timeout, async {
+            let mut out = Vec::new();
+            if let Some(stdout) = stdout.as_mut() {
+                // An address is one short line; more than this is not read (the command
+                // then blocks writing and runs into the time limit).
+                stdout.take(MAX_OUTPUT).read_to_end(&mut out).await?;
+            }
+            let status = child.wait().await?;
+            Ok::<_, io::Error>((status, out))
+        })
+        .await;
+        let (status, out) = match answered {
+            Ok(Ok(done)) => {
+                group.disarm();
+                done
+            }
+            Ok(Err(e)) => return Err(format!("cannot read its output: {e}")),
             Err(_) => {
-                if let Some(group) = group {
-                    kill_group(group);
-                }
-                return Err(format!(
-                    "no answer within {:?} (its process group was killed)",
-                    self.timeout
-                ));
+                let killed = if group.kill() {
+                    " (its process group was killed)"
+                } else {
+                    ""
+                };
+                return Err(format!("no answer within {:?}{killed}", self.timeout));
             }
         };
-        if !output.status.success() {
-            return Err(format!("exited with {}", output.status));
+        if !status.success() {
+            return Err(format!("exited with {status}"));
         }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 }
 
-/// Sends SIGKILL to process group `group` (the provider command and what it started). It
-/// may be gone already; that is fine.
-fn kill_group(group: u32) {
+/// Bytes of a provider command's stdout that are read.
+const MAX_OUTPUT: u64 = 64 * 1024;
+
+/// A provider command's process group, killed when dropped unless disarmed.
+struct Group(Option<u32>);
+
+impl Group {
+    /// The command answered and was reaped: its group is left alone.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+
+    /// Kills the group now (once); whether the signal went out.
+    fn kill(&mut self) -> bool {
+        self.0.take().is_some_and(kill_group)
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends SIGKILL to process group `group` (the provider command and what it started);
+/// whether it went out. A group that is gone already is not worth a warning.
+fn kill_group(group: u32) -> bool {
     let Ok(group) = i32::try_from(group) else {
-        return;
+        return false;
     };
-    if let Err(e) = killpg(Pid::from_raw(group), Signal::SIGKILL) {
-        if e != Errno::ESRCH {
+    match killpg(Pid::from_raw(group), Signal::SIGKILL) {
+        Ok(()) => true,
+        Err(Errno::ESRCH) => false,
+        Err(e) => {
             warn!(group, error = %e, "cannot stop the provider command's process group");
+            false
         }
     }
 }
