@@ -53,8 +53,9 @@ struct Entry {
     machine: Option<Arc<MachineInfo>>,
     /// Removed while backing a machine: leaves the pool when that machine retires.
     removing: bool,
-    /// Listed again by a reload while `removing`: joins again, fresh, once it has left.
-    rejoin: bool,
+    /// Listed again by a reload while `removing`: joins again, fresh, once it has left,
+    /// with the file's size and `max_connections`.
+    rejoin: Option<(Size, Option<u32>)>,
     added_at: Instant,
 }
 
@@ -142,7 +143,7 @@ impl UpstreamPool {
                 origin,
                 machine: None,
                 removing: false,
-                rejoin: false,
+                rejoin: None,
                 added_at: now,
             })
             .collect();
@@ -224,7 +225,7 @@ impl UpstreamPool {
                 origin,
                 machine: None,
                 removing: false,
-                rejoin: false,
+                rejoin: None,
                 added_at: Instant::now(),
             });
         }
@@ -307,8 +308,8 @@ impl UpstreamPool {
 
     /// Marks an upstream as coming from the configuration (a reload listed an address
     /// that was added at run time). One that is draining because it was removed joins the
-    /// pool again once its machine has retired.
-    pub fn adopt(&self, address: SocketAddr) {
+    /// pool again once its machine has retired, as a new entry of `size` and `limit`.
+    pub fn adopt(&self, address: SocketAddr, size: Size, limit: Option<u32>) {
         let mut state = self.lock();
         if let Some(e) = state
             .entries
@@ -316,7 +317,7 @@ impl UpstreamPool {
             .find(|e| e.upstream.address == address)
         {
             e.origin = Origin::Config;
-            e.rejoin = e.removing;
+            e.rejoin = e.removing.then_some((size, limit));
         }
     }
 
@@ -351,13 +352,15 @@ impl UpstreamPool {
             }
         };
         if let Some(entry) = leaving {
-            let (address, size) = (entry.upstream.address, entry.upstream.size);
+            let address = entry.upstream.address;
             info!(upstream = %address, "upstream left the pool");
             if entry.origin == Origin::Provider {
                 self.spawn_release(address);
-            } else if entry.rejoin {
+            } else if let Some((size, limit)) = entry.rejoin {
                 // Removed, then listed again while its machine drained.
-                let _ = self.add(address, size, Origin::Config);
+                if self.add(address, size, Origin::Config).is_ok() {
+                    self.set_max_connections(address, limit);
+                }
             }
         }
     }
@@ -555,8 +558,9 @@ mod tests {
         assert_eq!(pool.take_retiring(), vec![MachineId(1)]);
         assert!(pool.take_retiring().is_empty(), "reported once");
         assert_eq!(pool.list()[0].state, "draining");
-        // Listed again by a reload while draining: back, fresh, after the machine retired.
-        pool.adopt(addr(1));
+        // Listed again by a reload while draining, with another size and a limit: back,
+        // fresh and as the file says, after the machine retired.
+        pool.adopt(addr(1), Size::Large, Some(4));
         pool.give_back(&taken);
         let list = pool.list();
         assert_eq!(list.len(), 1);
@@ -564,7 +568,12 @@ mod tests {
             (list[0].state.as_str(), list[0].origin),
             ("idle", Origin::Config)
         );
-        assert!(!Arc::ptr_eq(&pool.upstreams()[0], &upstream), "a new entry");
+        let rejoined = pool.upstreams()[0].clone();
+        assert!(!Arc::ptr_eq(&rejoined, &upstream), "a new entry");
+        assert_eq!(
+            (rejoined.size, rejoined.max_connections()),
+            (Size::Large, 4)
+        );
 
         assert_eq!(
             pool.remove(addr(1)),
