@@ -113,7 +113,6 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
-# CPU time (user + system) of a running process, in clock ticks.
 # The words after ROUND, rotated left by ROUND - 1: round 1 keeps the order, round 2 starts
 # with the second word, and so on.
 rotated() { # ROUND WORD...
@@ -121,6 +120,8 @@ rotated() { # ROUND WORD...
     local words=("$@")
     echo "${words[@]:n}" "${words[@]:0:n}"
 }
+
+# CPU time (user + system) of a running process, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 
@@ -172,7 +173,7 @@ stop "$LB_PID"; stop "$BARE_PID"
 
 # (c): a fresh process each time, so earlier load does not inflate the "before".
 for round in $(seq "$SIM_ROUNDS"); do
-    for srv in lb bare; do
+    for srv in $(rotated "$round" lb bare); do
         echo "round $round: $srv $IDLE idle connections" >&2
         start "$srv" "$tmp/lb-idle.toml"
         sleep 0.3
@@ -275,16 +276,14 @@ TOML
 # connection at RUST_LOG=warn either).
 # With PIN=1 HAProxy's thread i stays on the i-th CPU this script may use, as elastic-lb's
 # loops do with listener.pin_threads.
+# One `cpu-map 1/THREAD CPU` line per thread (valid in HAProxy 2.6 for any thread count).
 HAP_CPU_MAP=
 if [ "${PIN:-0}" = 1 ]; then
-    cpus=$(python3 -c '
-import sys
-cpus = []
-for part in open("/proc/self/status").read().split("Cpus_allowed_list:")[1].split()[0].split(","):
-    lo, _, hi = part.partition("-")
-    cpus += range(int(lo), int(hi or lo) + 1)
-print(" ".join(str(cpus[i % len(cpus)]) for i in range(int(sys.argv[1]))))' "${HAP_THREADS:-2}")
-    HAP_CPU_MAP="cpu-map auto:1/1-${HAP_THREADS:-2} $cpus"
+    HAP_CPU_MAP=$(python3 -c '
+import os, sys
+cpus = sorted(os.sched_getaffinity(0))
+print("\n    ".join(f"cpu-map 1/{i + 1} {cpus[i % len(cpus)]}" for i in range(int(sys.argv[1]))))' \
+        "${HAP_THREADS:-2}")
 fi
 cat >"$tmp/haproxy.cfg" <<CFG
 global
@@ -307,7 +306,7 @@ UP_PID=$!; pids+=("$UP_PID")
 wait_port "$UP_ADDR"
 RUST_LOG=warn "$BIN/elastic-lb" --config "$tmp/lbp.toml" 2>>"$tmp/lbp.log" &
 LBP_PID=$!; pids+=("$LBP_PID")
-echo "elastic-lb event-loop threads: ${LB_THREADS:-one per core}, io ${LB_IO:-auto}; HAProxy nbthread ${HAP_THREADS:-2}; pinned: $([ "${PIN:-0}" = 1 ] && echo "yes ($HAP_CPU_MAP)" || echo no)" >&2
+echo "elastic-lb event-loop threads: ${LB_THREADS:-one per core}, io ${LB_IO:-auto}; HAProxy nbthread ${HAP_THREADS:-2}; pinned: $([ "${PIN:-0}" = 1 ] && echo "yes ($(echo $HAP_CPU_MAP))" || echo no)" >&2
 wait_port "$LBP_ADDR"
 # In the foreground (-db), in this script's session like elastic-lb: a daemon (-D) calls setsid,
 # and with kernel.sched_autogroup_enabled a new session is a scheduling group of its own,

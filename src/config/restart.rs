@@ -117,7 +117,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{AdminAddress, BackendMode, UpstreamConfig};
+    use crate::config::{AdminAddress, BackendMode, IoEngine, UpstreamConfig};
     use crate::core::{Size, StrategyKind};
 
     #[test]
@@ -139,6 +139,9 @@ mod tests {
         next.listener.backlog = 16;
         next.admin.address = AdminAddress::Off;
         next.admin.max_connections = 8;
+        next.listener.threads = 3;
+        next.listener.io = IoEngine::Epoll;
+        next.listener.pin_threads = true;
         next.listener.idle_timeout = Duration::from_secs(5);
         let changes = keep_restart_keys(&running, &mut next);
         let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
@@ -147,15 +150,27 @@ mod tests {
             [
                 "listener.address",
                 "listener.backlog",
+                "listener.threads",
+                "listener.io",
+                "listener.pin_threads",
                 "admin.address",
                 "admin.max_connections"
             ]
         );
         assert_eq!(changes[0].running, "\"127.0.0.1:7070\"");
         assert_eq!(changes[0].wanted, "\"127.0.0.1:9000\"");
-        assert_eq!(changes[2].wanted, "\"off\"");
+        assert_eq!(changes[4].wanted, "true");
+        assert_eq!(changes[5].wanted, "\"off\"");
         assert_eq!(next.listener.address, running.listener.address);
         assert_eq!(next.listener.backlog, running.listener.backlog);
+        assert_eq!(
+            (
+                next.listener.threads,
+                next.listener.io,
+                next.listener.pin_threads
+            ),
+            (0, IoEngine::Auto, false)
+        );
         assert_eq!(next.admin, running.admin);
         assert_eq!(
             next.listener.idle_timeout,

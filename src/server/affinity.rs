@@ -4,14 +4,17 @@
 //! Without it the scheduler may put two loops on the same CPU for a while, and the
 //! connections of one wait for the other; pinned, each loop keeps its own CPU's run queue.
 //! Measured on this project's 2-core benchmark host, where the load generator and the
-//! upstream share the CPUs: closed-loop p99 1.75 → 1.47 ms and 1.86 → 1.54 ms
-//! (`docs/performance.md`).
+//! upstream share the CPUs: closed-loop p99 1.86 → 1.54 ms and 1.75 → 1.47 ms, 16–17 %
+//! lower (`docs/performance.md`, "Pinned event loops").
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 use tracing::warn;
 
-/// The CPUs this process may run on, in ascending order (empty when unknown).
+/// The CPUs the calling thread may run on (the daemon's: the process's affinity mask, e.g. a
+/// container's cpuset, less offline CPUs), in ascending order. Empty when unknown, which
+/// includes hosts with CPU numbers of 1024 and above (`CpuSet`'s size): loops then run
+/// unpinned.
 pub fn allowed_cpus() -> Vec<usize> {
     match sched_getaffinity(Pid::from_raw(0)) {
         Ok(set) => (0..CpuSet::count())

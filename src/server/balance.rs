@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
+use tracing::warn;
 
 use super::affinity;
 use super::slot::ConnectionSlot;
@@ -128,6 +129,13 @@ where
     } else {
         Vec::new()
     };
+    if !cpus.is_empty() && cpus.len() < sockets.len() {
+        warn!(
+            loops = sockets.len(),
+            cpus = cpus.len(),
+            "more event loops than CPUs: pinned loops share CPUs (listener.threads)"
+        );
+    }
     for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let start = loop_body(socket, (loops.clone(), i), inbox);
         let token = tracker.token();
