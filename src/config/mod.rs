@@ -35,6 +35,7 @@ mod schema;
 mod source;
 mod token;
 mod validate;
+mod variant;
 
 pub use addr::{resolve_addr, ResolveAddrError};
 pub use diagnostics::{locate, ConfigError};

@@ -66,6 +66,7 @@ pub struct ListenerConfig {
     /// How the event loops of proxy mode do their I/O: readiness (`epoll`, tokio) or
     /// completions (`io_uring`, ringloop); `auto` picks io_uring where the kernel allows
     /// it. Read once at start.
+    #[serde(deserialize_with = "super::variant::named")]
     pub io: IoEngine,
     /// Pin each event-loop thread to one CPU of those the process may use, in turn (nginx
     /// `worker_cpu_affinity auto`, HAProxy `cpu-map`). Read once at start.
@@ -183,6 +184,7 @@ pub struct DispatcherConfig {
     /// RNG seed; 0 = seed from the OS.
     pub seed: u64,
     /// What the strategy places: every request line, or only each connection.
+    #[serde(deserialize_with = "super::variant::named")]
     pub routing: Routing,
 }
 
@@ -393,6 +395,7 @@ pub struct AutoscalerConfig {
     #[serde(with = "duration")]
     pub interval: Duration,
     /// How the number of machines is decided.
+    #[serde(deserialize_with = "super::variant::named")]
     pub policy: ScalingPolicy,
     /// `target` policy: the average load (percent) it steers towards.
     pub target: f64,
@@ -473,6 +476,7 @@ impl Default for ShutdownConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     /// `simulated` or `proxy`.
+    #[serde(deserialize_with = "super::variant::named")]
     pub mode: BackendMode,
     /// Proxy mode: how often upstreams are probed.
     #[serde(with = "duration")]
@@ -505,6 +509,7 @@ pub struct BackendConfig {
     pub provider_timeout: Duration,
     /// Proxy mode: the PROXY protocol header written to the upstream before the client's
     /// first byte (`off`, `v1` or `v2`).
+    #[serde(deserialize_with = "super::variant::named")]
     pub send_proxy: SendProxy,
     /// Proxy mode: how long a connection no machine can take waits for capacity before it
     /// is refused.
