@@ -211,31 +211,6 @@ fn unknown_names() {
 }
 
 #[test]
-fn named_values_are_strings_only() {
-    // serde would also take `{ proxy = {} }` for these; the reference documents strings.
-    for (table, key, value) in [
-        ("listener", "io", "epoll"),
-        ("dispatcher", "routing", "connection"),
-        ("autoscaler", "policy", "target"),
-        ("backend", "mode", "proxy"),
-        ("backend", "send_proxy", "v1"),
-    ] {
-        let as_table = err(&format!("[{table}]\n{key} = {{ {value} = {{}} }}\n"));
-        assert_eq!(
-            as_table,
-            format!("x.toml:2: {table}.{key}: invalid type: map, expected a string")
-        );
-        let as_number = err(&format!("[{table}]\n{key} = 5\n"));
-        assert_eq!(
-            as_number,
-            format!("x.toml:2: {table}.{key}: invalid type: integer `5`, expected a string")
-        );
-    }
-    let ok = Config::from_toml("[backend]\nsend_proxy = \"v2\"\n", "x.toml").expect("ok");
-    assert_eq!(ok.backend.send_proxy, SendProxy::V2);
-}
-
-#[test]
 fn syntax_errors_are_one_line_with_a_line_number() {
     let msg = err("[listener]\nmax_connections = 10\n[admin\n");
     assert!(msg.starts_with("x.toml:3: "), "{msg}");
