@@ -20,7 +20,9 @@
 #
 # Every number is compared as a ratio measured in the same run: the machine is shared and
 # noisy. The contenders take turns within each round, and who goes first rotates from round
-# to round, so neither always runs right after the other. Only loopback addresses are used.
+# to round, so neither always runs right after the other. In the proxy section each load runs
+# against the contenders back to back (the pairs share the host's slower swings). Only
+# loopback addresses are used.
 #
 #   scripts/bench.sh [all|simulated|proxy]   (env: ROUNDS=2 for the simulated section and 8
 #   for the proxy section, RUN=5s IDLE=5000 PORT=27070,
@@ -339,14 +341,28 @@ for srv in $PROXIES; do
     "$BIN/elastic-lb" load --target "$(proxy_addr "$srv")" --connections 50 --duration 1s \
         --mix small=100 --json >/dev/null
 done
+# Each load runs against the contenders back to back, so the machine's slower swings (other
+# tenants of the host) fall on both of a pair alike and cancel in its ratio; who goes first
+# rotates from round to round.
 for round in $(seq "$PROXY_ROUNDS"); do
     # shellcheck disable=SC2086 # PROXIES is a list of words
     for srv in $(rotated "$round" $PROXIES); do
-        addr=$(proxy_addr "$srv"); pid=$(proxy_pid "$srv")
-        closed_loops pa pp "$srv" "$round" "$pid" "$addr"
+        echo "round $round: $srv closed loop" >&2
+        gen pa "$srv" "$round" "$(proxy_pid "$srv")" -- "$BIN/elastic-lb" load \
+            --target "$(proxy_addr "$srv")" --connections 50 --duration "$RUN" --mix small=100 --json
+    done
+    # shellcheck disable=SC2086
+    for srv in $(rotated "$round" $PROXIES); do
+        echo "round $round: $srv closed loop (pingpong)" >&2
+        gen pp "$srv" "$round" "$(proxy_pid "$srv")" -- "$BIN/examples/pingpong" \
+            "$(proxy_addr "$srv")" 50 "${RUN%s}"
+    done
+    # shellcheck disable=SC2086
+    for srv in $(rotated "$round" $PROXIES); do
         echo "round $round: $srv proxy connect-per-request" >&2
-        gen pb "$srv" "$round" "$pid" -- "$BIN/elastic-lb" load --target "$addr" \
-            --connections 16 --duration "$RUN" --mix small=100 --connect-per-request --json
+        gen pb "$srv" "$round" "$(proxy_pid "$srv")" -- "$BIN/elastic-lb" load \
+            --target "$(proxy_addr "$srv")" --connections 16 --duration "$RUN" --mix small=100 \
+            --connect-per-request --json
     done
 done
 stop "$LBP_PID"; stop "$HAP_PID"
