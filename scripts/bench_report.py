@@ -46,7 +46,8 @@ class Runs:
         a, b = mean(ours), mean(base)
         r = a / b if ratio and b else None
         ok = ("PASS" if target(a, b, r) else "FAIL") if target else ""
-        self.rows.append((name, fmt.format(a), fmt.format(b), f"{r:.2f}" if r is not None else "",
+        # Three decimals: at two, a ratio of 1.046 would print as a failing "1.05".
+        self.rows.append((name, fmt.format(a), fmt.format(b), f"{r:.3f}" if r is not None else "",
                           ok, " / ".join(fmt.format(x) for x in ours),
                           " / ".join(fmt.format(x) for x in base)))
 
