@@ -22,18 +22,27 @@ const POLL_FIRST: u16 = 1;
 
 /// Owned memory an operation can send from: its address stays put while the operation
 /// holds it.
-pub trait IoBuf: Unpin + 'static {
+///
+/// # Safety
+///
+/// The kernel reads the bytes after the value has moved into the operation. `bytes` must
+/// return the same memory for as long as the value lives, at an address that does not
+/// change when the value moves (heap memory, not bytes stored inline).
+pub unsafe trait IoBuf: Unpin + 'static {
     /// The bytes.
     fn bytes(&self) -> &[u8];
 }
 
-impl IoBuf for Vec<u8> {
+// SAFETY: a Vec's bytes are on the heap; moving the Vec does not move them, and nothing
+// resizes it while an operation owns it.
+unsafe impl IoBuf for Vec<u8> {
     fn bytes(&self) -> &[u8] {
         self
     }
 }
 
-impl IoBuf for PooledBuf {
+// SAFETY: a pool buffer is a fixed slice of the pool's mapping, which outlives it.
+unsafe impl IoBuf for PooledBuf {
     fn bytes(&self) -> &[u8] {
         self
     }

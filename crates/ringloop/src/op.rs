@@ -12,10 +12,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use io_uring::{cqueue, opcode, squeue, types};
+use io_uring::{cqueue, squeue};
 use slab::Slab;
 
-use crate::runtime::{with_core, IGNORED};
+use crate::runtime::with_core;
 
 /// What the kernel said when an operation completed.
 #[derive(Debug)]
@@ -233,12 +233,7 @@ impl<T: 'static> Drop for Op<T> {
                         closes_fd,
                     };
                     drop(slots);
-                    let cancel =
-                        opcode::AsyncCancel2::new(types::CancelBuilder::user_data(key as u64))
-                            .build()
-                            .user_data(IGNORED);
-                    // SAFETY: a cancellation points at no memory.
-                    let _ = unsafe { core.push(&cancel) };
+                    core.cancel(key as u64);
                 }
                 _ => {}
             }

@@ -121,6 +121,9 @@ pub(crate) struct Core {
     /// Tasks that ended in a panic.
     panics: Cell<u64>,
     completions: RefCell<Vec<(u64, i32, u32)>>,
+    /// Cancellations the submission queue could not take when their operation was dropped;
+    /// queued again before each wait.
+    pending_cancels: RefCell<Vec<u64>>,
 }
 
 impl Core {
@@ -142,6 +145,27 @@ impl Core {
                 return Ok(());
             }
             ring.submit()?;
+        }
+    }
+
+    /// Cancels the operation whose `user_data` is `key`. When the submission queue cannot
+    /// take the cancellation now, it is queued again before the loop next waits: an
+    /// operation nobody waits for must not keep its socket open.
+    pub(crate) fn cancel(&self, key: u64) {
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(key))
+            .build()
+            .user_data(IGNORED);
+        // SAFETY: a cancellation points at no memory.
+        if unsafe { self.push(&cancel) }.is_err() {
+            self.pending_cancels.borrow_mut().push(key);
+        }
+    }
+
+    /// Queues the cancellations that could not be queued before (see [`Core::cancel`]).
+    fn retry_cancels(&self) {
+        let keys = std::mem::take(&mut *self.pending_cancels.borrow_mut());
+        for key in keys {
+            self.cancel(key);
         }
     }
 
@@ -258,6 +282,7 @@ impl Runtime {
             closing: Cell::new(false),
             panics: Cell::new(0),
             completions: RefCell::new(Vec::with_capacity(256)),
+            pending_cancels: RefCell::new(Vec::new()),
         });
         core.arm_remote_wake()?;
         Ok(Runtime { core })
@@ -341,6 +366,9 @@ impl Runtime {
     /// Submits what is queued, waits for a completion when `wait`, and wakes the owners of
     /// every completion.
     fn turn(&self, wait: bool) -> io::Result<()> {
+        if !self.core.pending_cancels.borrow().is_empty() {
+            self.core.retry_cancels();
+        }
         let submitted = self.core.ring.borrow().submit_and_wait(usize::from(wait));
         match submitted {
             Ok(_) => {}
@@ -411,15 +439,19 @@ impl Drop for Runtime {
             .user_data(IGNORED);
         // SAFETY: a cancellation points at no memory.
         let _ = unsafe { self.core.push(&cancel_all) };
+        let quiet = || self.core.slots.borrow().in_flight() == 0 && !self.core.wake_armed.get();
         for _ in 0..1000 {
-            if self.core.slots.borrow().in_flight() == 0 && !self.core.wake_armed.get() {
-                break;
-            }
-            if self.turn(true).is_err() {
+            if quiet() || self.turn(true).is_err() {
                 break;
             }
         }
         READY.with(|ready| ready.borrow_mut().clear());
+        if !quiet() {
+            // The ring failed, or the kernel has not finished every operation: it may still
+            // write into their buffers. Everything stays alive (ring, buffers, pool) for the
+            // rest of the process rather than freeing memory the kernel could write to.
+            std::mem::forget(Rc::clone(&self.core));
+        }
     }
 }
 
