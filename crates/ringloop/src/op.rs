@@ -86,6 +86,15 @@ impl Slots {
         }
     }
 
+    /// Whether the operation `key` is in flight with its `Op` gone (a key freed since, and
+    /// perhaps reused by a live operation, is not).
+    pub(crate) fn is_orphan(&self, key: u64) -> bool {
+        usize::try_from(key)
+            .ok()
+            .and_then(|key| self.slots.get(key))
+            .is_some_and(|slot| matches!(slot, Slot::Orphan { .. }))
+    }
+
     /// Operations not completed yet.
     pub(crate) fn in_flight(&self) -> usize {
         self.slots
@@ -244,5 +253,32 @@ impl<T: 'static> Drop for Op<T> {
             // write to the data, so it is leaked rather than freed.
             std::mem::forget(data.take());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_operation_whose_op_is_gone_is_an_orphan() {
+        let mut slots = Slots::default();
+        let waiting = slots.slots.insert(Slot::Waiting(None)) as u64;
+        let orphan = slots.slots.insert(Slot::Orphan {
+            _data: Box::new(()),
+            closes_fd: false,
+        }) as u64;
+        assert!(!slots.is_orphan(waiting));
+        assert!(slots.is_orphan(orphan));
+        // Its completion frees the key; a new operation that takes it is not an orphan.
+        assert!(matches!(
+            slots.complete(orphan, 0, 0),
+            Completed::Orphaned(None)
+        ));
+        assert!(!slots.is_orphan(orphan));
+        let reused = slots.slots.insert(Slot::Waiting(None)) as u64;
+        assert_eq!(reused, orphan);
+        assert!(!slots.is_orphan(reused));
+        assert!(!slots.is_orphan(u64::MAX));
     }
 }

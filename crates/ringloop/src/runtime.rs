@@ -161,11 +161,15 @@ impl Core {
         }
     }
 
-    /// Queues the cancellations that could not be queued before (see [`Core::cancel`]).
+    /// Queues the cancellations that could not be queued before (see [`Core::cancel`]), of
+    /// the operations still orphaned: one that completed meanwhile freed its key, which a
+    /// new operation may hold now.
     fn retry_cancels(&self) {
         let keys = std::mem::take(&mut *self.pending_cancels.borrow_mut());
         for key in keys {
-            self.cancel(key);
+            if self.slots.borrow().is_orphan(key) {
+                self.cancel(key);
+            }
         }
     }
 
