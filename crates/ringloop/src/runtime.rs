@@ -35,7 +35,8 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
     /// Its id (0: none), for wakers to tell a local wake-up from a remote one cheaply.
     static RUNNING: Cell<usize> = const { Cell::new(0) };
-    /// Tasks woken on this thread, to poll.
+    /// Tasks woken on this thread, to poll: those of the runtime running here (each
+    /// runtime keeps its own while another runs, see [`Entered`]).
     static READY: RefCell<VecDeque<usize>> = const { RefCell::new(VecDeque::new()) };
 }
 
@@ -124,6 +125,9 @@ pub(crate) struct Core {
     /// Cancellations the submission queue could not take when their operation was dropped;
     /// queued again before each wait.
     pending_cancels: RefCell<Vec<u64>>,
+    /// Its tasks still ready when its `block_on` returned: `READY` is the thread's, and
+    /// another runtime may run on this thread before this one runs again.
+    parked: RefCell<VecDeque<usize>>,
 }
 
 impl Core {
@@ -287,6 +291,7 @@ impl Runtime {
             panics: Cell::new(0),
             completions: RefCell::new(Vec::with_capacity(256)),
             pending_cancels: RefCell::new(Vec::new()),
+            parked: RefCell::new(VecDeque::new()),
         });
         core.arm_remote_wake()?;
         Ok(Runtime { core })
@@ -459,8 +464,9 @@ impl Drop for Runtime {
     }
 }
 
-/// Makes a runtime the current one of this thread until dropped.
-struct Entered;
+/// Makes a runtime the current one of this thread until dropped; its ready tasks move
+/// into the thread's `READY` meanwhile, and back into the core after.
+struct Entered(Rc<Core>);
 
 impl Entered {
     fn new(core: &Rc<Core>) -> Entered {
@@ -473,13 +479,23 @@ impl Entered {
             *current = Some(core.clone());
         });
         RUNNING.with(|running| running.set(core.remote.runtime));
-        Entered
+        let parked = std::mem::take(&mut *core.parked.borrow_mut());
+        READY.with(|ready| ready.borrow_mut().extend(parked));
+        Entered(core.clone())
     }
 }
 
 impl Drop for Entered {
     fn drop(&mut self) {
         RUNNING.with(|running| running.set(0));
+        // What stays ready is this runtime's: kept for its next `block_on`, not left for
+        // another runtime of this thread to pop (and lose).
+        let _ = READY.try_with(|ready| {
+            self.0
+                .parked
+                .borrow_mut()
+                .extend(ready.borrow_mut().drain(..));
+        });
         let _ = CURRENT.try_with(|current| current.borrow_mut().take());
     }
 }

@@ -514,3 +514,33 @@ fn recv_futures_are_send() {
     let f = s.recv(vec![0u8; 8]);
     is_send(&f);
 }
+
+#[test]
+fn a_task_left_ready_runs_at_its_runtime_next_block_on_after_another_runtime_ran_here() {
+    let (Some(a), Some(b)) = (runtime(), runtime()) else {
+        return;
+    };
+    let ran = Rc::new(Cell::new(false));
+    // The main future spawns a task and ends at once: the task is ready, not yet polled.
+    a.block_on({
+        let ran = ran.clone();
+        async move {
+            assert!(spawn(async move { ran.set(true) }).is_ok());
+        }
+    })
+    .expect("block_on a");
+    // Another runtime runs on this thread meanwhile, and is dropped.
+    b.block_on(yield_turns(3)).expect("block_on b");
+    drop(b);
+    // The task is still ready: `a`'s next block_on runs it.
+    let ran_then = a
+        .block_on({
+            let ran = ran.clone();
+            async move {
+                yield_turns(3).await;
+                ran.get()
+            }
+        })
+        .expect("block_on a again");
+    assert!(ran_then, "the task's wake-up was lost to the other runtime");
+}
