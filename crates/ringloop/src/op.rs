@@ -4,7 +4,9 @@
 //! the operation completes. [`Op`] owns that memory (`data`) while it is in flight. When an
 //! `Op` is dropped before its completion — a timeout fired, a `select!` took another branch —
 //! its data moves into the slot and a cancellation is queued; the slot frees the data when
-//! the completion (usually `-ECANCELED`) arrives.
+//! the completion (usually `-ECANCELED`) arrives. One dropped where its runtime does not
+//! run (another thread, or outside `block_on`) leaks its data and has the runtime's loop
+//! cancel it.
 
 use std::any::Any;
 use std::future::Future;
@@ -15,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use io_uring::{cqueue, squeue};
 use slab::Slab;
 
-use crate::runtime::with_core;
+use crate::runtime::{drop_elsewhere, with_core};
 
 /// What the kernel said when an operation completed.
 #[derive(Debug)]
@@ -54,6 +56,15 @@ pub(crate) struct Slots {
     slots: Slab<Slot>,
 }
 
+/// What an operation dropped where its runtime did not run calls for.
+pub(crate) enum Abandoned {
+    /// In flight: now an orphan; cancel it.
+    Cancel,
+    /// Completed meanwhile and freed; the buffer the kernel picked for it (if any) goes
+    /// back.
+    Freed(Option<u16>),
+}
+
 /// What a completion calls for.
 pub(crate) enum Completed {
     /// Wake the task awaiting it (if it registered a waker).
@@ -83,6 +94,30 @@ impl Slots {
                 Completed::Orphaned(cqueue::buffer_select(flags))
             }
             Some(Slot::Done(..)) | None => Completed::Wake(None),
+        }
+    }
+
+    /// Operation `key`, whose `Op` was dropped where its runtime did not run (its data
+    /// leaked there): an orphan holding nothing if in flight, freed if completed.
+    pub(crate) fn abandon(&mut self, key: usize, closes_fd: bool) -> Abandoned {
+        match self.slots.get(key) {
+            Some(Slot::Waiting(_)) => {
+                self.slots[key] = Slot::Orphan {
+                    _data: Box::new(()),
+                    closes_fd,
+                };
+                Abandoned::Cancel
+            }
+            Some(Slot::Done(result, flags)) => {
+                if closes_fd && *result >= 0 {
+                    // SAFETY: the descriptor this operation created, which nobody else holds.
+                    unsafe { libc::close(*result) };
+                }
+                let picked = cqueue::buffer_select(*flags);
+                self.slots.remove(key);
+                Abandoned::Freed(picked)
+            }
+            Some(Slot::Orphan { .. }) | None => Abandoned::Freed(None),
         }
     }
 
@@ -249,9 +284,11 @@ impl<T: 'static> Drop for Op<T> {
             true
         });
         if handled != Some(true) {
-            // No runtime here (its thread is gone), or another one: the kernel may still
-            // write to the data, so it is leaked rather than freed.
+            // Its runtime does not run here (another thread, outside its `block_on`, or
+            // gone): the kernel may still write to the data, so it is leaked rather than
+            // freed, and the runtime's loop cancels the operation when it next looks.
             std::mem::forget(data.take());
+            drop_elsewhere(runtime, key, closes_fd);
         }
     }
 }
@@ -280,5 +317,28 @@ mod tests {
         assert_eq!(reused, orphan);
         assert!(!slots.is_orphan(reused));
         assert!(!slots.is_orphan(u64::MAX));
+    }
+
+    #[test]
+    fn an_operation_dropped_elsewhere_is_cancelled_if_in_flight_and_freed_if_done() {
+        let mut slots = Slots::default();
+        let waiting = slots.slots.insert(Slot::Waiting(None));
+        assert!(matches!(slots.abandon(waiting, false), Abandoned::Cancel));
+        assert!(slots.is_orphan(waiting as u64));
+        // Its completion then frees it, as any orphan's does.
+        assert!(matches!(
+            slots.complete(waiting as u64, -libc::ECANCELED, 0),
+            Completed::Orphaned(None)
+        ));
+        // Completed with buffer 7 of the pool, never seen: freed, and the buffer goes back.
+        // IORING_CQE_F_BUFFER, and the id above IORING_CQE_BUFFER_SHIFT (16).
+        let flags = 1 | (7 << 16);
+        let done = slots.slots.insert(Slot::Done(5, flags));
+        assert!(matches!(
+            slots.abandon(done, false),
+            Abandoned::Freed(Some(7))
+        ));
+        assert_eq!(slots.in_flight(), 0);
+        assert!(slots.slots.is_empty());
     }
 }

@@ -10,13 +10,13 @@ use std::panic::{self, AssertUnwindSafe};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 
 use io_uring::{opcode, types, IoUring};
 use slab::Slab;
 
-use crate::op::{Completed, Slots};
+use crate::op::{Abandoned, Completed, Slots};
 use crate::pool::Pool;
 
 /// `user_data` of the `eventfd` read that carries wake-ups from other threads.
@@ -29,6 +29,10 @@ const MAIN: usize = usize::MAX;
 const BUDGET: usize = 128;
 
 static NEXT_RUNTIME: AtomicUsize = AtomicUsize::new(1);
+
+/// The remote part of every runtime, for an operation dropped where its runtime does not
+/// run (see [`drop_elsewhere`]); looked at only then.
+static REMOTES: Mutex<Vec<Weak<Remote>>> = Mutex::new(Vec::new());
 
 thread_local! {
     /// The runtime whose `block_on` runs on this thread, if any.
@@ -63,6 +67,9 @@ struct Remote {
     /// An `eventfd` write is pending (the loop has not yet taken `woken`).
     signaled: AtomicBool,
     eventfd: OwnedFd,
+    /// Operations dropped where this runtime does not run (key, and whether its result is
+    /// a descriptor to close): cancelled by the loop when it next looks.
+    dropped: Mutex<Vec<(usize, bool)>>,
 }
 
 impl Remote {
@@ -71,6 +78,11 @@ impl Remote {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(task);
+        self.signal();
+    }
+
+    /// Makes the loop look at `woken` and `dropped`.
+    fn signal(&self) {
         if !self.signaled.swap(true, Ordering::SeqCst) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64 to an eventfd this struct owns. A
@@ -165,6 +177,32 @@ impl Core {
         }
     }
 
+    /// Cancels the operations dropped where this runtime did not run
+    /// ([`drop_elsewhere`]): their data was leaked there, so their slots become orphans
+    /// holding nothing; one already completed is freed (its descriptor closed, its buffer
+    /// given back).
+    fn reclaim_dropped(&self) {
+        let dropped = std::mem::take(
+            &mut *self
+                .remote
+                .dropped
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for (key, closes_fd) in dropped {
+            let picked = self.slots.borrow_mut().abandon(key, closes_fd);
+            match picked {
+                Abandoned::Cancel => self.cancel(key as u64),
+                Abandoned::Freed(Some(id)) => {
+                    if let Some(pool) = &self.pool {
+                        pool.give_back(id);
+                    }
+                }
+                Abandoned::Freed(None) => {}
+            }
+        }
+    }
+
     /// Queues the cancellations that could not be queued before (see [`Core::cancel`]), of
     /// the operations still orphaned: one that completed meanwhile freed its key, which a
     /// new operation may hold now.
@@ -188,6 +226,28 @@ impl Core {
         self.wake_armed.set(true);
         Ok(())
     }
+}
+
+/// Hands operation `key` of runtime `runtime`, dropped where that runtime does not run
+/// (another thread, or outside its `block_on`), to its loop to cancel. `false` when the
+/// runtime is gone.
+pub(crate) fn drop_elsewhere(runtime: usize, key: usize, closes_fd: bool) -> bool {
+    let remote = REMOTES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|remote| remote.runtime == runtime);
+    let Some(remote) = remote else {
+        return false;
+    };
+    remote
+        .dropped
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push((key, closes_fd));
+    remote.signal();
+    true
 }
 
 /// Runs `f` with the current thread's runtime core, if a runtime runs here.
@@ -284,6 +344,7 @@ impl Runtime {
                 woken: Mutex::new(Vec::new()),
                 signaled: AtomicBool::new(false),
                 eventfd,
+                dropped: Mutex::new(Vec::new()),
             }),
             wake_buf: RefCell::new(Box::new(0)),
             wake_armed: Cell::new(false),
@@ -294,6 +355,12 @@ impl Runtime {
             parked: RefCell::new(VecDeque::new()),
         });
         core.arm_remote_wake()?;
+        let mut remotes = REMOTES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        remotes.retain(|remote| remote.strong_count() > 0);
+        remotes.push(Arc::downgrade(&core.remote));
+        drop(remotes);
         Ok(Runtime { core })
     }
 
@@ -411,6 +478,7 @@ impl Runtime {
                             .unwrap_or_else(|poisoned| poisoned.into_inner()),
                     );
                     READY.with(|ready| ready.borrow_mut().extend(woken));
+                    self.core.reclaim_dropped();
                     if !self.core.closing.get() {
                         self.core.arm_remote_wake()?;
                     }

@@ -544,3 +544,39 @@ fn a_task_left_ready_runs_at_its_runtime_next_block_on_after_another_runtime_ran
         .expect("block_on a again");
     assert!(ran_then, "the task's wake-up was lost to the other runtime");
 }
+
+#[test]
+fn a_recv_dropped_outside_block_on_is_cancelled_and_takes_no_bytes() {
+    let Some(rt) = runtime() else { return };
+    let (l, addr) = listener();
+    let tokio_rt = tokio_timers();
+    let _entered = tokio_rt.enter();
+    let mut client = std::net::TcpStream::connect(addr).expect("connect");
+    let listener = TcpListener::from_std(l).expect("listener");
+    let (stream, _) = rt
+        .block_on(async { listener.accept().await.expect("accept") })
+        .expect("block_on");
+    // A recv polled once (its entry reaches the kernel as block_on returns), then dropped
+    // where no runtime runs.
+    let mut first = Box::pin(stream.recv(vec![0; 16]));
+    rt.block_on(poll_fn(|cx| {
+        assert!(first.as_mut().poll(cx).is_pending());
+        Poll::Ready(())
+    }))
+    .expect("block_on");
+    drop(first);
+    // A loop that looks (its own operation dropped meanwhile) before the byte arrives.
+    rt.block_on(yield_turns(2)).expect("block_on");
+    client.write_all(b"x").expect("write");
+    // A few turns in which a recv still armed would take the byte.
+    rt.block_on(yield_turns(2)).expect("block_on");
+    // The byte goes to the next recv, not to the dropped one.
+    let got = rt
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), stream.recv(vec![0; 16])).await
+        })
+        .expect("block_on");
+    let (n, buf) = got.expect("the byte went to the dropped recv");
+    assert_eq!(n.expect("recv"), 1);
+    assert_eq!(buf[0], b'x');
+}
