@@ -448,10 +448,13 @@ impl Runtime {
         let submitted = self.core.ring.borrow().submit_and_wait(usize::from(wait));
         match submitted {
             Ok(_) => {}
+            // Interrupted, completions to reap first (EBUSY), or the kernel short of memory
+            // for now (EAGAIN, ENOMEM): what is queued stays queued and goes with the next
+            // enter; the loop and its connections go on.
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::EINTR | libc::EBUSY | libc::ETIME)
+                    Some(libc::EINTR | libc::EBUSY | libc::ETIME | libc::EAGAIN | libc::ENOMEM)
                 ) => {}
             Err(e) => return Err(e),
         }
