@@ -445,6 +445,13 @@ impl Runtime {
         if !self.core.pending_cancels.borrow().is_empty() {
             self.core.retry_cancels();
         }
+        // The read that carries wake-ups from other threads could not be queued last turn
+        // (a full submission queue that would not submit): queue it now, and do not sleep
+        // without it.
+        let unarmed = !self.core.wake_armed.get()
+            && !self.core.closing.get()
+            && self.core.arm_remote_wake().is_err();
+        let wait = wait && !unarmed;
         let submitted = self.core.ring.borrow().submit_and_wait(usize::from(wait));
         match submitted {
             Ok(_) => {}
@@ -483,7 +490,9 @@ impl Runtime {
                     READY.with(|ready| ready.borrow_mut().extend(woken));
                     self.core.reclaim_dropped();
                     if !self.core.closing.get() {
-                        self.core.arm_remote_wake()?;
+                        // On failure, queued again at the next turn (above), before the
+                        // loop would sleep: the other completions here are handled first.
+                        let _ = self.core.arm_remote_wake();
                     }
                 }
                 IGNORED => {}
