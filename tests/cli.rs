@@ -169,6 +169,26 @@ fn check_rejects_an_unknown_key_with_one_error_line_naming_it() {
     assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
 }
 
+/// A syntax error on a broken table header names no key: the line above it is not at fault
+/// (it used to read `listener.address: unclosed table`).
+#[test]
+fn check_rejects_a_broken_header_without_blaming_the_key_above() {
+    let out = check_rejects(
+        "broken-header",
+        "header.toml",
+        "[listener]\naddress = \"127.0.0.1:7070\"\n[admin\n",
+    );
+    let line = single_error_line(&out);
+    assert!(
+        line.contains("header.toml:3: "),
+        "names file and line: {line:?}"
+    );
+    assert!(
+        !line.contains("listener.address"),
+        "blames no key: {line:?}"
+    );
+}
+
 #[test]
 fn check_rejects_an_unknown_strategy_in_the_file_naming_key_and_value() {
     let out = check_rejects(

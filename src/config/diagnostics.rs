@@ -317,20 +317,40 @@ fn key_at_offset(text: &str, offset: usize) -> Option<String> {
     // The line that set `key`: the last key or header line at or above `line`.
     let mut start = 0;
     let mut set_at = None;
+    let mut header_line = None;
     for (n, l) in text.split_inclusive('\n').enumerate() {
         if n >= line {
             break;
         }
         match classify(l) {
-            LineKind::Key(..) => set_at = Some((start, l)),
-            LineKind::Header(_) => set_at = None,
+            LineKind::Key(..) => set_at = Some((n, start, l)),
+            LineKind::Header(_) => {
+                set_at = None;
+                header_line = Some(n);
+            }
             LineKind::Other => {}
         }
         start += l.len();
     }
-    let Some((line_start, l)) = set_at else {
-        return Some(key);
+    let Some((set_line, line_start, l)) = set_at else {
+        // Under a header: a line that is neither a key nor a header (`[admin` unclosed,
+        // `port 80`) belongs to no key; naming the table above it would mislead.
+        return match header_line {
+            Some(n) if n + 1 < line && !is_entry(text, line) => None,
+            _ => Some(key),
+        };
     };
+    // A stray line below a finished value is not part of that key either; only the
+    // continuation of a value still open (a multi-line array, inline table or string) is.
+    if set_line + 1 < line
+        && !is_entry(text, line)
+        && !value_open(
+            text.get(line_start..).unwrap_or_default(),
+            line - set_line - 1,
+        )
+    {
+        return None;
+    }
     let value_start = line_start + l.find('=').map_or(l.len(), |i| i + 1);
     let path = match text.get(value_start..offset) {
         Some(prefix) => inline_path(prefix),
@@ -341,6 +361,54 @@ fn key_at_offset(text: &str, offset: usize) -> Option<String> {
     } else {
         Some(format!("{key}.{}", path.join(".")))
     }
+}
+
+/// Whether 1-based `line` of `text` is a key or a table header line.
+fn is_entry(text: &str, line: usize) -> bool {
+    text.lines()
+        .nth(line.saturating_sub(1))
+        .is_some_and(|l| !matches!(classify(l), LineKind::Other))
+}
+
+/// Whether the value set on the first line of `from` is still open at the end of its
+/// first `lines` lines: inside a `[`/`{` not closed yet or a `"""`/`'''` string. Strings
+/// and `#` comments are skipped.
+fn value_open(from: &str, lines: usize) -> bool {
+    let text: String = from.split_inclusive('\n').take(lines).collect();
+    let value = text.split_once('=').map_or("", |(_, v)| v);
+    let (mut depth, mut quote, mut comment, mut escaped) = (0usize, None::<&str>, false, false);
+    let mut rest = value;
+    while let Some(c) = rest.chars().next() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && q.starts_with('"') {
+                escaped = true;
+            } else if rest.starts_with(q) {
+                quote = None;
+                rest = &rest[q.len()..];
+                continue;
+            }
+        } else if comment {
+            comment = c != '\n';
+        } else if let Some(q) = ["\"\"\"", "\'\'\'", "\"", "\'"]
+            .into_iter()
+            .find(|q| rest.starts_with(q))
+        {
+            quote = Some(q);
+            rest = &rest[q.len()..];
+            continue;
+        } else {
+            match c {
+                '#' => comment = true,
+                '[' | '{' => depth += 1,
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    depth > 0 || quote.is_some_and(|q| q.len() == 3)
 }
 
 /// One open `{` or `[` while scanning a value.

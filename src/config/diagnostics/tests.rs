@@ -117,3 +117,26 @@ fn a_duplicate_upstream_in_a_nested_inline_table_has_its_line() {
     assert_eq!(e.line(), Some(2), "{e}");
     assert!(e.to_string().contains("address listed twice"), "{e}");
 }
+
+/// Regression (black-box, `check`): a syntax error on a line that is neither a key nor a
+/// header was reported under the key or table above it (`listener.address: unclosed table`).
+#[test]
+fn a_stray_line_belongs_to_no_key_unless_a_value_continues() {
+    let at = |text: &str, needle: &str| {
+        let offset = text.find(needle).expect("needle in text");
+        key_at_offset(text, offset)
+    };
+    let text = "[listener]\naddress = \"127.0.0.1:1\"\n[admin\n";
+    assert_eq!(at(text, "[admin"), None);
+    let text = "[listener]\n\nport 80\n";
+    assert_eq!(at(text, "port"), None);
+    let text = "[backend]\n[[backend.upstreams]]\naddress = \"a\" # [\nsize\n";
+    assert_eq!(at(text, "size"), None);
+    // Still open: the continuation names the key being set.
+    let text = "[autoscaler]\ninitial = [ # ]\n  \"medium\",\n  huge\n]\n";
+    assert_eq!(at(text, "huge").as_deref(), Some("autoscaler.initial"));
+    let text = "[x]\ns = \"\"\"\n[not a header\n\"\"\"\n";
+    assert_eq!(at(text, "[not").as_deref(), Some("x.s"));
+    let text = "[backend]\nupstreams = [\n  { address = \"]\" },\n  oops\n]\n";
+    assert_eq!(at(text, "oops").as_deref(), Some("backend.upstreams"));
+}
