@@ -527,10 +527,19 @@ impl Drop for Runtime {
             .build()
             .user_data(IGNORED);
         // SAFETY: a cancellation points at no memory.
-        let _ = unsafe { self.core.push(&cancel_all) };
+        let mut cancelled = unsafe { self.core.push(&cancel_all) }.is_ok();
         let quiet = || self.core.slots.borrow().in_flight() == 0 && !self.core.wake_armed.get();
         for _ in 0..1000 {
-            if quiet() || self.turn(true).is_err() {
+            if quiet() {
+                break;
+            }
+            if !cancelled {
+                // The queue could not take it (full, and would not submit): again, and no
+                // sleeping meanwhile — a receive from an idle peer would never complete.
+                // SAFETY: as above.
+                cancelled = unsafe { self.core.push(&cancel_all) }.is_ok();
+            }
+            if self.turn(cancelled).is_err() {
                 break;
             }
         }
