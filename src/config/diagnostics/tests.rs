@@ -2,6 +2,12 @@
 
 use super::*;
 
+/// The key `key_at_offset` names for the first occurrence of `needle` in `text`.
+fn at(text: &str, needle: &str) -> Option<String> {
+    let offset = text.find(needle).expect("needle in text");
+    key_at_offset(text, offset)
+}
+
 #[test]
 fn line_numbers() {
     assert_eq!(line_of("a\nb\nc", 0), 1);
@@ -53,10 +59,6 @@ address = \"127.0.0.1:1\"
 /// reported under the table's name only (`listener: invalid type …`).
 #[test]
 fn key_at_offset_names_keys_inside_inline_tables() {
-    let at = |text: &str, needle: &str| {
-        let offset = text.find(needle).expect("needle in text");
-        key_at_offset(text, offset)
-    };
     let text = "listener = { max_line_bytes = \"0ns\" }\n";
     assert_eq!(
         at(text, "\"0ns").as_deref(),
@@ -122,10 +124,6 @@ fn a_duplicate_upstream_in_a_nested_inline_table_has_its_line() {
 /// header was reported under the key or table above it (`listener.address: unclosed table`).
 #[test]
 fn a_stray_line_belongs_to_no_key_unless_a_value_continues() {
-    let at = |text: &str, needle: &str| {
-        let offset = text.find(needle).expect("needle in text");
-        key_at_offset(text, offset)
-    };
     let text = "[listener]\naddress = \"127.0.0.1:1\"\n[admin\n";
     assert_eq!(at(text, "[admin"), None);
     let text = "[listener]\n\nport 80\n";
