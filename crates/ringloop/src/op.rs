@@ -97,13 +97,14 @@ impl Slots {
         }
     }
 
-    /// Operation `key`, whose `Op` was dropped where its runtime did not run (its data
-    /// leaked there): an orphan holding nothing if in flight, freed if completed.
-    pub(crate) fn abandon(&mut self, key: usize, closes_fd: bool) -> Abandoned {
+    /// Operation `key`, whose `Op` is gone: if in flight, an orphan keeping `data` (the
+    /// memory the kernel may still use) until its completion; if completed, freed, its
+    /// descriptor closed when `closes_fd`.
+    pub(crate) fn abandon(&mut self, key: usize, closes_fd: bool, data: Box<dyn Any>) -> Abandoned {
         match self.slots.get(key) {
             Some(Slot::Waiting(_)) => {
                 self.slots[key] = Slot::Orphan {
-                    _data: Box::new(()),
+                    _data: data,
                     closes_fd,
                 };
                 Abandoned::Cancel
@@ -255,32 +256,7 @@ impl<T: 'static> Drop for Op<T> {
                 // Not this runtime's operation: nothing here knows when the kernel is done.
                 return false;
             }
-            let mut slots = core.slots.borrow_mut();
-            match slots.slots.get(key) {
-                Some(Slot::Done(result, flags)) => {
-                    // Completed, never seen: the data can go; a new descriptor is closed and
-                    // a picked buffer goes back.
-                    if closes_fd && *result >= 0 {
-                        // SAFETY: the descriptor this operation created; nobody else has it.
-                        unsafe { libc::close(*result) };
-                    }
-                    let picked = cqueue::buffer_select(*flags);
-                    slots.slots.remove(key);
-                    drop(slots);
-                    if let (Some(id), Some(pool)) = (picked, core.pool.as_ref()) {
-                        pool.give_back(id);
-                    }
-                }
-                Some(Slot::Waiting(_)) => {
-                    slots.slots[key] = Slot::Orphan {
-                        _data: Box::new(data.take()),
-                        closes_fd,
-                    };
-                    drop(slots);
-                    core.cancel(key as u64);
-                }
-                _ => {}
-            }
+            core.abandon(key, closes_fd, Box::new(data.take()));
             true
         });
         if handled != Some(true) {
@@ -323,7 +299,10 @@ mod tests {
     fn an_operation_dropped_elsewhere_is_cancelled_if_in_flight_and_freed_if_done() {
         let mut slots = Slots::default();
         let waiting = slots.slots.insert(Slot::Waiting(None));
-        assert!(matches!(slots.abandon(waiting, false), Abandoned::Cancel));
+        assert!(matches!(
+            slots.abandon(waiting, false, Box::new(())),
+            Abandoned::Cancel
+        ));
         assert!(slots.is_orphan(waiting as u64));
         // Its completion then frees it, as any orphan's does.
         assert!(matches!(
@@ -335,7 +314,7 @@ mod tests {
         let flags = 1 | (7 << 16);
         let done = slots.slots.insert(Slot::Done(5, flags));
         assert!(matches!(
-            slots.abandon(done, false),
+            slots.abandon(done, false, Box::new(())),
             Abandoned::Freed(Some(7))
         ));
         assert_eq!(slots.in_flight(), 0);

@@ -190,16 +190,23 @@ impl Core {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
         for (key, closes_fd) in dropped {
-            let picked = self.slots.borrow_mut().abandon(key, closes_fd);
-            match picked {
-                Abandoned::Cancel => self.cancel(key as u64),
-                Abandoned::Freed(Some(id)) => {
-                    if let Some(pool) = &self.pool {
-                        pool.give_back(id);
-                    }
+            self.abandon(key, closes_fd, Box::new(()));
+        }
+    }
+
+    /// Operation `key` of this runtime, whose `Op` is gone: cancelled if in flight (its
+    /// slot keeping `data` until the completion), freed if completed (a picked pool buffer
+    /// going back).
+    pub(crate) fn abandon(&self, key: usize, closes_fd: bool, data: Box<dyn std::any::Any>) {
+        let abandoned = self.slots.borrow_mut().abandon(key, closes_fd, data);
+        match abandoned {
+            Abandoned::Cancel => self.cancel(key as u64),
+            Abandoned::Freed(Some(id)) => {
+                if let Some(pool) = &self.pool {
+                    pool.give_back(id);
                 }
-                Abandoned::Freed(None) => {}
             }
+            Abandoned::Freed(None) => {}
         }
     }
 
