@@ -2,8 +2,9 @@
 # Issue 10 item 6: a real HTTP client (`ab -n 2000 -c 20`, apache2-utils) against
 # `python3 -m http.server` (listen backlog 5), directly and through elastic-lb in proxy mode
 # with `max_connections` on the upstream and the admission queue. Passes when no request
-# fails through the balancer and its p99 is within 3 x the direct p99. Exit status 1: a
-# request failed; 2: every request served but the p99 was over the limit (timing only).
+# fails through the balancer and its p99 is within 3 x the direct p99 (medians, below).
+# Exit status 1: a request failed; 2: every request served but the p99 was over the limit
+# (timing only).
 #
 # Each path is measured ROUNDS times (5), interleaved, and the p99s compared are the
 # medians of the rounds: one run's direct p99 swings between the server's normal tail and
@@ -98,14 +99,18 @@ printf '%-10s %10s %8s %10s\n' run complete failed "p99 (ms)"
 for r in "${runs[@]}"; do
     printf '%-10s %10s %8s %10s\n' "$r" "$(complete "$r")" "$(failed "$r")" "$(p99 "$r")"
 done
-rows=$(for r in "${runs[@]}"; do echo "${r%-*} $(complete "$r") $(failed "$r") $(p99 "$r")"; done)
+# One line per run: path, complete, failed, p99 ("-" for what ab did not print).
+rows=$(for r in "${runs[@]}"; do
+    c=$(complete "$r") f=$(failed "$r") p=$(p99 "$r")
+    echo "${r%-*} ${c:--} ${f:--} ${p:--}"
+done)
 python3 - "$N" <<PY
 import statistics, sys
 n = sys.argv[1]
 runs = {"direct": [], "lb": []}
 for line in """$rows""".splitlines():
-    path, *fields = line.split()
-    runs[path].append(fields + [""] * (3 - len(fields)))
+    path, complete, failed, p99 = line.split()
+    runs[path].append((complete, failed, "" if p99 == "-" else p99))
 # Every request through the balancer must be served in every round.
 served = all(c == n and f == "0" and p != "" for c, f, p in runs["lb"])
 def median_p99(path):
