@@ -115,6 +115,7 @@ impl Server {
             shutdown: shutdown.clone(),
             shutdown_begun: shutdown_begun.clone(),
             hard_stop: hard_stop.clone(),
+            refusing: Arc::default(),
         });
         match listening {
             Listening::Shared(listener) => {

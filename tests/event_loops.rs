@@ -10,7 +10,9 @@ use common::echo::{
     assert_burst_counted, echo_burst, proxy_config, round_trip, wait_every_connection_released,
     wait_port_closed, Echo,
 };
-use common::{start_lb_loops, TIMEOUT};
+use common::{start_lb, start_lb_loops, within, Lb, TIMEOUT};
+use elastic_lb::config::IoEngine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// 120 clients on two loops (the kernel spreads them by port), through a scale-up: every
@@ -73,4 +75,55 @@ async fn dropping_the_server_closes_the_loops_port() {
     assert_eq!(round_trip(&mut s, b"up").await, b"up");
     drop(lb);
     wait_port_closed(addr).await;
+}
+
+/// Clients turned away at `listener.max_connections` that spoke first (as every HTTP client
+/// does) get an orderly close — a FIN, their bytes read and discarded — not a reset, on the
+/// shared runtime and on both engines' event loops; and they are counted as rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_refused_at_max_connections_see_a_close_not_a_reset() {
+    let echo = Echo::start().await;
+    let config = || {
+        let mut cfg = proxy_config(1.0, &[echo.addr]);
+        cfg.listener.max_connections = 1;
+        cfg
+    };
+    let on_loops = |io| {
+        let mut cfg = config();
+        cfg.listener.io = io;
+        start_lb_loops(cfg, 2)
+    };
+    for (name, lb) in [
+        ("shared runtime", start_lb(config()).await),
+        ("epoll loops", on_loops(IoEngine::Epoll).await),
+        (
+            "io_uring loops (where available)",
+            on_loops(IoEngine::Auto).await,
+        ),
+    ] {
+        refusals_close_cleanly(name, &lb).await;
+    }
+}
+
+async fn refusals_close_cleanly(name: &str, lb: &Lb) {
+    let mut held = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut held, b"held").await, b"held");
+    for i in 0..5 {
+        let mut refused = TcpStream::connect(lb.addr).await.expect("connect");
+        refused
+            .write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        let read = within("the refusal", refused.read_to_end(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(0)),
+            "{name}: refused client {i} got {read:?} {buf:?}, not a bare close"
+        );
+    }
+    lb.wait_stats("five refusals counted", |s| {
+        s.totals.connections_rejected == 5
+    })
+    .await;
+    assert_eq!(round_trip(&mut held, b"still").await, b"still", "{name}");
 }

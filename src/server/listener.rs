@@ -52,7 +52,6 @@ pub struct Listener {
 impl Listener {
     /// Accepts until `shutdown` fires.
     pub async fn run(self) {
-        let refusing = Arc::new(AtomicUsize::new(0));
         let mut acceptor = Acceptor::new(self.open.clone());
         loop {
             let accepted = tokio::select! {
@@ -72,16 +71,11 @@ impl Listener {
                 },
                 Err(limit) => {
                     let msg = format!("too many connections (max_connections = {limit})");
-                    let Some(reply) = session::refusal(self.session, ErrorCode::Overloaded, &msg)
-                    else {
-                        // This session kind adds no bytes: the refusal is a plain close.
-                        drop(socket);
-                        continue;
-                    };
-                    // Each refusal holds its socket for up to a few seconds (write, then
-                    // lingering close). Under a flood, past MAX_REFUSING of them a refused
-                    // socket is closed at once so that refusals cannot exhaust descriptors.
-                    let Some(refusing) = ConnectionSlot::try_take(&refusing, MAX_REFUSING) else {
+                    let reply = session::refusal(self.session, ErrorCode::Overloaded, &msg);
+                    // Each refusal holds its socket for up to a few seconds (the reply, then
+                    // the lingering close, so that what the client sent cannot turn the close
+                    // into a reset). Under a flood a refused socket is closed at once.
+                    let Some(refusing) = Acceptor::refusing(&self.ctx) else {
                         drop(socket);
                         continue;
                     };
@@ -241,6 +235,3 @@ fn start_loop(socket: std::net::TcpListener) -> io::Result<(Runtime, TcpListener
     };
     Ok((runtime, listener))
 }
-
-/// Refusals (`ERR overloaded` being written) in progress at once, at most.
-pub const MAX_REFUSING: usize = 256;

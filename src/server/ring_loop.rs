@@ -171,8 +171,17 @@ async fn accept(
             Err(_) => break,
         };
         let Ok(slot) = acceptor.admit(&ctx) else {
-            // A proxied stream adds no bytes: the refusal is a plain close.
-            drop(socket);
+            // A proxied stream adds no bytes, but what the client sent must not turn the
+            // close into a reset: the lingering close, unless too many are under way.
+            if let Some(refusing) = Acceptor::refusing(&ctx) {
+                let refusal = connections.track_future(async move {
+                    session::stream::refuse_ring(socket).await;
+                    drop(refusing);
+                });
+                if ringloop::spawn(refusal).is_err() {
+                    debug!("no io_uring runtime on this thread; connection closed");
+                }
+            }
             continue;
         };
         let to = loops.place(me);

@@ -15,6 +15,11 @@ use super::session::SessionContext;
 use crate::core::Units;
 use crate::telemetry::RefusalLog;
 
+/// Refused connections being closed at once (the reply, then the lingering close), all
+/// loops together. Under a flood, past this many a refused socket is closed at once, so
+/// that refusals cannot exhaust descriptors.
+pub const MAX_REFUSING: usize = 256;
+
 /// One of `max_connections`; released on drop.
 #[derive(Debug)]
 pub struct ConnectionSlot {
@@ -85,6 +90,11 @@ impl Acceptor {
         };
         self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
         waited
+    }
+
+    /// A place among the [`MAX_REFUSING`] refusals being closed, if one is free.
+    pub fn refusing(ctx: &SessionContext) -> Option<ConnectionSlot> {
+        ConnectionSlot::try_take(&ctx.refusing, MAX_REFUSING)
     }
 
     /// After a successful accept: a slot under `listener.max_connections` (read live), or

@@ -16,15 +16,16 @@ use crate::protocol::ErrorCode;
 pub(super) const LINGER: Duration = Duration::from_secs(2);
 
 /// The one-line refusal a client of `kind` gets before its connection is closed: the
-/// line protocol names the reason; a proxied stream adds no bytes (SPEC §8).
-pub fn refusal(kind: SessionKind, code: ErrorCode, message: &str) -> Option<Bytes> {
+/// line protocol names the reason; a proxied stream adds no bytes (SPEC §8): empty.
+pub fn refusal(kind: SessionKind, code: ErrorCode, message: &str) -> Bytes {
     match kind {
-        SessionKind::Lines => Some(code.reply(message)),
-        SessionKind::Stream => None,
+        SessionKind::Lines => code.reply(message),
+        SessionKind::Stream => Bytes::new(),
     }
 }
 
-/// Sends one error line to a connection that is not admitted, then closes it gracefully.
+/// Sends the refusal (an error line, or nothing for a proxied stream) to a connection that
+/// is not admitted, then closes it gracefully: a FIN and the lingering close, never a reset.
 pub async fn refuse(mut socket: TcpStream, reply: Bytes) {
     let sent = timeout(LINGER, socket.write_all(&reply)).await;
     if matches!(sent, Ok(Ok(()))) {

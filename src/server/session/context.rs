@@ -1,6 +1,6 @@
 //! What every session reads: built once by the daemon and shared by all connections.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -29,6 +29,10 @@ pub struct SessionContext {
     pub shutdown_begun: Arc<AtomicBool>,
     /// Fires when the shutdown grace runs out (proxied streams are cut then).
     pub hard_stop: CancellationToken,
+    /// Connections refused at `listener.max_connections` that are still being closed
+    /// (reply, then the lingering close), on all loops together; at most
+    /// [`crate::server::slot::MAX_REFUSING`].
+    pub refusing: Arc<AtomicUsize>,
 }
 
 impl SessionContext {

@@ -34,6 +34,12 @@ pub async fn serve_ring(socket: ringloop::TcpStream, peer: SocketAddr, ctx: &Ses
     serve_client(socket, peer, ctx).await;
 }
 
+/// Closes a client refused at `listener.max_connections` on an io_uring event loop: a FIN,
+/// then the lingering read ([`Client::refuse`]), no bytes added.
+pub async fn refuse_ring(socket: ringloop::TcpStream) {
+    socket.refuse().await;
+}
+
 /// A proxied client's socket, tokio's or an io_uring loop's: forwarded by
 /// [`upstream::forward`] ([`upstream::Socket`]), and refused in its own way.
 trait Client: upstream::Socket {
