@@ -628,6 +628,52 @@ async fn a_failing_provider_is_retried_with_back_off() {
     assert_eq!(lb.snapshot().machines.len(), 1);
 }
 
+/// A provider whose upstreams never come up (a crash-looping image, a wrong port) is a
+/// failing provider too: each one is released after `provider_timeout`, and the next
+/// `acquire` backs off (1 s, 2 s, …) instead of creating and destroying an instance every
+/// `provider_timeout` for ever; the release runs before the next acquire.
+#[tokio::test]
+async fn a_provider_whose_upstreams_never_come_up_is_retried_with_back_off() {
+    let tmp = TempDir::new("provider-dead");
+    let calls = tmp.0.join("calls");
+    // An address where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let command = tmp.script(
+        "dead",
+        &format!(
+            "echo \"$1\" >> '{calls}'; if [ \"$1\" = acquire ]; then echo {dead}; fi",
+            calls = calls.display()
+        ),
+    );
+    let a = Echo::start().await;
+    let mut cfg = proxy_config(10.0, &[a.addr]);
+    cfg.backend.provider = Some(ProviderConfig { command });
+    cfg.backend.provider_timeout = Duration::from_millis(300);
+    let lb = start_lb(cfg).await;
+    // 6 connections: 60 % wants another machine, which only the provider could supply.
+    let _conns = open_connections(&lb, 6, 2).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let log = std::fs::read_to_string(&calls).unwrap_or_default();
+    let runs: Vec<&str> = log.lines().collect();
+    let acquires = runs.iter().filter(|l| **l == "acquire").count();
+    // Acquire at ~0 s, released at ~0.4 s; again at ~1.4 s, released at ~1.8 s; next
+    // not before ~3.8 s. Without the back-off: one every ~0.4 s, 7 or more.
+    assert!(
+        (1..=3).contains(&acquires),
+        "{acquires} acquires in 3 s: {runs:?}"
+    );
+    for pair in runs.windows(2) {
+        assert_ne!(
+            pair,
+            ["acquire", "acquire"],
+            "each one released first: {runs:?}"
+        );
+    }
+    assert_eq!(lb.snapshot().machines.len(), 1);
+}
+
 #[tokio::test]
 async fn a_provider_that_never_answers_does_not_block_the_balancer() {
     let tmp = TempDir::new("provider-slow");

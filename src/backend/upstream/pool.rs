@@ -108,10 +108,14 @@ struct PoolState {
     entries: Vec<Entry>,
     /// Machines whose upstream was removed, for the dispatcher to drain.
     retiring: Vec<MachineId>,
-    /// Sizes with a provider `acquire` running (or backing off after a failed one).
+    /// Sizes with a provider `acquire` running.
     acquiring: Vec<Size>,
-    /// Provider `acquire`s in a row that brought no upstream.
+    /// Provider `acquire`s in a row that brought no usable upstream: none, or one that
+    /// never passed a health check within `provider_timeout`. Reset when a provided
+    /// upstream backs a machine.
     failed_acquires: u32,
+    /// No `acquire` runs before this (the back-off after a failed one).
+    backoff_until: Option<Instant>,
 }
 
 /// The shared upstream list. Cheap to clone.
@@ -153,6 +157,7 @@ impl UpstreamPool {
                 retiring: Vec::new(),
                 acquiring: Vec::new(),
                 failed_acquires: 0,
+                backoff_until: None,
             })),
             policy,
             probe_timeout,
@@ -328,7 +333,11 @@ impl UpstreamPool {
             e.machine.is_none() && !e.removing && e.upstream.size == size && e.upstream.is_healthy()
         })?;
         entry.machine = Some(info.clone());
-        Some(entry.upstream.clone())
+        let upstream = entry.upstream.clone();
+        if entry.origin == Origin::Provider {
+            state.failed_acquires = 0;
+        }
+        Some(upstream)
     }
 
     /// The machine of `upstream` retired: the upstream is idle again, or leaves the pool if
@@ -367,7 +376,8 @@ impl UpstreamPool {
 
     /// Machines to drain because their upstream was removed (each reported once), after
     /// releasing provider-created upstreams that did not back a machine within
-    /// `backend.provider_timeout` of joining (never healthy, or no longer needed).
+    /// `backend.provider_timeout` of joining: no longer needed, or never healthy — a
+    /// failed acquisition, so the next `acquire` backs off as after a failed command.
     pub(super) fn take_retiring(&self) -> Vec<MachineId> {
         let (retiring, expired) = {
             let mut state = self.lock();
@@ -379,15 +389,22 @@ impl UpstreamPool {
                         && e.machine.is_none()
                         && e.added_at.elapsed() > limit;
                     if stale {
-                        expired.push(e.upstream.address);
+                        expired.push((e.upstream.address, e.upstream.is_healthy()));
                     }
                     !stale
                 });
             }
+            if expired.iter().any(|(_, healthy)| !healthy) {
+                state.acquire_failed();
+            }
             (std::mem::take(&mut state.retiring), expired)
         };
-        for address in expired {
-            warn!(upstream = %address, "provided upstream unused within provider_timeout: released");
+        for (address, healthy) in expired {
+            if healthy {
+                warn!(upstream = %address, "provided upstream unused within provider_timeout: released");
+            } else {
+                warn!(upstream = %address, "provided upstream never healthy within provider_timeout: released; the next acquire backs off");
+            }
             self.spawn_release(address);
         }
         retiring
@@ -428,7 +445,8 @@ impl UpstreamPool {
                     && e.machine.is_none()
                     && !e.upstream.is_healthy()
             });
-            if waiting || state.acquiring.contains(&size) {
+            let backing_off = state.backoff_until.is_some_and(|t| Instant::now() < t);
+            if waiting || backing_off || state.acquiring.contains(&size) {
                 return;
             }
             state.acquiring.push(size);
@@ -436,28 +454,20 @@ impl UpstreamPool {
         let pool = self.clone();
         self.provider_runs.spawn(async move {
             let address = provider.acquire(size).await;
-            let failed = {
+            {
                 let mut state = pool.lock();
-                state.failed_acquires = match address {
-                    Some(_) => 0,
-                    None => state.failed_acquires.saturating_add(1),
-                };
-                state.failed_acquires
-            };
+                state.acquiring.retain(|s| *s != size);
+                if address.is_none() {
+                    // A failing command (a quota, an API outage) is not run again on every
+                    // tick: the next try waits 1 s, doubling up to 1 min.
+                    state.acquire_failed();
+                }
+            }
             if let Some(address) = address {
                 if let Err(e) = pool.add(address, size, Origin::Provider) {
                     warn!(error = %e, "provider acquire returned an upstream already in the pool");
                 }
             }
-            // Not part of the tracked run: shutdown does not wait for the back-off.
-            tokio::spawn(async move {
-                if failed > 0 {
-                    // A failing command (a quota, an API outage) is not run again on every
-                    // tick: the next try waits 1 s, doubling up to 1 min.
-                    tokio::time::sleep(acquire_backoff(failed)).await;
-                }
-                pool.lock().acquiring.retain(|s| *s != size);
-            });
         });
     }
 
@@ -502,6 +512,14 @@ impl UpstreamPool {
     }
 }
 
+impl PoolState {
+    /// One more failed acquisition: no `acquire` before the back-off has passed.
+    fn acquire_failed(&mut self) {
+        self.failed_acquires = self.failed_acquires.saturating_add(1);
+        self.backoff_until = Some(Instant::now() + acquire_backoff(self.failed_acquires));
+    }
+}
+
 /// How long to wait after `failed` provider `acquire`s in a row: 1 s, doubling, at most 1 min.
 fn acquire_backoff(failed: u32) -> Duration {
     let doublings = failed.saturating_sub(1).min(6);
@@ -509,84 +527,4 @@ fn acquire_backoff(failed: u32) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::Units;
-
-    fn pool() -> UpstreamPool {
-        let policy = HealthPolicy {
-            rise: 1,
-            fall: 1,
-            max_fails: 3,
-            eject_for: Duration::from_secs(10),
-            send_proxy: crate::config::SendProxy::Off,
-        };
-        UpstreamPool::new(Vec::new(), policy, Duration::from_millis(100), None)
-    }
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    fn machine(id: u32) -> Arc<MachineInfo> {
-        Arc::new(MachineInfo::new(
-            MachineId(id),
-            Size::Medium,
-            Units::from_whole(100),
-            8,
-        ))
-    }
-
-    #[tokio::test]
-    async fn removal_drains_a_busy_upstream_and_a_reload_can_list_it_again() {
-        let pool = pool();
-        pool.add(addr(1), Size::Medium, Origin::Config)
-            .expect("add");
-        assert_eq!(
-            pool.add(addr(1), Size::Medium, Origin::Admin),
-            Err(AddError::Exists(addr(1)))
-        );
-        let upstream = pool.upstreams()[0].clone();
-        upstream.set_initial(true);
-        assert_eq!(pool.free().get(Size::Medium), 1);
-        let m1 = machine(1);
-        let taken = pool.take(Size::Medium, &m1).expect("healthy idle upstream");
-        assert!(Arc::ptr_eq(&taken, &upstream));
-        assert!(pool.take(Size::Medium, &machine(2)).is_none(), "in use");
-
-        assert_eq!(pool.remove(addr(1)), Ok(Removed::Draining));
-        assert_eq!(pool.take_retiring(), vec![MachineId(1)]);
-        assert!(pool.take_retiring().is_empty(), "reported once");
-        assert_eq!(pool.list()[0].state, "draining");
-        // Listed again by a reload while draining, with another size and a limit: back,
-        // fresh and as the file says, after the machine retired.
-        pool.adopt(addr(1), Size::Large, Some(4));
-        pool.give_back(&taken);
-        let list = pool.list();
-        assert_eq!(list.len(), 1);
-        assert_eq!(
-            (list[0].state.as_str(), list[0].origin),
-            ("idle", Origin::Config)
-        );
-        let rejoined = pool.upstreams()[0].clone();
-        assert!(!Arc::ptr_eq(&rejoined, &upstream), "a new entry");
-        assert_eq!(
-            (rejoined.size, rejoined.max_connections()),
-            (Size::Large, 4)
-        );
-
-        assert_eq!(
-            pool.remove(addr(1)),
-            Ok(Removed::Gone),
-            "idle: gone at once"
-        );
-        assert!(pool.list().is_empty());
-        assert_eq!(pool.remove(addr(1)), Err(RemoveError::Unknown(addr(1))));
-    }
-
-    #[test]
-    fn failed_acquires_back_off_from_one_second_to_one_minute() {
-        let secs: Vec<u64> = (1..=9).map(|n| acquire_backoff(n).as_secs()).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-    }
-}
+mod tests;
