@@ -255,11 +255,13 @@ async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Re
         "elastic-lb ready"
     );
 
+    // What the restart-only keys are in force with, for every reload to compare against.
+    let started = server.config();
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => reload(&server, source.path(), overrides).await,
+            _ = sighup.recv() => reload(&server, &started, source.path(), overrides).await,
         }
     }
 
@@ -279,8 +281,9 @@ async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Re
 }
 
 /// SIGHUP: read the file again; apply it, or keep the old configuration and log one error.
-/// Keys that need a restart keep their running values, with one warning per changed key.
-async fn reload(server: &Server, path: Option<&Path>, overrides: Overrides) {
+/// Keys that need a restart keep their running values, with one warning per key that
+/// differs from the value the daemon `started` with (and still runs with).
+async fn reload(server: &Server, started: &Config, path: Option<&Path>, overrides: Overrides) {
     let Some(path) = path else {
         info!("reload: no configuration file in use; nothing to reload");
         return;
@@ -304,8 +307,10 @@ async fn reload(server: &Server, path: Option<&Path>, overrides: Overrides) {
     // What a restart would run: the file with the command line's addresses. The strategy
     // is the file's again, also after --strategy or a switch through the admin API.
     overrides.apply(&mut config);
-    let current = server.config();
-    let waiting = config::keep_restart_keys(&current, &mut config);
+    // The restart-only keys are compared with what the daemon started with: a start-only
+    // key (`dispatcher.seed`, `autoscaler.initial`) keeps the file's value in the running
+    // configuration, but the value in force is still the one it started with.
+    let waiting = config::keep_restart_keys(started, &mut config);
     // The file was valid on its own; with the running [backend] kept it must still be
     // (e.g. `autoscaler.initial` against the running upstreams).
     if let Err(e) = config.validate() {

@@ -255,6 +255,63 @@ async fn an_admin_endpoint_beyond_loopback_without_a_token_is_warned_about() {
     }
 }
 
+/// A start-only key (`dispatcher.seed`) is compared with the value the daemon started
+/// with, not with the last file read: a change stays pending (and warned about) on every
+/// reload until the file has the running value again, and the warning names that value.
+#[tokio::test]
+async fn a_start_only_key_is_compared_with_the_value_in_force() {
+    let dir = scratch_dir("reload-seed");
+    let mut cfg = with_free_ports(Config::default());
+    cfg.dispatcher.seed = 42;
+    let path = write_config(&dir, "lb.toml", &cfg);
+    let mut d = Daemon::spawn(&dir, None, &["--config", path.to_str().expect("utf-8")]);
+    d.wait_line("elastic-lb ready").await;
+    let mut reloads = 0;
+    let mut reload_with = |seed: u64| {
+        let mut next = cfg.clone();
+        next.dispatcher.seed = seed;
+        write_config(&dir, "lb.toml", &next);
+        d.signal("HUP");
+        reloads += 1;
+        let n = reloads;
+        let d = &d;
+        async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let lines = d.lines();
+                let done: Vec<&String> = lines
+                    .iter()
+                    .filter(|l| l.contains("configuration reloaded"))
+                    .collect();
+                if done.len() == n {
+                    let last = done[n - 1].clone();
+                    let warnings: Vec<String> = lines
+                        .iter()
+                        .filter(|l| l.contains("dispatcher.seed changes only on restart"))
+                        .cloned()
+                        .collect();
+                    return (last, warnings);
+                }
+                assert!(Instant::now() < deadline, "{lines:#?}");
+                tokio::time::sleep(common::POLL).await;
+            }
+        }
+    };
+    let (reloaded, warnings) = reload_with(7).await;
+    assert!(reloaded.contains("restart_pending=1"), "{reloaded}");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("running=42 file=7"), "{}", warnings[0]);
+    // The same file again: still pending, warned again, still against 42.
+    let (reloaded, warnings) = reload_with(7).await;
+    assert!(reloaded.contains("restart_pending=1"), "{reloaded}");
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(warnings[1].contains("running=42 file=7"), "{}", warnings[1]);
+    // Back to the value in force: nothing pending, no warning.
+    let (reloaded, warnings) = reload_with(42).await;
+    assert!(reloaded.contains("restart_pending=0"), "{reloaded}");
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+}
+
 #[tokio::test]
 async fn a_reload_warns_once_per_key_that_needs_a_restart_and_applies_the_rest() {
     let dir = scratch_dir("reload");
