@@ -318,6 +318,9 @@ async fn put_strategy_switches_before_answering_and_rejects_bad_bodies() {
         "",
         r#"{"name": "random"}"#,
         r#"{"strategy": 3}"#,
+        // Not the named form, or with a field that is not part of it.
+        r#"["random"]"#,
+        r#"{"strategy": "random", "x": 1}"#,
     ] {
         let (status, body) = put_strategy(lb.admin, bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?} → {body}");

@@ -227,14 +227,22 @@ async fn admin_api_adds_lists_and_removes_upstreams() {
         r#"{"address": "127.0.0.1:1", "size": "huge"}"#,
         r#"{"address": "127.0.0.1:1", "extra": 1}"#,
         r#"{"address": "127.0.0.1:0"}"#,
+        r#"["127.0.0.1:1", "large"]"#,
+        r#"{"address": "127.0.0.1:1", "max_connections": 0}"#,
+        r#"{"address": "127.0.0.1:1", "max_connections": -1}"#,
     ] {
         let (status, body) = http(lb.admin, "POST", "/api/upstreams", bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(body.contains("\"error\""), "{body}");
     }
-    let add = format!(r#"{{"address": "{}", "size": "medium"}}"#, b.addr);
+    assert!(lb.snapshot().machines.len() == 1 && list(&lb).await.len() == 1);
+    let add = format!(
+        r#"{{"address": "{}", "size": "medium", "max_connections": 4}}"#,
+        b.addr
+    );
     let (status, body) = http(lb.admin, "POST", "/api/upstreams", &add).await;
     assert_eq!(status, 201, "{body}");
+    assert!(body.contains(r#""max_connections":4"#), "{body}");
     let (status, _) = http(lb.admin, "POST", "/api/upstreams", &add).await;
     assert_eq!(status, 409, "exists");
     let (status, _) = http(lb.admin, "DELETE", "/api/upstreams/127.0.0.1:1", "").await;
@@ -243,6 +251,11 @@ async fn admin_api_adds_lists_and_removes_upstreams() {
         find(l, b.addr).is_some_and(|u| u.healthy && u.state == "idle")
     })
     .await;
+    let limits: Vec<_> = [a.addr, b.addr]
+        .iter()
+        .map(|&x| find(&l, x).map(|u| u.max_connections))
+        .collect();
+    assert_eq!(limits, [Some(None), Some(Some(4))], "{l:#?}");
     let a_view = find(&l, a.addr).expect("a listed");
     assert_eq!(
         (

@@ -1,6 +1,7 @@
 //! The body of `GET /api/stats`: the SPEC §6 keys plus the extra keys the dashboard and
-//! `elastic-lb load --profile` use.
+//! `elastic-lb load --profile` use; and how request bodies are read ([`json_object`]).
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::state::AdminState;
@@ -113,6 +114,45 @@ impl StatsBody {
                 connection_max: config.load.connection_max,
             }),
             reserved: Some(reserved.as_f64()),
+        }
+    }
+}
+
+/// A request body that must be one JSON object of `T`'s fields. serde would also take a
+/// struct from a JSON array of its fields in order (`["127.0.0.1:9003", "large"]`); an
+/// admin API takes the named form only. The error is one line for a `400`.
+pub(super) fn json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if !value.is_object() {
+        return Err("not a JSON object".to_string());
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_object;
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        name: String,
+    }
+
+    #[test]
+    fn only_an_object_of_known_fields_is_taken() {
+        let ok: Result<Body, _> = json_object(br#"{"name": "x"}"#);
+        assert_eq!(ok, Ok(Body { name: "x".into() }));
+        for bad in [
+            &br#"["x"]"#[..],
+            b"7",
+            b"\"x\"",
+            b"null",
+            br#"{"name":"x","y":1}"#,
+            b"{",
+        ] {
+            let e = json_object::<Body>(bad).expect_err("refused");
+            assert!(!e.is_empty(), "{}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -120,6 +120,7 @@ async fn prometheus(State(state): State<Arc<AdminState>>) -> Response {
 
 /// Body of `PUT /api/strategy` and of both strategy answers.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StrategyBody {
     strategy: String,
 }
@@ -144,7 +145,7 @@ async fn put_strategy(
         Ok(body) => body,
         Err(e) => return error(e.status(), format!("cannot read the request body: {e}")),
     };
-    let request: StrategyBody = match serde_json::from_slice(&body) {
+    let request: StrategyBody = match body::json_object(&body) {
         Ok(request) => request,
         Err(e) => {
             return error(

@@ -4,7 +4,7 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /api/upstreams` | 200, JSON list of [`UpstreamView`] (`[]` in simulated mode) |
-//! | `POST /api/upstreams` `{"address": "host:port", "size": "medium"}` | 201 (probed, then in the pool; a host name is resolved once, to its first address); 400 bad body or a name that does not resolve; 409 exists |
+//! | `POST /api/upstreams` `{"address": "host:port", "size": "medium", "max_connections": 4}` | 201 (probed, then in the pool; a host name is resolved once, to its first address); 400 bad body or a name that does not resolve; 409 exists |
 //! | `DELETE /api/upstreams/{address}` (as listed, or the host name it was added by) | 202 (idle: gone; else its machine drains and retires when its last connection closes); 404 unknown |
 //!
 //! Each handler locks the shared list for a few list operations and never across an
@@ -34,6 +34,10 @@ struct AddBody {
     address: String,
     #[serde(default)]
     size: Option<String>,
+    /// As `max_connections` of a `[[backend.upstreams]]` entry (at least 1; none = no
+    /// limit).
+    #[serde(default)]
+    max_connections: Option<u32>,
 }
 
 /// `GET /api/upstreams`.
@@ -59,17 +63,23 @@ pub(super) async fn add(
         Ok(body) => body,
         Err(e) => return error(e.status(), format!("cannot read the request body: {e}")),
     };
-    let request: AddBody = match serde_json::from_slice(&body) {
+    let request: AddBody = match super::body::json_object(&body) {
         Ok(request) => request,
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    r#"malformed body ({e}); expected {{"address": "host:port", "size": "<size>"}}"#
+                    r#"malformed body ({e}); expected {{"address": "host:port", "size": "<size>", "max_connections": <n>}} (size and max_connections optional)"#
                 ),
             )
         }
     };
+    if request.max_connections == Some(0) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "max_connections = 0: must be at least 1 (omit it for no limit)".to_string(),
+        );
+    }
     let address = match resolve(request.address).await {
         Ok(address) if address.port() == 0 => {
             return error(
@@ -87,7 +97,8 @@ pub(super) async fn add(
     };
     match pool.add(address, size, Origin::Admin) {
         Ok(()) => {
-            info!(upstream = %address, %size, "upstream added through the admin API");
+            pool.set_max_connections(address, request.max_connections);
+            info!(upstream = %address, %size, max_connections = ?request.max_connections, "upstream added through the admin API");
             let view = pool
                 .list()
                 .into_iter()

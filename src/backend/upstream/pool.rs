@@ -74,6 +74,9 @@ pub struct UpstreamView {
     pub machine: Option<String>,
     /// Open connections of that machine.
     pub connections: u64,
+    /// Its `max_connections` (none: no limit).
+    #[serde(default)]
+    pub max_connections: Option<u64>,
     /// `config`, `admin` or `provider`.
     pub origin: Origin,
 }
@@ -206,6 +209,7 @@ impl UpstreamPool {
                     state: state.to_string(),
                     machine: e.machine.as_ref().map(|m| m.name.clone()),
                     connections: e.machine.as_ref().map_or(0, |m| m.connections()),
+                    max_connections: Some(e.upstream.max_connections()).filter(|n| *n != u64::MAX),
                     origin: e.origin,
                 }
             })
