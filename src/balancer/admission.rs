@@ -1,13 +1,17 @@
 //! Admission with a queue (proxy mode, `backend.queue_timeout`): a connection that no
 //! machine can take waits in the dispatcher's [`AdmissionQueue`](super::queue) instead of
-//! being refused at once, and is placed head-first as soon as capacity appears.
+//! being refused at once, and is placed head-first as soon as capacity appears. And the
+//! refusal itself, queued or not ([`Dispatcher::refuse`]).
 
-use tracing::debug;
+use std::net::SocketAddr;
+
+use tracing::{debug, warn};
 
 use super::dispatcher::Dispatcher;
-use super::handle::AdmitError;
+use super::handle::{AdmitError, Exhaustion};
 use super::placement::Placement;
 use super::queue::Waiting;
+use crate::core::Units;
 use tokio::time::Instant;
 
 impl Dispatcher {
@@ -80,6 +84,29 @@ impl Dispatcher {
             let refused = self.refuse(waiting.peer, waiting.reservation);
             reply(waiting, Err(refused));
         }
+    }
+
+    /// Counts and logs a connection that nothing can take.
+    pub(super) fn refuse(&mut self, peer: SocketAddr, reservation: Units) -> AdmitError {
+        self.totals.connection_rejected(reservation);
+        self.publish();
+        // As `acquire_fitting` counts: machines drained for health do not count.
+        let counted = self.machines.len() - self.health_drained.len();
+        let max_machines = self.config.autoscaler.max_machines;
+        let limit = if counted >= max_machines {
+            Exhaustion::MaxMachines(max_machines)
+        } else {
+            Exhaustion::Pool
+        };
+        debug!(%peer, reservation = reservation.as_f64(), %limit, "connection refused");
+        if let Some(refused) = self.exhausted_log.refused(Instant::now()) {
+            warn!(
+                refused,
+                machines = self.machines.len(),
+                "connections refused (exhausted: no machine fits, {limit}) since the last report"
+            );
+        }
+        AdmitError::Exhausted { reservation, limit }
     }
 }
 

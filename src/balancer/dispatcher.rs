@@ -31,7 +31,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::handle::{AdmitError, Command};
+use super::handle::Command;
 use super::placement::{CapacityFreed, Placement, PlacementShared};
 use super::policy::{
     self, RecommendationWindow, ScaleDownTimer, StepBudget, UndoneDrains, WorkMeter,
@@ -89,7 +89,7 @@ pub struct Dispatcher {
     pub(super) booted: bool,
     topology_tx: watch::Sender<Arc<Topology>>,
     /// Rate-limited `warn!` for `exhausted` refusals.
-    exhausted_log: RefusalLog,
+    pub(super) exhausted_log: RefusalLog,
     /// Reused per admission to avoid allocating.
     pub(super) views: Vec<MachineView>,
     pub(super) view_index: Vec<usize>,
@@ -282,7 +282,7 @@ impl Dispatcher {
         &mut self,
         peer: SocketAddr,
         avoid: &[MachineId],
-    ) -> Result<Placement, AdmitError> {
+    ) -> Result<Placement, super::AdmitError> {
         let reservation = self.draw_reservation();
         self.place(peer, avoid, reservation)
             .ok_or_else(|| self.refuse(peer, reservation))
@@ -328,21 +328,6 @@ impl Dispatcher {
         self.scale_up();
         self.publish();
         Some(placement)
-    }
-
-    /// Counts and logs a connection that nothing can take.
-    pub(super) fn refuse(&mut self, peer: SocketAddr, reservation: Units) -> AdmitError {
-        self.totals.connection_rejected(reservation);
-        self.publish();
-        debug!(%peer, reservation = reservation.as_f64(), "connection refused: pool exhausted");
-        if let Some(refused) = self.exhausted_log.refused(Instant::now()) {
-            warn!(
-                refused,
-                machines = self.machines.len(),
-                "connections refused (exhausted: no machine fits, pool empty) since the last report"
-            );
-        }
-        AdmitError::Exhausted { reservation }
     }
 
     pub(super) fn draw_reservation(&mut self) -> Units {

@@ -41,14 +41,27 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AdmitError {
     /// No machine fits and the pool (or `max_machines`) can supply none.
-    #[error("no machine can take the connection (reservation {reservation}, pool exhausted)")]
+    #[error("no machine can take the connection (reservation {reservation}, {limit})")]
     Exhausted {
         /// The reservation that did not fit.
         reservation: Units,
+        /// What stopped the acquisition of another machine.
+        limit: Exhaustion,
     },
     /// The dispatcher has stopped.
     #[error("server is shutting down")]
     ShuttingDown,
+}
+
+/// What kept the autoscaler from acquiring a machine for a connection that fits nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Exhaustion {
+    /// No size whose capacity holds the reservation is left in the pool.
+    #[error("pool exhausted")]
+    Pool,
+    /// The set already has `autoscaler.max_machines` machines (the pool may have more).
+    #[error("max_machines = {0} reached")]
+    MaxMachines(usize),
 }
 
 /// Why a strategy switch was not made. Either way the strategy in force is unchanged.

@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::telemetry::{Topology, Totals};
 
 pub use dispatcher::Dispatcher;
-pub use handle::{AdmitError, Command, DispatcherHandle, SwitchError};
+pub use handle::{AdmitError, Command, DispatcherHandle, Exhaustion, SwitchError};
 pub use placement::Placement;
 pub use routing::{RouteError, Routed, Router};
 

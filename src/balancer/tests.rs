@@ -51,6 +51,29 @@ async fn scale_up_keeps_the_average_at_or_below_the_threshold() {
     assert!(d.machines.iter().all(|m| m.info.used() == Units::ZERO));
 }
 
+/// With machines left in the pool, a refusal names `max_machines` as the limit, not the
+/// pool, so the operator looks at the right key.
+#[tokio::test]
+async fn a_refusal_at_max_machines_names_max_machines() {
+    let mut config = Config::default();
+    config.autoscaler.max_machines = 1;
+    let (mut d, _totals) = dispatcher(config, 60.0);
+    let first = d.admit(peer(1), &[]).unwrap();
+    let refused = d.admit(peer(2), &[]).unwrap_err();
+    assert_eq!(
+        refused,
+        AdmitError::Exhausted {
+            reservation: Units::from_whole(60),
+            limit: crate::balancer::Exhaustion::MaxMachines(1),
+        }
+    );
+    assert_eq!(
+        refused.to_string(),
+        "no machine can take the connection (reservation 60.00, max_machines = 1 reached)"
+    );
+    drop(first);
+}
+
 #[tokio::test]
 async fn exhausted_pool_refuses_and_counts_the_reservation() {
     let mut config = Config::default();
@@ -65,7 +88,8 @@ async fn exhausted_pool_refuses_and_counts_the_reservation() {
     assert_eq!(
         d.admit(peer(2), &[]).unwrap_err(),
         AdmitError::Exhausted {
-            reservation: Units::from_whole(60)
+            reservation: Units::from_whole(60),
+            limit: crate::balancer::Exhaustion::Pool,
         }
     );
     let t = totals.snapshot();

@@ -57,11 +57,8 @@ const PIPELINE_SLACK: usize = 1024;
 pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
     let placement = match ctx.dispatcher.admit(peer).await {
         Ok(placement) => placement,
-        Err(AdmitError::Exhausted { reservation }) => {
-            let msg = format!(
-                "no machine can take the connection (reservation {reservation}, pool exhausted)"
-            );
-            refuse(socket, ErrorCode::Exhausted.reply(&msg)).await;
+        Err(e @ AdmitError::Exhausted { .. }) => {
+            refuse(socket, ErrorCode::Exhausted.reply(&e.to_string())).await;
             return;
         }
         Err(AdmitError::ShuttingDown) => {
