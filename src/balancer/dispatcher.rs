@@ -282,7 +282,7 @@ impl Dispatcher {
         &mut self,
         peer: SocketAddr,
         avoid: &[MachineId],
-    ) -> Result<Placement, super::AdmitError> {
+    ) -> Result<Placement, super::handle::AdmitError> {
         let reservation = self.draw_reservation();
         self.place(peer, avoid, reservation)
             .ok_or_else(|| self.refuse(peer, reservation))

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatcher::Dispatcher;
-use super::handle::AdmitError;
+use super::handle::{AdmitError, Exhaustion};
 use crate::backend::simulated::LocalFactory;
 use crate::backend::{BackendContext, Job, Submitted};
 use crate::config::Config;
@@ -64,7 +64,7 @@ async fn a_refusal_at_max_machines_names_max_machines() {
         refused,
         AdmitError::Exhausted {
             reservation: Units::from_whole(60),
-            limit: crate::balancer::Exhaustion::MaxMachines(1),
+            limit: Exhaustion::MaxMachines(1),
         }
     );
     assert_eq!(
@@ -89,7 +89,7 @@ async fn exhausted_pool_refuses_and_counts_the_reservation() {
         d.admit(peer(2), &[]).unwrap_err(),
         AdmitError::Exhausted {
             reservation: Units::from_whole(60),
-            limit: crate::balancer::Exhaustion::Pool,
+            limit: Exhaustion::Pool,
         }
     );
     let t = totals.snapshot();
