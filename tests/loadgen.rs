@@ -75,3 +75,38 @@ async fn unreachable_target_is_an_error() {
         .expect_err("nothing listens there");
     assert!(err.to_string().contains("cannot connect"), "{err}");
 }
+
+/// A balancer shutting down under a closed loop: each connection gets one `ERR
+/// shutting-down` and is closed; the generator counts that one failure and sends nothing
+/// more on it (it used to send another request and count a `closed` failure too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_shutting_down_costs_one_failure_a_connection() {
+    let lb = start_lb(test_config()).await;
+    let plan = LoadPlan::closed_loop(lb.addr, 4, Duration::from_millis(1500));
+    let run = tokio::spawn(async move { loadgen::generate(&plan).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stats = lb.server.stats().clone();
+    within("shutdown", lb.server.shutdown(Duration::from_secs(2))).await;
+    let summary = within("the load run", run)
+        .await
+        .expect("load task")
+        .expect("the balancer was reachable");
+    assert!(summary.requests_ok > 0, "{summary:#?}");
+    assert_eq!(
+        summary.requests_sent,
+        summary.requests_ok + summary.requests_failed,
+        "{summary:#?}"
+    );
+    assert!(
+        summary.requests_failed <= 4,
+        "at most one failure per connection: {summary:#?}"
+    );
+    assert_eq!(summary.errors.get("closed"), None, "{summary:#?}");
+    let codes: Vec<&String> = summary.errors.keys().collect();
+    assert!(codes.iter().all(|c| *c == "shutting-down"), "{summary:#?}");
+    // A request sent while its idle connection was being told `ERR shutting-down` is
+    // discarded unread by the balancer (it counts no request), and failed for the client.
+    let totals = stats.snapshot().totals;
+    assert_eq!(totals.requests_ok, summary.requests_ok, "{summary:#?}");
+    assert!(totals.requests_failed <= summary.requests_failed);
+}

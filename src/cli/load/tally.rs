@@ -43,6 +43,16 @@ pub(super) enum Outcome {
     Failed,
     /// `ERR exhausted` / `ERR overloaded`: the balancer is closing the connection.
     Refused,
+    /// An error after which the balancer closes the connection (`shutting-down`,
+    /// `timeout`, `too-long`): counted once, and nothing more is sent on it.
+    Closed,
+}
+
+impl Outcome {
+    /// Whether the balancer closes the connection after this reply.
+    pub(super) fn closes(self) -> bool {
+        matches!(self, Outcome::Refused | Outcome::Closed)
+    }
 }
 
 impl Tally {
@@ -95,6 +105,9 @@ impl Tally {
             if code == "exhausted" || code == "overloaded" {
                 self.refuse(&code);
                 return Outcome::Refused;
+            }
+            if matches!(&*code, "shutting-down" | "timeout" | "too-long") {
+                return Outcome::Closed;
             }
             return Outcome::Failed;
         }
@@ -195,7 +208,21 @@ mod tests {
             Outcome::Refused
         );
         assert_eq!(t.reply(b"PONG\n", d, &live), Outcome::Failed);
-        assert_eq!((t.ok, t.failed), (2, 3));
+        for closing in [
+            "shutting-down server is",
+            "timeout idle for 1s",
+            "too-long line",
+        ] {
+            let line = format!("ERR {closing}\n");
+            assert_eq!(
+                t.reply(line.as_bytes(), d, &live),
+                Outcome::Closed,
+                "{line}"
+            );
+        }
+        assert!(Outcome::Closed.closes() && Outcome::Refused.closes());
+        assert!(!Outcome::Failed.closes() && !Outcome::Ok.closes());
+        assert_eq!((t.ok, t.failed), (2, 6));
         assert_eq!(t.machines, vec![(b"m2".to_vec(), 2)]);
         assert_eq!(t.refused.get("exhausted"), Some(&1));
         assert_eq!(t.errors.get("unexpected"), Some(&1));

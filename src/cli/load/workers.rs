@@ -201,7 +201,7 @@ impl Worker {
                 }
                 match read_reply(&mut conn, &mut line, self.deadline + REPLY_GRACE).await {
                     Ok(()) => {
-                        if tally.reply(&line, sent_at.elapsed(), live) == Outcome::Refused {
+                        if tally.reply(&line, sent_at.elapsed(), live).closes() {
                             break;
                         }
                     }
@@ -260,7 +260,7 @@ impl Worker {
                                 };
                                 let outcome = tally.reply(&line, scheduled.elapsed(), live);
                                 line.clear();
-                                if outcome == Outcome::Refused {
+                                if outcome.closes() {
                                     broken = Some("closed");
                                     break;
                                 }
