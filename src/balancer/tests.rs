@@ -51,6 +51,18 @@ async fn scale_up_keeps_the_average_at_or_below_the_threshold() {
     assert!(d.machines.iter().all(|m| m.info.used() == Units::ZERO));
 }
 
+/// The scale-up rebalance stops before a move would leave the newcomer above the machine
+/// it relieves: three connections of 25 on a medium machine (75 %) become 50 + 25, not
+/// 25 + 50 (which only mirrors the imbalance).
+#[tokio::test]
+async fn the_scale_up_rebalance_does_not_overshoot() {
+    let (mut d, _totals) = dispatcher(Config::default(), 25.0);
+    let open: Vec<_> = (0..3).map(|i| d.admit(peer(i), &[]).unwrap()).collect();
+    let used: Vec<f64> = d.machines.iter().map(|m| m.info.used().as_f64()).collect();
+    assert_eq!(used, [50.0, 25.0]);
+    drop(open);
+}
+
 /// With machines left in the pool, a refusal names `max_machines` as the limit, not the
 /// pool, so the operator looks at the right key.
 #[tokio::test]
