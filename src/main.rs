@@ -201,6 +201,18 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(strategy) = args.strategy {
         config.dispatcher.strategy = strategy;
     }
+    // The file's addresses were checked against each other; with the flags' they must
+    // still differ (a clear line rather than the second bind's "address in use").
+    if let AdminAddress::Addr(admin) = config.admin.address {
+        let listen = config.listener.address;
+        if (args.listen.is_some() || args.admin.is_some()) && admin == listen && admin.port() != 0 {
+            return Err(config::ConfigError::Invalid(format!(
+                "the listener and the admin endpoint would share {listen}: give --listen or \
+                 --admin another address"
+            ))
+            .into());
+        }
+    }
     runtime()?.block_on(serve(config, source, overrides))
 }
 

@@ -234,6 +234,24 @@ fn run_on_an_address_in_use_exits_1_with_one_line_naming_it() {
     drop(occupied);
 }
 
+/// `--listen` and `--admin` (or one flag and the file's other address) naming the same
+/// address: refused before any bind, in one line that says so, not "address in use".
+#[test]
+fn listen_and_admin_flags_on_one_address_are_refused_naming_both() {
+    let dir = scratch_dir("same-addr");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = free.local_addr().expect("addr").to_string();
+    drop(free);
+    let out = run(&["run", "--listen", &addr, "--admin", &addr], &dir);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    let line = single_error_line(&out);
+    assert!(
+        line.contains(&addr) && line.contains("--listen") && line.contains("--admin"),
+        "{line:?}"
+    );
+    assert!(!line.contains("in use"), "{line:?}");
+}
+
 #[test]
 fn unknown_strategy_flag_is_refused_naming_it() {
     let dir = scratch_dir("strategy-flag");
