@@ -1,5 +1,5 @@
 //! The body of `GET /api/stats`: the SPEC §6 keys plus the extra keys the dashboard and
-//! `elastic-lb load --profile` use; and how request bodies are read ([`json_object`]).
+//! `elastic-lb load --profile` use; and how request bodies are read (`json_object`).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

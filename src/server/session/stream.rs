@@ -35,7 +35,7 @@ pub async fn serve_ring(socket: ringloop::TcpStream, peer: SocketAddr, ctx: &Ses
 }
 
 /// Closes a client refused at `listener.max_connections` on an io_uring event loop: a FIN,
-/// then the lingering read ([`Client::refuse`]), no bytes added.
+/// then the lingering read (as `Client::refuse`), no bytes added.
 pub async fn refuse_ring(socket: ringloop::TcpStream) {
     socket.refuse().await;
 }
