@@ -205,10 +205,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     // still differ (a clear line rather than the second bind's "address in use").
     if let AdminAddress::Addr(admin) = config.admin.address {
         let listen = config.listener.address;
-        if (args.listen.is_some() || args.admin.is_some()) && admin == listen && admin.port() != 0 {
+        if (args.listen.is_some() || args.admin.is_some())
+            && config::listeners_collide(admin, listen)
+        {
             return Err(config::ConfigError::Invalid(format!(
-                "the listener and the admin endpoint would share {listen}: give --listen or \
-                 --admin another address"
+                "the listener ({listen}) and the admin endpoint ({admin}) would share port {}: \
+                 give --listen or --admin another address",
+                listen.port()
             ))
             .into());
         }

@@ -117,9 +117,9 @@ impl Dispatcher {
 
     /// Scale-up rebalance (SPEC §9): moves connections, with their reservations, from the
     /// machines more than `autoscaler.rebalance_tolerance` points above the average onto the
-    /// newcomer at `index`, hottest machine first, until none is that far above, the
-    /// newcomer reaches the average, or a move would leave the newcomer above the machine
-    /// it relieves. Replies keep their order: a moved connection's queued
+    /// newcomer at `index`, hottest machine first, until none is that far above or the
+    /// newcomer reaches the average; a connection moves only if that narrows the gap
+    /// between the two machines. Replies keep their order: a moved connection's queued
     /// requests finish where they are (the session awaits each reply in order).
     pub(super) fn rebalance_onto(&mut self, index: usize) {
         let tolerance = self.config.autoscaler.rebalance_tolerance;
@@ -151,17 +151,17 @@ impl Dispatcher {
             let Some(shared) = by_machine.get_mut(&hot.info.id).and_then(Vec::pop) else {
                 break;
             };
-            // A move that would leave the newcomer above the machine it relieves only
-            // mirrors the imbalance: stop there.
+            // Only a move that narrows the gap between the two machines: one that would
+            // leave the newcomer as far above as the machine it relieves was below only
+            // mirrors the imbalance. Such a connection stays; a smaller one may still move.
             let r = shared.reservation;
-            let hot_after = hot
-                .info
-                .used()
-                .saturating_sub(r)
-                .percent_of(hot.info.capacity);
-            let new_after = (newcomer.info.used() + r).percent_of(newcomer.info.capacity);
-            if new_after > hot_after {
-                break;
+            let gap_before = hot.info.load_percent() - newcomer.info.load_percent();
+            let hot_after = hot.info.used().saturating_sub(r);
+            let new_after = newcomer.info.used() + r;
+            let gap_after = hot_after.percent_of(hot.info.capacity)
+                - new_after.percent_of(newcomer.info.capacity);
+            if gap_after.abs() >= gap_before.abs() {
+                continue;
             }
             if shared.move_from(&hot, || Some(newcomer.clone())) {
                 moved += 1;

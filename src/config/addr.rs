@@ -58,8 +58,30 @@ where
     resolve_addr(&text).map_err(serde::de::Error::custom)
 }
 
+/// Whether two listening addresses cannot both be bound: the same port, and the same IP or
+/// either one a wildcard (`0.0.0.0` or `[::]` takes the port on every address). Port 0
+/// (the kernel picks) never collides.
+pub fn listeners_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::listeners_collide;
+
+    #[test]
+    fn listeners_collide_on_one_port_when_the_ips_meet() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
+        assert!(listeners_collide(a("127.0.0.1:7071"), a("127.0.0.1:7071")));
+        assert!(listeners_collide(a("0.0.0.0:7071"), a("127.0.0.1:7071")));
+        assert!(listeners_collide(a("127.0.0.1:7071"), a("[::]:7071")));
+        assert!(!listeners_collide(a("127.0.0.1:7071"), a("127.0.0.2:7071")));
+        assert!(!listeners_collide(a("0.0.0.0:7070"), a("127.0.0.1:7071")));
+        assert!(!listeners_collide(a("127.0.0.1:0"), a("127.0.0.1:0")));
+    }
+
     use super::*;
 
     #[test]

@@ -188,6 +188,11 @@ fn admin_address() {
         "[listener]\naddress = \"127.0.0.1:7071\"\n",
         &["x.toml:2: admin.address = \"127.0.0.1:7071\": must differ from listener"],
     );
+    // A wildcard listener takes the port on every address, the admin endpoint's too.
+    rejects(
+        "[listener]\naddress = \"0.0.0.0:7071\"\n",
+        &["admin.address = \"127.0.0.1:7071\": must differ from listener"],
+    );
 }
 
 #[test]

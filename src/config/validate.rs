@@ -101,11 +101,14 @@ impl Config {
             ));
         }
         if let AdminAddress::Addr(admin) = self.admin.address {
-            if admin == l.address && admin.port() != 0 {
+            if super::addr::listeners_collide(admin, l.address) {
                 return Err(ValidationError::new(
                     "admin.address",
                     quoted(admin),
-                    format!("must differ from listener.address (\"{}\")", l.address),
+                    format!(
+                        "must differ from listener.address (\"{}\"): the two cannot share a port",
+                        l.address
+                    ),
                 )
                 .related("listener.address"));
             }

@@ -340,6 +340,7 @@ impl UpstreamPool {
         let upstream = entry.upstream.clone();
         if entry.origin == Origin::Provider {
             state.failed_acquires = 0;
+            state.backoff_until = None;
         }
         Some(upstream)
     }
@@ -469,7 +470,10 @@ impl UpstreamPool {
             }
             if let Some(address) = address {
                 if let Err(e) = pool.add(address, size, Origin::Provider) {
+                    // Not a new upstream: a failed acquisition, so it is not asked again
+                    // on every tick.
                     warn!(error = %e, "provider acquire returned an upstream already in the pool");
+                    pool.lock().acquire_failed();
                 }
             }
         });

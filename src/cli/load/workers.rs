@@ -243,9 +243,13 @@ impl Worker {
             let mut reader = BufReader::new(read_half);
             let hard_stop = self.deadline + REPLY_GRACE;
             let mut broken: Option<&'static str> = None;
+            // After a reply that closes the connection nothing more is sent on it, but the
+            // replies already on their way (the balancer answers every line it read) are
+            // still read and counted under their own codes.
+            let mut closing = false;
             line.clear();
             loop {
-                let sending = Instant::now() < self.deadline && due.is_some();
+                let sending = !closing && Instant::now() < self.deadline && due.is_some();
                 if !sending && in_flight.is_empty() {
                     break;
                 }
@@ -260,10 +264,7 @@ impl Worker {
                                 };
                                 let outcome = tally.reply(&line, scheduled.elapsed(), live);
                                 line.clear();
-                                if outcome.closes() {
-                                    broken = Some("closed");
-                                    break;
-                                }
+                                closing |= outcome.closes();
                             }
                             Ok(_) => { broken = Some("closed"); break; }
                             Err(_) => { broken = Some("io"); break; }
