@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{start_lb, test_config, within};
-use elastic_lb::cli::load::{self as loadgen, LoadPlan, Mode};
+use elastic_lb::cli::load::{self as loadgen, LoadPlan, Mode, Summary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_loop_summary_adds_up() {
@@ -19,12 +19,7 @@ async fn closed_loop_summary_adds_up() {
         .expect("the balancer is reachable");
 
     assert_eq!(summary.mode, "closed-loop");
-    assert!(summary.requests_ok > 0, "{summary:#?}");
-    assert_eq!(
-        summary.requests_sent,
-        summary.requests_ok + summary.requests_failed,
-        "{summary:#?}"
-    );
+    served_and_adds_up(&summary);
     assert_eq!(
         summary.requests_failed,
         summary.errors.values().sum::<u64>(),
@@ -54,12 +49,7 @@ async fn open_loop_and_connect_per_request_add_up() {
         let summary = within("a short load run", loadgen::generate(&plan))
             .await
             .expect("the balancer is reachable");
-        assert!(summary.requests_ok > 0, "{summary:#?}");
-        assert_eq!(
-            summary.requests_sent,
-            summary.requests_ok + summary.requests_failed,
-            "{summary:#?}"
-        );
+        served_and_adds_up(&summary);
     }
 }
 
@@ -91,12 +81,7 @@ async fn a_balancer_shutting_down_costs_one_failure_a_connection() {
         .await
         .expect("load task")
         .expect("the balancer was reachable");
-    assert!(summary.requests_ok > 0, "{summary:#?}");
-    assert_eq!(
-        summary.requests_sent,
-        summary.requests_ok + summary.requests_failed,
-        "{summary:#?}"
-    );
+    served_and_adds_up(&summary);
     // One `shutting-down` a connection, and no request sent on a connection after it.
     // (A reconnect that raced the listener's close may fail otherwise, `io`: not counted.)
     let shutting_down = summary.errors.get("shutting-down").copied().unwrap_or(0);
@@ -106,4 +91,14 @@ async fn a_balancer_shutting_down_costs_one_failure_a_connection() {
     // discarded unread by the balancer (it counts no request), and failed for the client.
     let totals = stats.snapshot().totals;
     assert!(totals.requests_ok <= summary.requests_ok, "{summary:#?}");
+}
+
+/// Some requests were answered, and every one sent is counted once: ok or failed.
+fn served_and_adds_up(summary: &Summary) {
+    assert!(summary.requests_ok > 0, "{summary:#?}");
+    assert_eq!(
+        summary.requests_sent,
+        summary.requests_ok + summary.requests_failed,
+        "{summary:#?}"
+    );
 }

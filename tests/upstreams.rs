@@ -615,6 +615,25 @@ async fn assert_stops(pid: u32) {
     assert!(!still, "the provider's background step {pid} still runs");
 }
 
+/// A balancer in front of one echo upstream with `command` as its provider (and
+/// `provider_timeout` when given), holding 6 connections of 10: 60 % wants another
+/// machine, which only the provider could supply. Returns it, with what must stay alive
+/// (the upstream and the connections).
+async fn wanting_a_provided_machine(
+    command: PathBuf,
+    timeout: Option<Duration>,
+) -> (Lb, (Echo, Vec<TcpStream>)) {
+    let a = Echo::start().await;
+    let mut cfg = proxy_config(10.0, &[a.addr]);
+    cfg.backend.provider = Some(ProviderConfig { command });
+    if let Some(timeout) = timeout {
+        cfg.backend.provider_timeout = timeout;
+    }
+    let lb = start_lb(cfg).await;
+    let conns = open_connections(&lb, 6, 2).await;
+    (lb, (a, conns))
+}
+
 /// A provider that keeps failing (a quota, an API outage) is not run on every autoscaler
 /// tick: the next `acquire` waits 1 s, then 2 s, … (at most 1 min).
 #[tokio::test]
@@ -625,12 +644,7 @@ async fn a_failing_provider_is_retried_with_back_off() {
         "failing",
         &format!("echo \"$1\" >> '{}'; exit 3", calls.display()),
     );
-    let a = Echo::start().await;
-    let mut cfg = proxy_config(10.0, &[a.addr]);
-    cfg.backend.provider = Some(ProviderConfig { command });
-    let lb = start_lb(cfg).await;
-    // 6 connections: 60 % wants another machine, which only the provider could supply.
-    let _conns = open_connections(&lb, 6, 2).await;
+    let (lb, _held) = wanting_a_provided_machine(command, None).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let runs = std::fs::read_to_string(&calls)
         .unwrap_or_default()
@@ -660,13 +674,8 @@ async fn a_provider_whose_upstreams_never_come_up_is_retried_with_back_off() {
             calls = calls.display()
         ),
     );
-    let a = Echo::start().await;
-    let mut cfg = proxy_config(10.0, &[a.addr]);
-    cfg.backend.provider = Some(ProviderConfig { command });
-    cfg.backend.provider_timeout = Duration::from_millis(300);
-    let lb = start_lb(cfg).await;
-    // 6 connections: 60 % wants another machine, which only the provider could supply.
-    let _conns = open_connections(&lb, 6, 2).await;
+    let timeout = Duration::from_millis(300);
+    let (lb, _held) = wanting_a_provided_machine(command, Some(timeout)).await;
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let log = std::fs::read_to_string(&calls).unwrap_or_default();
     let runs: Vec<&str> = log.lines().collect();
@@ -691,13 +700,9 @@ async fn a_provider_whose_upstreams_never_come_up_is_retried_with_back_off() {
 async fn a_provider_that_never_answers_does_not_block_the_balancer() {
     let tmp = TempDir::new("provider-slow");
     let command = tmp.script("slow", "sleep 10");
-    let a = Echo::start().await;
-    let mut cfg = proxy_config(10.0, &[a.addr]);
-    cfg.backend.provider = Some(ProviderConfig { command });
-    cfg.backend.provider_timeout = Duration::from_secs(30);
-    let lb = start_lb(cfg).await;
-    // 6 connections: 60 % wants more; the provider hangs, the dispatcher keeps serving.
-    let _conns = open_connections(&lb, 6, 2).await;
+    // The provider hangs; the dispatcher keeps serving.
+    let timeout = Duration::from_secs(30);
+    let (lb, _held) = wanting_a_provided_machine(command, Some(timeout)).await;
     let traffic = Traffic::start(lb.addr);
     traffic.wait_more(20).await;
     let (_, failed) = traffic.stop().await;

@@ -11,6 +11,7 @@
 //! `.await`; draining is left to the dispatcher's next tick.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -37,7 +38,7 @@ struct AddBody {
     /// As `max_connections` of a `[[backend.upstreams]]` entry (at least 1; none = no
     /// limit).
     #[serde(default)]
-    max_connections: Option<u32>,
+    max_connections: Option<NonZeroU32>,
 }
 
 /// `GET /api/upstreams`.
@@ -74,12 +75,6 @@ pub(super) async fn add(
             )
         }
     };
-    if request.max_connections == Some(0) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "max_connections = 0: must be at least 1 (omit it for no limit)".to_string(),
-        );
-    }
     let address = match resolve(request.address).await {
         Ok(address) if address.port() == 0 => {
             return error(
@@ -95,10 +90,10 @@ pub(super) async fn add(
         Some(Ok(size)) => size,
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match pool.add(address, size, Origin::Admin) {
+    let max_connections = request.max_connections.map(NonZeroU32::get);
+    match pool.add(address, size, max_connections, Origin::Admin) {
         Ok(()) => {
-            pool.set_max_connections(address, request.max_connections);
-            info!(upstream = %address, %size, max_connections = ?request.max_connections, "upstream added through the admin API");
+            info!(upstream = %address, %size, max_connections = ?max_connections, "upstream added through the admin API");
             let view = pool
                 .list()
                 .into_iter()

@@ -123,12 +123,15 @@ impl UpstreamFactory {
             }
         }
         for u in wanted {
-            if self.pool.add(u.address, u.size, Origin::Config).is_err() {
-                // Already there (added at run time, or listed before): it is configured now.
+            let added = self
+                .pool
+                .add(u.address, u.size, u.max_connections, Origin::Config);
+            if added.is_err() {
+                // Already there (added at run time, or listed before): it is configured
+                // now, and its limit is the file's (HAProxy's `maxconn` on reload).
                 self.pool.adopt(u.address, u.size, u.max_connections);
+                self.pool.set_max_connections(u.address, u.max_connections);
             }
-            // New or not, its limit is the file's (HAProxy's `maxconn` on reload).
-            self.pool.set_max_connections(u.address, u.max_connections);
         }
     }
 }

@@ -222,8 +222,15 @@ impl UpstreamPool {
     /// # Errors
     ///
     /// [`AddError::Exists`] when the address is in the pool already.
-    pub fn add(&self, address: SocketAddr, size: Size, origin: Origin) -> Result<(), AddError> {
+    pub fn add(
+        &self,
+        address: SocketAddr,
+        size: Size,
+        max_connections: Option<u32>,
+        origin: Origin,
+    ) -> Result<(), AddError> {
         let upstream = Arc::new(Upstream::new(address, size, self.policy));
+        upstream.set_max_connections(max_connections);
         {
             let mut state = self.lock();
             if state.entries.iter().any(|e| e.upstream.address == address) {
@@ -372,9 +379,7 @@ impl UpstreamPool {
                 self.spawn_release(address);
             } else if let Some((size, limit)) = entry.rejoin {
                 // Removed, then listed again while its machine drained.
-                if self.add(address, size, Origin::Config).is_ok() {
-                    self.set_max_connections(address, limit);
-                }
+                let _ = self.add(address, size, limit, Origin::Config);
             }
         }
     }
@@ -469,7 +474,7 @@ impl UpstreamPool {
                 }
             }
             if let Some(address) = address {
-                if let Err(e) = pool.add(address, size, Origin::Provider) {
+                if let Err(e) = pool.add(address, size, None, Origin::Provider) {
                     // Not a new upstream: a failed acquisition, so it is not asked again
                     // on every tick.
                     warn!(error = %e, "provider acquire returned an upstream already in the pool");

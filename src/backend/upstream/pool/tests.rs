@@ -30,10 +30,10 @@ fn machine(id: u32) -> Arc<MachineInfo> {
 #[tokio::test]
 async fn removal_drains_a_busy_upstream_and_a_reload_can_list_it_again() {
     let pool = pool();
-    pool.add(addr(1), Size::Medium, Origin::Config)
+    pool.add(addr(1), Size::Medium, None, Origin::Config)
         .expect("add");
     assert_eq!(
-        pool.add(addr(1), Size::Medium, Origin::Admin),
+        pool.add(addr(1), Size::Medium, None, Origin::Admin),
         Err(AddError::Exists(addr(1)))
     );
     let upstream = pool.upstreams()[0].clone();
