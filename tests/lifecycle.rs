@@ -593,12 +593,36 @@ async fn request_in_service_longer_than_idle_timeout_is_not_timed_out() {
     c.send("LARGE slow").await;
     assert_eq!(c.line().await, "OK m1 large slow");
     assert!(sent.elapsed() >= Duration::from_millis(550));
-    // Silence from now on: timed out after idle_timeout.
+    // The idle clock starts when the reply is written, not at the last byte received
+    // (600 ms ago, three timeouts): the client has the whole timeout for its next line.
+    let answered = Instant::now();
     let reply = c.line().await;
     assert_eq!(err_code(&reply), "timeout", "{reply:?}");
+    let waited = answered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(150),
+        "timed out {waited:?} after the reply"
+    );
     c.expect_closed().await;
     let t = lb.http_stats().await.totals;
     assert_eq!((t.requests_ok, t.requests_failed), (1, 0), "{t:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_sent_soon_after_a_long_reply_is_answered() {
+    let mut cfg = test_config();
+    cfg.listener.idle_timeout = Duration::from_millis(300);
+    cfg.load.requests.service_ms_per_unit = 58.0; // LARGE on a medium: 580 ms
+    let lb = start_lb(cfg).await;
+    let mut c = lb.admitted().await;
+    for round in 0..3 {
+        c.send("LARGE slow").await;
+        assert_eq!(c.line().await, "OK m1 large slow", "round {round}");
+        // Well inside idle_timeout of the reply, long after the last byte received.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.send("PING").await;
+        assert_eq!(c.line().await, "PONG", "round {round}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

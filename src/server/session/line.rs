@@ -392,9 +392,13 @@ impl Reader<'_> {
                     return self.close_with("line timeout", Some(reply)).await;
                 }
                 () = &mut idle_timer, if !idle.is_zero() => {
-                    let due = last_read.checked_add(idle).unwrap_or_else(far_future);
+                    // Idle since the later of the last byte read and the last owed reply
+                    // written: a reply that took long leaves the client the whole timeout
+                    // to send its next line.
+                    let since = self.in_flight.drained_at().map_or(last_read, |at| at.max(last_read));
+                    let due = since.checked_add(idle).unwrap_or_else(far_future);
                     if due > Instant::now() {
-                        // Input came since it was armed: not idle yet.
+                        // Input came (or a reply went) since it was armed: not idle yet.
                         idle_timer.as_mut().reset(due);
                         continue;
                     }

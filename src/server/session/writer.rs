@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 use tracing::debug;
 
 use super::access::ConnCounters;
@@ -42,6 +43,9 @@ pub(super) struct InFlight {
     /// Notified whenever a reply is written (a reader stopped at [`MEMORY_CAP`] waits on
     /// it; a stored permit only makes it look once more).
     pub(super) room: Notify,
+    /// When the count last dropped to zero: the idle clock runs from the later of this and
+    /// the last byte read ("nothing in flight and nothing received", SPEC §4).
+    drained_at: Mutex<Option<Instant>>,
 }
 
 impl InFlight {
@@ -59,8 +63,16 @@ impl InFlight {
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.room.notify_one();
         if self.count.fetch_sub(replies, Ordering::AcqRel) == replies {
+            if let Ok(mut at) = self.drained_at.lock() {
+                *at = Some(Instant::now());
+            }
             self.drained.notify_one();
         }
+    }
+
+    /// When the last owed reply was written, if one ever was.
+    pub(super) fn drained_at(&self) -> Option<Instant> {
+        self.drained_at.lock().map_or(None, |at| *at)
     }
 
     pub(super) fn is_zero(&self) -> bool {
