@@ -3,9 +3,11 @@
 
 mod common;
 
-use common::{fixed_reservation, start_lb, test_config, Client};
+use common::{fixed_reservation, start_lb, test_config, within, Client};
 use elastic_lb::config::Routing;
 use elastic_lb::core::RequestClass;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// The reply line's error code: `ERR <code> <message>` → `<code>`, with a message present.
 fn err_code(line: &str) -> &str {
@@ -391,6 +393,36 @@ async fn max_connections_refuses_with_overloaded() {
     }
 }
 
+/// A flood of refusals: past the 256 that close lingering, the rest still get their
+/// `ERR overloaded` line before the close (they used to be closed without a word).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_of_a_flood_past_max_connections_gets_the_overloaded_line() {
+    const REFUSED: usize = 300;
+    let mut cfg = test_config();
+    cfg.listener.max_connections = 1;
+    let lb = start_lb(cfg).await;
+    let _held = lb.admitted().await;
+    // All open at once (well inside the 2 s a lingering refusal lasts), none closing.
+    let mut clients = Vec::with_capacity(REFUSED);
+    for _ in 0..REFUSED {
+        clients.push(TcpStream::connect(lb.addr).await.expect("connect"));
+    }
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let mut got = Vec::new();
+        let read = within("the refusal", c.read_to_end(&mut got)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            read.is_ok() && got.starts_with("ERR overloaded ") && got.ends_with('\n'),
+            "client {i}: {read:?} {got:?}"
+        );
+        assert_eq!(got.lines().count(), 1, "client {i}: {got:?}");
+    }
+    lb.wait_stats("every refusal counted", |s| {
+        s.totals.connections_rejected == REFUSED as u64
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_pool_refuses_the_connection() {
     let mut cfg = fixed_reservation(40.0);
@@ -411,6 +443,32 @@ async fn exhausted_pool_refuses_the_connection() {
     assert_eq!(s.totals.connections_admitted, 2);
     assert_eq!(s.totals.weighted_failed, 40.0);
     assert_eq!(s.machines.len(), 1);
+}
+
+/// A refused connection gives up its `max_connections` place before its lingering close:
+/// the next client is told the real reason (`exhausted`), not `overloaded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_refusal_does_not_count_against_max_connections() {
+    let mut cfg = fixed_reservation(80.0);
+    cfg.pool.small = 0;
+    cfg.pool.medium = 1;
+    cfg.pool.large = 0;
+    cfg.pool.xlarge = 0;
+    cfg.autoscaler.max_machines = 1;
+    cfg.listener.max_connections = 2;
+    let lb = start_lb(cfg).await;
+    let _a = lb.admitted().await;
+    // Refused and still open: its close lingers (up to 2 s) while it does not hang up.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut c = lb.connect().await;
+        let reply = c.line().await;
+        assert_eq!(err_code(&reply), "exhausted", "client {i}: {reply:?}");
+        held.push(c);
+    }
+    let s = lb.http_stats().await;
+    assert_eq!(s.totals.connections_open, 1, "{s:#?}");
+    assert_eq!(s.totals.connections_rejected, 3, "{s:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use super::affinity;
-use super::slot::ConnectionSlot;
+use super::session::ConnectionSlot;
 
 /// How many more connections than the least loaded loop a loop keeps before handing off.
 pub const SLACK: usize = 1;

@@ -14,7 +14,7 @@ use std::io;
 use rlimit::Resource;
 use tracing::{info, warn};
 
-use super::slot::MAX_REFUSING;
+use super::session::MAX_REFUSING;
 use crate::config::{AdminAddress, BackendMode, Config};
 
 /// Descriptors set aside for what is always open: two listeners, stdin/stdout/stderr, the

@@ -25,8 +25,9 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::balance::{spawn_loop_threads, Handoff, Loops, Seat};
+use super::session::ConnectionSlot;
 use super::session::{self, SessionContext};
-use super::slot::{Acceptor, ConnectionSlot};
+use super::slot::Acceptor;
 use crate::backend::SessionKind;
 use crate::protocol::ErrorCode;
 
@@ -72,17 +73,11 @@ impl Listener {
                 Err(limit) => {
                     let msg = format!("too many connections (max_connections = {limit})");
                     let reply = session::refusal(self.session, ErrorCode::Overloaded, &msg);
-                    // Each refusal holds its socket for up to a few seconds (the reply, then
-                    // the lingering close, so that what the client sent cannot turn the close
-                    // into a reset). Under a flood a refused socket is closed at once.
-                    let Some(refusing) = Acceptor::refusing(&self.ctx) else {
-                        drop(socket);
-                        continue;
-                    };
-                    self.tracker.spawn(async move {
-                        session::refuse(socket, reply).await;
-                        drop(refusing);
-                    });
+                    // The reply, then the lingering close (so that what the client sent
+                    // cannot turn the close into a reset), or at once under a flood.
+                    let ctx = self.ctx.clone();
+                    self.tracker
+                        .spawn(async move { session::refuse(socket, reply, &ctx).await });
                 }
             }
         }
@@ -100,8 +95,8 @@ impl Listener {
     ) {
         let (ctx, kind) = (self.ctx.clone(), self.session);
         self.tracker.spawn(async move {
-            session::serve(kind, socket, peer, ctx).await;
-            drop((slot, seat));
+            session::serve(kind, socket, peer, ctx, slot).await;
+            drop(seat);
         });
     }
 
@@ -159,8 +154,8 @@ async fn receive(
             Ok(socket) => {
                 let ctx = ctx.clone();
                 connections.spawn(async move {
-                    session::serve(kind, socket, peer, ctx).await;
-                    drop((slot, seat));
+                    session::serve(kind, socket, peer, ctx, slot).await;
+                    drop(seat);
                 });
             }
             Err(e) => debug!(error = %e, "cannot register a handed-over connection; closed"),

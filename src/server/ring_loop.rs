@@ -24,8 +24,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info};
 
 use super::balance::{spawn_loop_threads, Handoff, Loops, Seat};
+use super::session::ConnectionSlot;
 use super::session::{self, SessionContext};
-use super::slot::{Acceptor, ConnectionSlot};
+use super::slot::Acceptor;
 use crate::backend::upstream;
 use crate::backend::SessionKind;
 use crate::config::IoEngine;
@@ -172,15 +173,12 @@ async fn accept(
         };
         let Ok(slot) = acceptor.admit(&ctx) else {
             // A proxied stream adds no bytes, but what the client sent must not turn the
-            // close into a reset: the lingering close, unless too many are under way.
-            if let Some(refusing) = Acceptor::refusing(&ctx) {
-                let refusal = connections.track_future(async move {
-                    session::stream::refuse_ring(socket).await;
-                    drop(refusing);
-                });
-                if ringloop::spawn(refusal).is_err() {
-                    debug!("no io_uring runtime on this thread; connection closed");
-                }
+            // close into a reset: the lingering close, or at once under a flood.
+            let ctx = ctx.clone();
+            let refusal = connections
+                .track_future(async move { session::stream::refuse_ring(socket, &ctx).await });
+            if ringloop::spawn(refusal).is_err() {
+                debug!("no io_uring runtime on this thread; connection closed");
             }
             continue;
         };
@@ -243,8 +241,9 @@ fn spawn_session(
     connections: &TaskTracker,
 ) {
     let session = connections.track_future(async move {
-        session::stream::serve_ring(socket, peer, &ctx).await;
-        drop(held);
+        let (slot, seat) = held;
+        session::stream::serve_ring(socket, peer, &ctx, slot).await;
+        drop(seat);
     });
     if ringloop::spawn(session).is_err() {
         // Only called from the loop's own `block_on`.

@@ -1,9 +1,9 @@
-//! [`ConnectionSlot`]: one of `listener.max_connections`, held by a connection for its
-//! whole life (also while it moves to another event loop) and released on drop; and
-//! [`Acceptor`], what every accept loop does around `accept` (error backoff, the cap).
+//! [`Acceptor`], what every accept loop does around `accept`: error backoff, and a
+//! [`ConnectionSlot`] — one of `listener.max_connections`, held by a connection while it is
+//! served (also while it moves to another event loop) and released on drop.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,37 +11,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::session::SessionContext;
+use super::session::{ConnectionSlot, SessionContext};
 use crate::core::Units;
 use crate::telemetry::RefusalLog;
-
-/// Refused connections being closed at once (the reply, then the lingering close), all
-/// loops together. Under a flood, past this many a refused socket is closed at once, so
-/// that refusals cannot exhaust descriptors.
-pub const MAX_REFUSING: usize = 256;
-
-/// One of `max_connections`; released on drop.
-#[derive(Debug)]
-pub struct ConnectionSlot {
-    open: Arc<AtomicUsize>,
-}
-
-impl ConnectionSlot {
-    /// Takes a slot if fewer than `limit` are taken.
-    pub fn try_take(open: &Arc<AtomicUsize>, limit: usize) -> Option<ConnectionSlot> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
-        })
-        .ok()
-        .map(|_| ConnectionSlot { open: open.clone() })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// An accept loop's state around `accept`, the same on tokio's and io_uring's loops.
 #[derive(Debug)]
@@ -92,11 +64,6 @@ impl Acceptor {
         waited
     }
 
-    /// A place among the [`MAX_REFUSING`] refusals being closed, if one is free.
-    pub fn refusing(ctx: &SessionContext) -> Option<ConnectionSlot> {
-        ConnectionSlot::try_take(&ctx.refusing, MAX_REFUSING)
-    }
-
     /// After a successful accept: a slot under `listener.max_connections` (read live), or
     /// `Err(limit)` once the refusal is counted (and logged, at most once a report period).
     pub fn admit(&mut self, ctx: &SessionContext) -> Result<ConnectionSlot, usize> {
@@ -129,19 +96,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_respect_a_changing_limit() {
-        let open = Arc::new(AtomicUsize::new(0));
-        let a = ConnectionSlot::try_take(&open, 2).unwrap();
-        let _b = ConnectionSlot::try_take(&open, 2).unwrap();
-        assert!(ConnectionSlot::try_take(&open, 2).is_none());
-        // Lowered by a reload: nobody is cut off, but nobody new gets in.
-        assert!(ConnectionSlot::try_take(&open, 1).is_none());
-        drop(a);
-        assert!(ConnectionSlot::try_take(&open, 1).is_none());
-        assert!(ConnectionSlot::try_take(&open, 3).is_some());
-    }
 
     #[tokio::test(start_paused = true)]
     async fn failed_accepts_back_off_doubling_to_a_second_and_stop_on_shutdown() {

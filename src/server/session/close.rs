@@ -8,6 +8,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
+use super::context::SessionContext;
 use crate::backend::SessionKind;
 use crate::protocol::ErrorCode;
 
@@ -25,14 +26,44 @@ pub fn refusal(kind: SessionKind, code: ErrorCode, message: &str) -> Bytes {
 }
 
 /// Sends the refusal (an error line, or nothing for a proxied stream) to a connection that
-/// is not admitted, then closes it gracefully: a FIN and the lingering close, never a reset.
-pub async fn refuse(mut socket: TcpStream, reply: Bytes) {
-    let sent = timeout(LINGER, socket.write_all(&reply)).await;
-    if matches!(sent, Ok(Ok(()))) {
-        let _ = socket.shutdown().await;
-        let (read_half, _write_half) = socket.into_split();
+/// is not admitted (or no longer: its `listener.max_connections` place is given up before
+/// this), then closes it gracefully: a FIN and the lingering close, never a reset — as
+/// one of [`MAX_REFUSING`](super::MAX_REFUSING) at most; past those, at once (`refuse_at_once`).
+pub async fn refuse(socket: TcpStream, reply: Bytes, ctx: &SessionContext) {
+    let Some(_place) = ctx.refusing_place() else {
+        if let Ok(socket) = socket.into_std() {
+            refuse_at_once(socket, &reply);
+        }
+        return;
+    };
+    let (read_half, mut write_half) = socket.into_split();
+    let sent = timeout(LINGER, write_half.write_all(&reply)).await;
+    if matches!(sent, Ok(Ok(()))) && write_half.shutdown().await.is_ok() {
         linger(read_half).await;
     }
+}
+
+/// Refuses a connection without waiting, when [`MAX_REFUSING`](super::MAX_REFUSING) refusals are lingering
+/// already (a flood): the reply written if the socket takes it at once (a new socket's
+/// empty send buffer always does), what the client sent so far read and discarded (at
+/// most 64 KiB), so that the close is a FIN and not a reset, then closed. A client that
+/// sends more after this gets a reset, but its line has arrived before it.
+pub(super) fn refuse_at_once(mut socket: std::net::TcpStream, reply: &[u8]) {
+    use std::io::{Read, Write};
+    if socket.set_nonblocking(true).is_err() {
+        return;
+    }
+    if !reply.is_empty() {
+        let _ = socket.write(reply);
+    }
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match socket.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = socket.shutdown(std::net::Shutdown::Write);
 }
 
 /// Reads and discards what the client still sends, until it closes or [`LINGER`] passes.

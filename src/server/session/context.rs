@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::place::{ConnectionSlot, MAX_REFUSING};
 use crate::balancer::{DispatcherHandle, Router};
 use crate::config::Config;
 use crate::telemetry::StatsHandle;
@@ -29,9 +30,8 @@ pub struct SessionContext {
     pub shutdown_begun: Arc<AtomicBool>,
     /// Fires when the shutdown grace runs out (proxied streams are cut then).
     pub hard_stop: CancellationToken,
-    /// Connections refused at `listener.max_connections` that are still being closed
-    /// (reply, then the lingering close), on all loops together; at most
-    /// [`crate::server::slot::MAX_REFUSING`].
+    /// Refused connections still being closed (reply, then the lingering close), on all
+    /// loops together; at most [`MAX_REFUSING`].
     pub refusing: Arc<AtomicUsize>,
 }
 
@@ -39,5 +39,10 @@ impl SessionContext {
     /// Whether graceful shutdown has begun (one load; see `shutdown_begun`).
     pub fn shutting_down(&self) -> bool {
         self.shutdown_begun.load(Ordering::SeqCst)
+    }
+
+    /// A place among the [`MAX_REFUSING`] refusals closing lingering, if one is free.
+    pub fn refusing_place(&self) -> Option<ConnectionSlot> {
+        ConnectionSlot::try_take(&self.refusing, MAX_REFUSING)
     }
 }

@@ -42,6 +42,7 @@ use super::access::{self, ConnCounters};
 use super::close::{far_future, linger, refuse, shutting_down};
 use super::context::SessionContext;
 use super::input::{self, next_config, sleep_until, Direct};
+use super::place::ConnectionSlot;
 use super::writer::{join_halves, write_loop, InFlight, Pending, MEMORY_CAP};
 use crate::backend::JobRef;
 use crate::balancer::{AdmitError, Placement, RouteError, Routed};
@@ -53,17 +54,23 @@ use crate::protocol::{self, ErrorCode, Frame, LineFrame, Request};
 /// Replies a connection may owe beyond a full machine queue before it stops reading.
 const PIPELINE_SLACK: usize = 1024;
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
+/// Serves one accepted connection, which holds `slot` (one of `listener.max_connections`),
+/// until it closes; a refused one gives up `slot` before it is closed.
+pub async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<SessionContext>,
+    slot: ConnectionSlot,
+) {
     let placement = match ctx.dispatcher.admit(peer).await {
         Ok(placement) => placement,
-        Err(e @ AdmitError::Exhausted { .. }) => {
-            refuse(socket, ErrorCode::Exhausted.reply(&e.to_string())).await;
-            return;
-        }
-        Err(AdmitError::ShuttingDown) => {
-            refuse(socket, shutting_down()).await;
-            return;
+        Err(e) => {
+            let reply = match e {
+                AdmitError::Exhausted { .. } => ErrorCode::Exhausted.reply(&e.to_string()),
+                AdmitError::ShuttingDown => shutting_down(),
+            };
+            drop(slot);
+            return refuse(socket, reply, &ctx).await;
         }
     };
     let home = placement.machine().info.name.clone();

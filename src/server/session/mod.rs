@@ -11,6 +11,7 @@ mod close;
 mod context;
 mod input;
 pub mod line;
+mod place;
 pub mod stream;
 mod writer;
 
@@ -23,18 +24,21 @@ use crate::backend::SessionKind;
 
 pub use close::{refusal, refuse};
 pub use context::SessionContext;
+pub use place::{ConnectionSlot, MAX_REFUSING};
 
-/// Serves one accepted connection of `kind` until it closes.
+/// Serves one accepted connection of `kind`, which holds `slot` (one of
+/// `listener.max_connections`) until it closes or is refused.
 pub async fn serve(
     kind: SessionKind,
     socket: TcpStream,
     peer: SocketAddr,
     ctx: Arc<SessionContext>,
+    slot: ConnectionSlot,
 ) {
     // Boxed: a session's future is several KiB, and an unboxed one would be copied
     // whole at every step of the spawn (the task cell, the tracker's wrapper).
     match kind {
-        SessionKind::Lines => Box::pin(line::serve(socket, peer, ctx)).await,
-        SessionKind::Stream => Box::pin(stream::serve(socket, peer, &ctx)).await,
+        SessionKind::Lines => Box::pin(line::serve(socket, peer, ctx, slot)).await,
+        SessionKind::Stream => Box::pin(stream::serve(socket, peer, &ctx, slot)).await,
     }
 }

@@ -3,14 +3,15 @@
 
 use std::net::{Shutdown, SocketAddr};
 
-use tokio::io::AsyncWriteExt;
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{warn, Instrument};
 
 use super::access::{self, ConnCounters};
-use super::close::{linger, LINGER};
+use super::close::{refuse, refuse_at_once, LINGER};
 use super::context::SessionContext;
+use super::place::ConnectionSlot;
 use crate::backend::upstream;
 use crate::core::{MachineId, Units};
 
@@ -25,37 +26,53 @@ const CONNECT_TRIES: usize = 3;
 /// A connect that fails (within `backend.connect_timeout`) counts against that upstream
 /// and the client is placed again at once, never on a machine that already failed it, up
 /// to `CONNECT_TRIES` (3) upstreams in all.
-pub async fn serve(socket: TcpStream, peer: SocketAddr, ctx: &SessionContext) {
-    serve_client(socket, peer, ctx).await;
+pub async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    ctx: &SessionContext,
+    slot: ConnectionSlot,
+) {
+    serve_client(socket, peer, ctx, slot).await;
 }
 
 /// [`serve`] for a client accepted on an io_uring event loop (`listener.io`).
-pub async fn serve_ring(socket: ringloop::TcpStream, peer: SocketAddr, ctx: &SessionContext) {
-    serve_client(socket, peer, ctx).await;
+pub async fn serve_ring(
+    socket: ringloop::TcpStream,
+    peer: SocketAddr,
+    ctx: &SessionContext,
+    slot: ConnectionSlot,
+) {
+    serve_client(socket, peer, ctx, slot).await;
 }
 
 /// Closes a client refused at `listener.max_connections` on an io_uring event loop: a FIN,
 /// then the lingering read (as `Client::refuse`), no bytes added.
-pub async fn refuse_ring(socket: ringloop::TcpStream) {
-    socket.refuse().await;
+pub async fn refuse_ring(socket: ringloop::TcpStream, ctx: &SessionContext) {
+    socket.refuse(ctx).await;
 }
 
 /// A proxied client's socket, tokio's or an io_uring loop's: forwarded by
 /// [`upstream::forward`] ([`upstream::Socket`]), and refused in its own way.
 trait Client: upstream::Socket {
-    /// Closes without adding bytes (see [`close`]).
-    async fn refuse(self);
+    /// Closes without adding bytes: a FIN, then what the client sent while it waited is
+    /// read and discarded (the lingering close, bounded in time, as one of
+    /// [`MAX_REFUSING`](super::MAX_REFUSING); past those, at once). Dropping a socket
+    /// with unread input would reset it, and an HTTP client such as `ab` aborts its whole
+    /// run on a reset.
+    async fn refuse(self, ctx: &SessionContext);
 }
 
 impl Client for TcpStream {
-    async fn refuse(self) {
-        close(self).await;
+    async fn refuse(self, ctx: &SessionContext) {
+        refuse(self, Bytes::new(), ctx).await;
     }
 }
 
 impl Client for ringloop::TcpStream {
-    async fn refuse(self) {
-        // As `close`: a FIN, then a bounded read of what the client still sends.
+    async fn refuse(self, ctx: &SessionContext) {
+        let Some(_place) = ctx.refusing_place() else {
+            return refuse_at_once(self.into_std(), &[]);
+        };
         if self.get_ref().shutdown(Shutdown::Write).is_ok() {
             let deadline = Instant::now() + LINGER;
             let mut sink = vec![0u8; 4096];
@@ -69,7 +86,12 @@ impl Client for ringloop::TcpStream {
     }
 }
 
-async fn serve_client<C: Client>(mut socket: C, peer: SocketAddr, ctx: &SessionContext) {
+async fn serve_client<C: Client>(
+    mut socket: C,
+    peer: SocketAddr,
+    ctx: &SessionContext,
+    slot: ConnectionSlot,
+) {
     let mut avoid: Vec<MachineId> = Vec::new();
     let mut last_reservation = Units::ZERO;
     for _ in 0..CONNECT_TRIES {
@@ -84,7 +106,10 @@ async fn serve_client<C: Client>(mut socket: C, peer: SocketAddr, ctx: &SessionC
             Some(placement) => placement,
             None => match ctx.dispatcher.admit_avoiding(peer, avoid.clone()).await {
                 Ok(placement) => placement,
-                Err(_) => return socket.refuse().await,
+                Err(_) => {
+                    drop(slot);
+                    return socket.refuse(ctx).await;
+                }
             },
         };
         let machine = placement.machine();
@@ -127,16 +152,6 @@ async fn serve_client<C: Client>(mut socket: C, peer: SocketAddr, ctx: &SessionC
     }
     // Every try failed: the client is refused (closed, no bytes added).
     ctx.stats.totals.connection_rejected(last_reservation);
-    socket.refuse().await;
-}
-
-/// Closes a refused client without adding bytes: a FIN, then what it sent while it waited
-/// is read and discarded (the lingering close, bounded in time). Dropping a socket with
-/// unread input would reset it, and an HTTP client such as `ab` aborts its whole run on a
-/// reset.
-async fn close(mut socket: TcpStream) {
-    if socket.shutdown().await.is_ok() {
-        let (read_half, _write_half) = socket.into_split();
-        linger(read_half).await;
-    }
+    drop(slot);
+    socket.refuse(ctx).await;
 }
