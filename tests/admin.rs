@@ -341,6 +341,31 @@ async fn put_strategy_switches_before_answering_and_rejects_bad_bodies() {
     assert_eq!(lb.http_stats().await.strategy, "consistent-hash");
 }
 
+/// Unknown paths and wrong methods answer like every other admin error: `{"error": …}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_and_methods_answer_with_a_json_error() {
+    let lb = start_lb(test_config()).await;
+    for (method, path, status) in [
+        (Method::GET, "/api/nothing", StatusCode::NOT_FOUND),
+        (Method::DELETE, "/api/upstreams/", StatusCode::NOT_FOUND),
+        (Method::POST, "/api/stats", StatusCode::METHOD_NOT_ALLOWED),
+        (
+            Method::GET,
+            "/api/upstreams/127.0.0.1:9",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ] {
+        let answer = request(lb.admin, method.clone(), path, "").await;
+        assert_eq!(answer.status, status, "{method} {path}: {answer:?}");
+        assert_eq!(answer.content_type, "application/json", "{method} {path}");
+        let body: Value = serde_json::from_str(&answer.body).expect("JSON body");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(path)),
+            "{method} {path}: {body}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn dashboard_is_an_html_page_that_polls_the_stats() {
     let lb = start_lb(test_config()).await;

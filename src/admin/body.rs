@@ -1,6 +1,9 @@
 //! The body of `GET /api/stats`: the SPEC §6 keys plus the extra keys the dashboard and
 //! `elastic-lb load --profile` use; and how request bodies are read (`json_object`).
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +130,11 @@ pub(super) fn json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, String>
         return Err("not a JSON object".to_string());
     }
     serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
+/// `{"error": message}` with `status`: the shape of every admin error.
+pub(super) fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 #[cfg(test)]

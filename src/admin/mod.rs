@@ -37,7 +37,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -51,6 +51,7 @@ use crate::balancer::SwitchError;
 use crate::config::AdminAddress;
 use crate::core::StrategyKind;
 use auth::AuthState;
+use body::error;
 use serve::Limits;
 
 pub use body::{AutoscalerLimits, LoadModel, RequestWeights, StatsBody};
@@ -76,6 +77,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/upstreams", get(upstreams::list).post(upstreams::add))
         .route("/api/upstreams/{address}", delete(upstreams::remove))
         .route("/metrics", get(prometheus))
+        .fallback(no_such_path)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(auth, auth::require_token))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::new(state))
@@ -176,7 +179,18 @@ async fn put_strategy(
     }
 }
 
-/// `{"error": message}` with `status`.
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+/// 404 for a path the API does not have.
+async fn no_such_path(uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such path: {}", uri.path()),
+    )
+}
+
+/// 405 for a method a path does not take (axum adds the `Allow` header).
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }

@@ -23,6 +23,7 @@ use axum::Json;
 use serde::Deserialize;
 use tracing::info;
 
+use super::body::error;
 use super::state::AdminState;
 use crate::backend::upstream::{AddError, Origin, RemoveError, Removed, UpstreamView};
 use crate::config::resolve_addr;
@@ -139,11 +140,6 @@ async fn resolve(address: String) -> Result<SocketAddr, String> {
     tokio::task::spawn_blocking(move || resolve_addr(&address).map_err(|e| e.to_string()))
         .await
         .unwrap_or_else(|e| Err(format!("address lookup failed: {e}")))
-}
-
-/// `{"error": message}` with `status` (the shape of every admin error).
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 fn not_proxy() -> Response {
