@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand, ValueEnum};
 use elastic_lb::config::{self, AdminAddress, Config, ConfigSource};
 use elastic_lb::core::StrategyKind;
@@ -107,10 +108,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's own rendering: the problem, what is missing, a suggestion for a typo
-            // and the usage line. Status 1 like every start-up error (SPEC §2), where
-            // clap's `exit()` would use 2.
-            let _ = e.print();
+            // Status 1 like every start-up error (SPEC §2), where clap's `exit()` would use
+            // 2. A bad value (`--strategy fastest`) is one line naming it and what is
+            // allowed; other usage errors keep clap's rendering: what is missing, a
+            // suggestion for a typo and the usage line.
+            match e.kind() {
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+                    eprintln!("{}", one_line(&e.render().to_string()));
+                }
+                _ => {
+                    let _ = e.print();
+                }
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -130,6 +139,21 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         ExitCode::FAILURE
     })
+}
+
+/// clap's rendering of a bad value as one line: the first line, with the possible values
+/// (clap's next line) appended; the usage hint dropped.
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let mut line = lines.next().unwrap_or_default().trim_end().to_string();
+    if let Some(values) = lines
+        .map(str::trim)
+        .find(|l| l.starts_with("[possible values"))
+    {
+        line.push(' ');
+        line.push_str(values);
+    }
+    line
 }
 
 /// A multi-threaded tokio runtime.

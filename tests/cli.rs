@@ -277,13 +277,20 @@ fn unknown_strategy_flag_is_refused_naming_it() {
         "exited, not killed: {:?}",
         out.status
     );
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    // SPEC §2: one clear line naming the problem, as for a bad strategy in the file.
+    let line = single_error_line(&out);
     assert!(
-        out.stderr.contains("fastest"),
-        "names the strategy:\n{}",
-        out.stderr
+        line.contains("fastest") && line.contains("round-robin"),
+        "names the strategy and the known ones: {line}"
     );
-    let lower = out.stderr.to_lowercase();
-    assert!(!lower.contains("panicked"), "no panic:\n{}", out.stderr);
+    let out = run(&["--log-format", "xml"], &dir);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    let line = single_error_line(&out);
+    assert!(
+        line.contains("xml") && line.contains("pretty, json"),
+        "{line}"
+    );
 }
 
 /// Asserts clap's full rendering of a usage error: the problem on the first line, the

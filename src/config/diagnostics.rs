@@ -200,10 +200,23 @@ fn reword(message: &str) -> Reworded {
         let name = name.trim_matches('`');
         return Reworded::Other(format!("required key \"{name}\" is missing"));
     }
+    // A positive whole number too large for its type is named by that edge (the key's
+    // own range is checked after parsing): "expected u32" → "at most 4294967295".
+    let too_large = message.contains("integer `") && !message.contains("integer `-");
+    let unsigned = [
+        ("u32", u64::from(u32::MAX)),
+        ("u64", u64::MAX),
+        ("usize", u64::MAX),
+    ];
+    for (rust, max) in unsigned {
+        if let Some(head) = message.strip_suffix(&format!("expected {rust}")) {
+            return Reworded::Other(match too_large {
+                true => format!("{head}expected a whole number of at most {max}"),
+                false => format!("{head}expected a whole number >= 0"),
+            });
+        }
+    }
     for (rust, words) in [
-        ("expected usize", "expected a whole number >= 0"),
-        ("expected u64", "expected a whole number >= 0"),
-        ("expected u32", "expected a whole number >= 0"),
         ("expected i64", "expected a whole number"),
         ("expected f64", "expected a number"),
     ] {

@@ -138,3 +138,23 @@ fn a_stray_line_belongs_to_no_key_unless_a_value_continues() {
     let text = "[backend]\nupstreams = [\n  { address = \"]\" },\n  oops\n]\n";
     assert_eq!(at(text, "oops").as_deref(), Some("backend.upstreams"));
 }
+
+#[test]
+fn whole_numbers_out_of_range_name_the_edge_they_cross() {
+    let text = |r: Reworded| match r {
+        Reworded::Other(text) => text,
+        Reworded::UnknownKey { message, .. } => message,
+    };
+    assert_eq!(
+        text(reword("invalid value: integer `-1`, expected usize")),
+        "invalid value: integer `-1`, expected a whole number >= 0"
+    );
+    assert_eq!(
+        text(reword("invalid value: integer `4294967296`, expected u32")),
+        "invalid value: integer `4294967296`, expected a whole number of at most 4294967295"
+    );
+    assert_eq!(
+        text(reword("invalid type: string \"x\", expected u32")),
+        "invalid type: string \"x\", expected a whole number >= 0"
+    );
+}
