@@ -461,6 +461,117 @@ async fn a_frozen_upstream_is_ejected_and_gets_no_new_clients() {
     frozen_task.abort();
 }
 
+/// Clients trickling in, one at a time, under every strategy: after the frozen upstream's
+/// first server timeout (plus one health interval) no new client is sent there while the
+/// healthy one can take it. With least-connections the frozen machine used to get the
+/// next client each time its stuck one timed out (a tie, won by the older machine), one
+/// lost client per `server_timeout`, until `max_fails` of them ejected it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_upstream_gets_no_client_after_its_first_server_timeout() {
+    use elastic_lb::core::StrategyKind;
+    let server_timeout = Duration::from_millis(300);
+    let interval = Duration::from_millis(100);
+    let settled = server_timeout + interval + Duration::from_millis(200);
+    for strategy in [
+        StrategyKind::LeastConnections,
+        StrategyKind::LeastLoad,
+        StrategyKind::RoundRobin,
+        StrategyKind::PowerOfTwo,
+        StrategyKind::ConsistentHash,
+        StrategyKind::First,
+    ] {
+        let good = Echo::start().await;
+        let (frozen_addr, frozen_accepted, frozen_task) = frozen().await;
+        // The frozen one is m1, the older machine, which wins ties.
+        let mut cfg = proxy_config(10.0, &[frozen_addr, good.addr]);
+        cfg.dispatcher.strategy = strategy;
+        cfg.autoscaler.initial = vec![Size::Medium, Size::Medium];
+        cfg.backend.health_check_interval = interval;
+        cfg.backend.server_timeout = server_timeout;
+        let lb = start_lb(cfg).await;
+
+        let started = tokio::time::Instant::now();
+        let mut clients = JoinSet::new();
+        for i in 0..40u8 {
+            let addr = lb.addr;
+            clients.spawn(async move {
+                let offset = started.elapsed();
+                let mut c = TcpStream::connect(addr).await.expect("connect");
+                c.write_all(&[i; 2]).await.expect("write");
+                let mut back = [0u8; 2];
+                let read =
+                    tokio::time::timeout(Duration::from_secs(1), c.read_exact(&mut back)).await;
+                (i, offset, matches!(read, Ok(Ok(_))) && back == [i; 2])
+            });
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        let mut lost_late = Vec::new();
+        while let Some(done) = clients.join_next().await {
+            let (i, offset, echoed) = done.expect("client task");
+            if !echoed && offset > settled {
+                lost_late.push((i, offset));
+            }
+        }
+        assert!(
+            lost_late.is_empty(),
+            "{strategy:?}: clients started after {settled:?} got no answer: {lost_late:?} \
+             (the frozen upstream accepted {})",
+            frozen_accepted.load(Ordering::SeqCst)
+        );
+        frozen_task.abort();
+    }
+}
+
+/// A suspect upstream is the last resort, not out of service: alone, it still takes the
+/// next client, and answering it clears the suspicion (`/api/upstreams` shows both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspect_upstream_alone_still_serves_and_an_answer_clears_it() {
+    // Holds its first connection unanswered, echoes every later one.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let mut first = None;
+        while let Ok((mut s, _)) = listener.accept().await {
+            // Probes connect and close at once; the first client is the first to send.
+            let mut byte = [0u8; 1];
+            if first.is_none() {
+                if let Ok(Ok(1)) =
+                    tokio::time::timeout(Duration::from_millis(50), s.peek(&mut byte)).await
+                {
+                    first = Some(s);
+                    continue;
+                }
+            }
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let mut cfg = proxy_config(10.0, &[addr]);
+    cfg.backend.server_timeout = Duration::from_millis(200);
+    let lb = start_lb(cfg).await;
+    let suspect = || async {
+        let (_, body) = common::http_get(lb.admin, "/api/upstreams").await;
+        body.contains("\"suspect\":true")
+    };
+    let mut held = TcpStream::connect(lb.addr).await.expect("connect");
+    held.write_all(b"x").await.expect("write");
+    let mut got = Vec::new();
+    let _ = within("the server timeout", held.read_to_end(&mut got)).await;
+    assert!(got.is_empty(), "{got:?}");
+    assert!(suspect().await, "unanswered for server_timeout: suspect");
+    let mut next = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut next, b"hello").await, b"hello");
+    drop(next);
+    common::wait_until(TIMEOUT, "the answered client clears the suspicion", || {
+        lb.snapshot().totals.connections_open == 0
+    })
+    .await;
+    assert!(!suspect().await, "answered a client: not suspect");
+    server.abort();
+}
+
 /// Connections are placed by their own task while that changes nothing else (proxy
 /// machines never move a connection), and by the dispatcher past the scale-up point: a
 /// burst crossing it from many tasks at once is admitted, counted and released exactly.

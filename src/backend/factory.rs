@@ -57,6 +57,12 @@ pub trait MachineFactory: Send + fmt::Debug {
         false
     }
 
+    /// Whether an `acquire` of `size` that found none asks for one to be created (proxy
+    /// mode with `backend.provider`: the machine joins later, when its upstream is up).
+    fn provides(&self, _size: Size) -> bool {
+        false
+    }
+
     /// Applies a new configuration (pool sizes, capacities, queue depth) to later
     /// acquisitions; machines already running keep theirs.
     fn reconfigure(&mut self, config: &Config);

@@ -134,6 +134,12 @@ impl Machine {
         }
     }
 
+    /// Whether its upstream left a client unanswered and has answered none since
+    /// ([`Upstream::is_suspect`]): it takes new clients only when nothing else can.
+    pub fn is_suspect(&self) -> bool {
+        self.upstream().is_some_and(|u| u.is_suspect())
+    }
+
     /// Whether it can take one more connection: an upstream at its `max_connections` open
     /// connections cannot (HAProxy server `maxconn`); a simulated machine always can.
     pub fn has_connection_room(&self) -> bool {

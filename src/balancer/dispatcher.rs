@@ -42,7 +42,7 @@ use crate::backend::{Machine, MachineFactory};
 use crate::config::Config;
 use crate::core::{MachineId, StrategyKind, Units};
 use crate::strategy::rng::{mix64, AtomicRng};
-use crate::strategy::{self, MachineView, PickRequest, Strategy};
+use crate::strategy::{self, MachineView, Strategy};
 use crate::telemetry::{self, RefusalLog, ScaleEvent, ScaleEventKind, Topology, Totals};
 
 /// The dispatcher task's state. See the module docs.
@@ -162,7 +162,12 @@ impl Dispatcher {
         };
         let initial = dispatcher.config.autoscaler.initial.clone();
         for size in initial {
-            if dispatcher.acquire_sized(size).is_none() {
+            if dispatcher.acquire_sized(size).is_some() {
+                continue;
+            }
+            if dispatcher.factory.provides(size) {
+                info!(%size, "initial machine asked of backend.provider: it joins once its upstream passes a probe");
+            } else {
                 warn!(%size, "initial machine not available from the pool");
             }
         }
@@ -288,48 +293,6 @@ impl Dispatcher {
             .ok_or_else(|| self.refuse(peer, reservation))
     }
 
-    /// Places a connection holding `reservation`, or `None` when nothing can take it (not
-    /// counted as a refusal yet).
-    pub(super) fn place(
-        &mut self,
-        peer: SocketAddr,
-        avoid: &[MachineId],
-        reservation: Units,
-    ) -> Option<Placement> {
-        if !self.health_drained.is_empty() {
-            // An upstream that came back takes this client already, not a tick later.
-            self.recover_healthy();
-        }
-        let request = PickRequest {
-            client_ip: peer.ip(),
-            reservation,
-        };
-        self.fill_views(reservation);
-        for view in &mut self.views {
-            if avoid.contains(&view.id) {
-                view.fits = false;
-            }
-        }
-        let picked = self
-            .strategy
-            .pick(&self.views, &request)
-            // Defence in depth: a strategy must never return a machine that does not fit.
-            .filter(|&v| v < self.views.len() && self.views[v].fits)
-            .map(|v| self.view_index[v]);
-        let index = match picked {
-            Some(index) => index,
-            // Fits nowhere: the autoscaler is asked for a machine on the spot (SPEC §1).
-            None => match self.acquire_fitting(reservation) {
-                Some(index) if fits(&self.machines[index], reservation) => index,
-                _ => return None,
-            },
-        };
-        let placement = self.bind(peer, reservation, index);
-        self.scale_up();
-        self.publish();
-        Some(placement)
-    }
-
     pub(super) fn draw_reservation(&mut self) -> Units {
         let (min, max) = (
             self.config.load.connection_min,
@@ -361,7 +324,7 @@ impl Dispatcher {
         }
     }
 
-    fn bind(&mut self, peer: SocketAddr, reservation: Units, index: usize) -> Placement {
+    pub(super) fn bind(&mut self, peer: SocketAddr, reservation: Units, index: usize) -> Placement {
         let machine = self.machines[index].clone();
         let (placement, weak) = Placement::bind(
             peer,

@@ -94,8 +94,10 @@ fn pick(
         id: m.info.id,
         capacity: m.info.capacity,
         used: m.info.used(),
+        // A suspect machine is left to the dispatcher, which uses it only as a last resort.
         fits: m.info.is_active()
             && m.is_healthy()
+            && !m.is_suspect()
             && m.info.used() + reservation <= m.info.capacity
             && m.has_connection_room(),
     }));

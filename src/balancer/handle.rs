@@ -62,6 +62,10 @@ pub enum Exhaustion {
     /// The set already has `autoscaler.max_machines` machines (the pool may have more).
     #[error("max_machines = {0} reached")]
     MaxMachines(usize),
+    /// It waited `backend.queue_timeout` in the admission queue (proxy mode) and no machine
+    /// had room meanwhile: full upstreams (`max_connections`), unhealthy ones, or the above.
+    #[error("none had room within queue_timeout = {0:?}")]
+    QueueTimeout(std::time::Duration),
 }
 
 /// Why a strategy switch was not made. Either way the strategy in force is unchanged.

@@ -101,6 +101,9 @@ pub struct Upstream {
     fails: AtomicU32,
     /// Whether a server timeout is among `fails`.
     timed_out: AtomicBool,
+    /// Whether it left a client unanswered for `server_timeout` since its last good
+    /// exchange (see [`Upstream::is_suspect`]).
+    suspect: AtomicBool,
     /// Whether a good probe ends the current ejection (it was for connect failures only).
     probe_lifts: AtomicBool,
     /// Ejections since the last good exchange (each one twice as long as the one before).
@@ -126,6 +129,7 @@ impl Upstream {
             streak: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             timed_out: AtomicBool::new(false),
+            suspect: AtomicBool::new(false),
             probe_lifts: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
             last_good_probe_ms: AtomicU64::new(0),
@@ -157,6 +161,14 @@ impl Upstream {
     /// Whether it may take new connections: up by the active checks and not ejected.
     pub fn is_healthy(&self) -> bool {
         self.up.load(Ordering::Acquire) && !self.is_ejected()
+    }
+
+    /// Whether it left a client unanswered for `server_timeout` and has not answered one
+    /// since: a frozen process does that and still passes probes. Admission sends it a
+    /// client only when no other machine can take one, not even a new one (Envoy's
+    /// *degraded* hosts); one answered client clears it.
+    pub fn is_suspect(&self) -> bool {
+        self.suspect.load(Ordering::Acquire)
     }
 
     fn is_ejected(&self) -> bool {
@@ -223,6 +235,9 @@ impl Upstream {
     /// in a row eject it. While it is ejected nothing new is sent there, so a failure then
     /// comes from a connection placed before: the same outage, not counted again.
     pub fn record_failure(&self, what: Failure) {
+        if what == Failure::ServerTimeout && !self.suspect.swap(true, Ordering::AcqRel) {
+            warn!(upstream = %self.address, "upstream left a client unanswered: new clients go elsewhere while another machine can take them");
+        }
         if self.is_ejected() {
             return;
         }
@@ -253,9 +268,20 @@ impl Upstream {
     /// A connection got bytes back from the upstream: failures and the ejection count
     /// start over.
     pub fn record_success(&self) {
-        self.fails.store(0, Ordering::Release);
-        self.timed_out.store(false, Ordering::Release);
-        self.ejections.store(0, Ordering::Release);
+        // Every proxied connection ends here: write (and so take the cache line from the
+        // other event loops) only when there is something to clear.
+        if self.fails.load(Ordering::Acquire) != 0 {
+            self.fails.store(0, Ordering::Release);
+        }
+        if self.timed_out.load(Ordering::Acquire) {
+            self.timed_out.store(false, Ordering::Release);
+        }
+        if self.ejections.load(Ordering::Acquire) != 0 {
+            self.ejections.store(0, Ordering::Release);
+        }
+        if self.suspect.load(Ordering::Acquire) && self.suspect.swap(false, Ordering::AcqRel) {
+            info!(upstream = %self.address, "upstream answered a client again");
+        }
     }
 }
 
@@ -373,6 +399,27 @@ mod tests {
         u.record_failure(Failure::Connect);
         u.record_failure(Failure::Connect);
         assert!(u.is_healthy());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_timeout_makes_it_suspect_until_it_answers_again() {
+        let u = upstream(2, 3, 3);
+        u.set_initial(true);
+        u.record_failure(Failure::Connect);
+        assert!(!u.is_suspect(), "a refused connect is the probes' business");
+        u.record_failure(Failure::ServerTimeout);
+        assert!(u.is_suspect() && u.is_healthy(), "suspect, not ejected");
+        u.record_probe(true);
+        assert!(u.is_suspect(), "a probe proves nothing about answers");
+        u.record_failure(Failure::ServerTimeout);
+        assert!(!u.is_healthy(), "the third failure in a row ejects it");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(
+            u.is_healthy() && u.is_suspect(),
+            "the ejection ends, the suspicion stays"
+        );
+        u.record_success();
+        assert!(!u.is_suspect());
     }
 
     #[tokio::test(start_paused = true)]

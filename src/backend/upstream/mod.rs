@@ -141,9 +141,7 @@ impl MachineFactory for UpstreamFactory {
         let capacity = Units::from_whole(self.config.machines.capacity(size));
         let info = Arc::new(MachineInfo::new(id, size, capacity, self.queue_depth));
         let Some(upstream) = self.pool.take(size, &info) else {
-            // Only the preferred size asks the provider: the fallbacks are tried right
-            // after it in the same acquisition.
-            if size == self.config.autoscaler.scale_up_size {
+            if self.provides(size) {
                 self.pool.provide(size);
             }
             return Err(FactoryError::ResourceExhausted(size));
@@ -169,6 +167,12 @@ impl MachineFactory for UpstreamFactory {
     fn pool_size(&self) -> SizeCounts {
         // SPEC §8: the upstreams are the pool.
         self.pool.pool_size()
+    }
+
+    fn provides(&self, size: Size) -> bool {
+        // Only the preferred size asks the provider: the fallbacks are tried right after
+        // it in the same acquisition.
+        self.pool.provider().is_some() && size == self.config.autoscaler.scale_up_size
     }
 
     fn queue_when_full(&self) -> bool {

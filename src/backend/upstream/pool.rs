@@ -68,6 +68,10 @@ pub struct UpstreamView {
     pub size: String,
     /// Up by the active checks and not ejected.
     pub healthy: bool,
+    /// It left a client unanswered for `server_timeout` and has answered none since: new
+    /// clients go there only when no other machine can take them.
+    #[serde(default)]
+    pub suspect: bool,
     /// `idle` (in the pool, no machine), `active` or `draining`.
     pub state: String,
     /// The machine it backs (`m3`), if any.
@@ -206,6 +210,7 @@ impl UpstreamPool {
                     address: e.upstream.address.to_string(),
                     size: e.upstream.size.to_string(),
                     healthy: e.upstream.is_healthy(),
+                    suspect: e.upstream.is_suspect(),
                     state: state.to_string(),
                     machine: e.machine.as_ref().map(|m| m.name.clone()),
                     connections: e.machine.as_ref().map_or(0, |m| m.connections()),
