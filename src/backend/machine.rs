@@ -134,7 +134,7 @@ impl Machine {
         }
     }
 
-    /// Whether its upstream left a client unanswered and has answered none since
+    /// Whether its upstream left a client unanswered a short while ago
     /// ([`Upstream::is_suspect`]): it takes new clients only when nothing else can.
     pub fn is_suspect(&self) -> bool {
         self.upstream().is_some_and(|u| u.is_suspect())

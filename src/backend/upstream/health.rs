@@ -101,9 +101,11 @@ pub struct Upstream {
     fails: AtomicU32,
     /// Whether a server timeout is among `fails`.
     timed_out: AtomicBool,
-    /// Whether it left a client unanswered for `server_timeout` since its last good
-    /// exchange (see [`Upstream::is_suspect`]).
-    suspect: AtomicBool,
+    /// Milliseconds after `base` until which it is suspect (0: not suspect since its last
+    /// good exchange; see [`Upstream::is_suspect`]).
+    suspect_until_ms: AtomicU64,
+    /// Suspicions since the last good exchange (each one twice as long as the one before).
+    suspicions: AtomicU32,
     /// Whether a good probe ends the current ejection (it was for connect failures only).
     probe_lifts: AtomicBool,
     /// Ejections since the last good exchange (each one twice as long as the one before).
@@ -129,7 +131,8 @@ impl Upstream {
             streak: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             timed_out: AtomicBool::new(false),
-            suspect: AtomicBool::new(false),
+            suspect_until_ms: AtomicU64::new(0),
+            suspicions: AtomicU32::new(0),
             probe_lifts: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
             last_good_probe_ms: AtomicU64::new(0),
@@ -163,12 +166,15 @@ impl Upstream {
         self.up.load(Ordering::Acquire) && !self.is_ejected()
     }
 
-    /// Whether it left a client unanswered for `server_timeout` and has not answered one
-    /// since: a frozen process does that and still passes probes. Admission sends it a
-    /// client only when no other machine can take one, not even a new one (Envoy's
-    /// *degraded* hosts); one answered client clears it.
+    /// Whether it left a client unanswered for `server_timeout` less than `eject_for` ago
+    /// (doubled for each suspicion since it last answered a client): a frozen process does
+    /// that and still passes probes. Admission sends it a client only when no other
+    /// machine can take one, not even a new one (Envoy's *degraded* hosts), so it needs no
+    /// `max_fails` timeouts in a row to be left alone. Once the time is up it takes its
+    /// share again (a trial, as after an ejection); one answered client clears it all.
     pub fn is_suspect(&self) -> bool {
-        self.suspect.load(Ordering::Acquire)
+        let until = self.suspect_until_ms.load(Ordering::Acquire);
+        until != 0 && self.now_ms() < until
     }
 
     fn is_ejected(&self) -> bool {
@@ -235,8 +241,18 @@ impl Upstream {
     /// in a row eject it. While it is ejected nothing new is sent there, so a failure then
     /// comes from a connection placed before: the same outage, not counted again.
     pub fn record_failure(&self, what: Failure) {
-        if what == Failure::ServerTimeout && !self.suspect.swap(true, Ordering::AcqRel) {
-            warn!(upstream = %self.address, "upstream left a client unanswered: new clients go elsewhere while another machine can take them");
+        if what == Failure::ServerTimeout && !self.is_suspect() {
+            // Timeouts of clients placed before it became suspect are the same freeze.
+            let suspicions = self.suspicions.fetch_add(1, Ordering::AcqRel);
+            let factor = 1u32 << suspicions.min(MAX_EJECTION_DOUBLINGS);
+            let length = self.policy.eject_for.saturating_mul(factor);
+            let until = self.now_ms().saturating_add(length.as_millis() as u64);
+            self.suspect_until_ms.store(until, Ordering::Release);
+            warn!(
+                upstream = %self.address,
+                suspect_for_ms = length.as_millis() as u64,
+                "upstream left a client unanswered: suspect, new clients go elsewhere while another machine can take them"
+            );
         }
         if self.is_ejected() {
             return;
@@ -279,8 +295,11 @@ impl Upstream {
         if self.ejections.load(Ordering::Acquire) != 0 {
             self.ejections.store(0, Ordering::Release);
         }
-        if self.suspect.load(Ordering::Acquire) && self.suspect.swap(false, Ordering::AcqRel) {
-            info!(upstream = %self.address, "upstream answered a client again");
+        if self.suspicions.load(Ordering::Acquire) != 0 {
+            self.suspect_until_ms.store(0, Ordering::Release);
+            if self.suspicions.swap(0, Ordering::AcqRel) != 0 {
+                info!(upstream = %self.address, "upstream answered a client again: not suspect");
+            }
         }
     }
 }
@@ -402,7 +421,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_server_timeout_makes_it_suspect_until_it_answers_again() {
+    async fn a_server_timeout_makes_it_suspect_for_eject_for_doubling_until_it_answers() {
         let u = upstream(2, 3, 3);
         u.set_initial(true);
         u.record_failure(Failure::Connect);
@@ -411,15 +430,28 @@ mod tests {
         assert!(u.is_suspect() && u.is_healthy(), "suspect, not ejected");
         u.record_probe(true);
         assert!(u.is_suspect(), "a probe proves nothing about answers");
+        // A client placed before times out too: the third failure in a row ejects it, and
+        // the suspicion is not made longer (the same freeze).
         u.record_failure(Failure::ServerTimeout);
-        assert!(!u.is_healthy(), "the third failure in a row ejects it");
+        assert!(!u.is_healthy());
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(
-            u.is_healthy() && u.is_suspect(),
-            "the ejection ends, the suspicion stays"
+            u.is_healthy() && !u.is_suspect(),
+            "both end after eject_for"
         );
-        u.record_success();
+        // The trial client times out as well: suspect twice as long.
+        u.record_failure(Failure::ServerTimeout);
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!(u.is_suspect(), "the second suspicion lasts 20 s");
+        tokio::time::advance(Duration::from_secs(5)).await;
         assert!(!u.is_suspect());
+        u.record_failure(Failure::ServerTimeout);
+        assert!(u.is_suspect());
+        u.record_success();
+        assert!(!u.is_suspect(), "an answered client clears it");
+        u.record_failure(Failure::ServerTimeout);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!u.is_suspect(), "and the doubling starts over");
     }
 
     #[tokio::test(start_paused = true)]

@@ -68,8 +68,8 @@ pub struct UpstreamView {
     pub size: String,
     /// Up by the active checks and not ejected.
     pub healthy: bool,
-    /// It left a client unanswered for `server_timeout` and has answered none since: new
-    /// clients go there only when no other machine can take them.
+    /// It left a client unanswered for `server_timeout` a short while ago (`eject_for`,
+    /// doubling): new clients go there only when no other machine can take them.
     #[serde(default)]
     pub suspect: bool,
     /// `idle` (in the pool, no machine), `active` or `draining`.
