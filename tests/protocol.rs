@@ -393,6 +393,18 @@ async fn max_connections_refuses_with_overloaded() {
     }
 }
 
+/// A pool of one medium machine, the only one there can be; every connection reserves
+/// `units`.
+fn one_medium_machine(units: f64) -> elastic_lb::config::Config {
+    let mut cfg = fixed_reservation(units);
+    cfg.pool.small = 0;
+    cfg.pool.medium = 1;
+    cfg.pool.large = 0;
+    cfg.pool.xlarge = 0;
+    cfg.autoscaler.max_machines = 1;
+    cfg
+}
+
 /// A flood of refusals: past the 256 that close lingering, the rest still get their
 /// `ERR overloaded` line before the close (they used to be closed without a word).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,12 +437,7 @@ async fn every_client_of_a_flood_past_max_connections_gets_the_overloaded_line()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_pool_refuses_the_connection() {
-    let mut cfg = fixed_reservation(40.0);
-    cfg.pool.small = 0;
-    cfg.pool.medium = 1;
-    cfg.pool.large = 0;
-    cfg.pool.xlarge = 0;
-    cfg.autoscaler.max_machines = 1;
+    let cfg = one_medium_machine(40.0);
     let lb = start_lb(cfg).await;
     let _a = lb.admitted().await;
     let _b = lb.admitted().await;
@@ -449,12 +456,7 @@ async fn exhausted_pool_refuses_the_connection() {
 /// the next client is told the real reason (`exhausted`), not `overloaded`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lingering_refusal_does_not_count_against_max_connections() {
-    let mut cfg = fixed_reservation(80.0);
-    cfg.pool.small = 0;
-    cfg.pool.medium = 1;
-    cfg.pool.large = 0;
-    cfg.pool.xlarge = 0;
-    cfg.autoscaler.max_machines = 1;
+    let mut cfg = one_medium_machine(80.0);
     cfg.listener.max_connections = 2;
     let lb = start_lb(cfg).await;
     let _a = lb.admitted().await;

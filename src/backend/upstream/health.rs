@@ -243,11 +243,7 @@ impl Upstream {
     pub fn record_failure(&self, what: Failure) {
         if what == Failure::ServerTimeout && !self.is_suspect() {
             // Timeouts of clients placed before it became suspect are the same freeze.
-            let suspicions = self.suspicions.fetch_add(1, Ordering::AcqRel);
-            let factor = 1u32 << suspicions.min(MAX_EJECTION_DOUBLINGS);
-            let length = self.policy.eject_for.saturating_mul(factor);
-            let until = self.now_ms().saturating_add(length.as_millis() as u64);
-            self.suspect_until_ms.store(until, Ordering::Release);
+            let length = self.penalize(&self.suspicions, &self.suspect_until_ms);
             warn!(
                 upstream = %self.address,
                 suspect_for_ms = length.as_millis() as u64,
@@ -267,11 +263,7 @@ impl Upstream {
         self.fails.store(0, Ordering::Release);
         let timed_out = self.timed_out.swap(false, Ordering::AcqRel);
         self.probe_lifts.store(!timed_out, Ordering::Release);
-        let ejections = self.ejections.fetch_add(1, Ordering::AcqRel);
-        let factor = 1u32 << ejections.min(MAX_EJECTION_DOUBLINGS);
-        let length = self.policy.eject_for.saturating_mul(factor);
-        let until = self.now_ms().saturating_add(length.as_millis() as u64);
-        self.ejected_until_ms.store(until, Ordering::Release);
+        let length = self.penalize(&self.ejections, &self.ejected_until_ms);
         warn!(
             upstream = %self.address,
             failure = what.as_str(),
@@ -279,6 +271,18 @@ impl Upstream {
             ejected_for_ms = length.as_millis() as u64,
             "upstream ejected"
         );
+    }
+
+    /// Starts the next of a series of penalties counted in `count` (an ejection, a
+    /// suspicion): `eject_for`, twice that for the next, … at most 64 ×, ending at `until`.
+    /// Returns its length.
+    fn penalize(&self, count: &AtomicU32, until: &AtomicU64) -> Duration {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        let factor = 1u32 << before.min(MAX_EJECTION_DOUBLINGS);
+        let length = self.policy.eject_for.saturating_mul(factor);
+        let end = self.now_ms().saturating_add(length.as_millis() as u64);
+        until.store(end, Ordering::Release);
+        length
     }
 
     /// A connection got bytes back from the upstream: failures and the ejection count
