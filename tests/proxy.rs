@@ -471,7 +471,7 @@ async fn a_frozen_upstream_gets_no_client_after_its_first_server_timeout() {
     use elastic_lb::core::StrategyKind;
     let server_timeout = Duration::from_millis(300);
     let interval = Duration::from_millis(100);
-    let settled = server_timeout + interval + Duration::from_millis(200);
+    let settled = server_timeout + interval + Duration::from_millis(400);
     for strategy in [
         StrategyKind::LeastConnections,
         StrategyKind::LeastLoad,
@@ -536,7 +536,7 @@ async fn a_suspect_upstream_alone_still_serves_and_an_answer_clears_it() {
             let mut byte = [0u8; 1];
             if first.is_none() {
                 if let Ok(Ok(1)) =
-                    tokio::time::timeout(Duration::from_millis(50), s.peek(&mut byte)).await
+                    tokio::time::timeout(Duration::from_secs(1), s.peek(&mut byte)).await
                 {
                     first = Some(s);
                     continue;
@@ -569,6 +569,43 @@ async fn a_suspect_upstream_alone_still_serves_and_an_answer_clears_it() {
     })
     .await;
     assert!(!suspect().await, "answered a client: not suspect");
+    server.abort();
+}
+
+/// A keep-alive connection the upstream answered before and then left unanswered (the
+/// process froze since) is a failure, not a success: it makes the upstream suspect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_timing_out_makes_its_upstream_suspect() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // Answers each connection's first bytes, then never again.
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                if let Ok(n @ 1..) = s.read(&mut buf).await {
+                    let _ = s.write_all(&buf[..n]).await;
+                }
+                std::future::pending::<()>().await;
+                drop(s);
+            });
+        }
+    });
+    let mut cfg = proxy_config(10.0, &[addr]);
+    cfg.backend.server_timeout = Duration::from_millis(200);
+    let lb = start_lb(cfg).await;
+    let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+    assert_eq!(round_trip(&mut c, b"a").await, b"a");
+    c.write_all(b"b").await.expect("write");
+    let mut got = Vec::new();
+    let _ = within("the server timeout", c.read_to_end(&mut got)).await;
+    assert!(got.is_empty(), "{got:?}");
+    common::wait_until(TIMEOUT, "the connection is closed", || {
+        lb.snapshot().totals.connections_open == 0
+    })
+    .await;
+    let (_, body) = common::http_get(lb.admin, "/api/upstreams").await;
+    assert!(body.contains("\"suspect\":true"), "{body}");
     server.abort();
 }
 

@@ -202,6 +202,11 @@ impl Dispatcher {
     }
 
     pub(super) fn acquire_sized(&mut self, size: Size) -> Option<usize> {
+        // Nothing free and nobody to ask: no try (it would build a machine to throw away).
+        // Admission comes here on every connection while the pool is dry.
+        if self.factory.free().get(size) == 0 && !self.factory.provides(size) {
+            return None;
+        }
         let avg_before = self.average_load();
         let id = MachineId(self.next_id);
         let machine = self.factory.acquire(size, id).ok()?;

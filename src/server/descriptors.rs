@@ -32,7 +32,7 @@ pub struct Budget {
     pub clients: u64,
     /// Descriptors per client: 1, or 2 in proxy mode (client and upstream).
     pub per_client: u64,
-    /// Refused sockets being answered at once ([`MAX_REFUSING`]).
+    /// Refused sockets closing lingering ([`MAX_REFUSING`]; past those, closed at once).
     pub refusals: u64,
     /// `admin.max_connections`, or 0 with the admin endpoint off.
     pub admin: u64,

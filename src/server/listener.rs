@@ -75,9 +75,17 @@ impl Listener {
                     let reply = session::refusal(self.session, ErrorCode::Overloaded, &msg);
                     // The reply, then the lingering close (so that what the client sent
                     // cannot turn the close into a reset), or at once under a flood.
-                    let ctx = self.ctx.clone();
-                    self.tracker
-                        .spawn(async move { session::refuse(socket, reply, &ctx).await });
+                    match self.ctx.refusing_place() {
+                        Some(place) => {
+                            self.tracker
+                                .spawn(session::refuse_lingering(socket, reply, place));
+                        }
+                        None => {
+                            if let Ok(socket) = socket.into_std() {
+                                session::refuse_at_once(socket, &reply);
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -174,9 +174,11 @@ async fn accept(
         let Ok(slot) = acceptor.admit(&ctx) else {
             // A proxied stream adds no bytes, but what the client sent must not turn the
             // close into a reset: the lingering close, or at once under a flood.
-            let ctx = ctx.clone();
-            let refusal = connections
-                .track_future(async move { session::stream::refuse_ring(socket, &ctx).await });
+            let Some(place) = ctx.refusing_place() else {
+                session::refuse_at_once(socket.into_std(), &[]);
+                continue;
+            };
+            let refusal = connections.track_future(session::stream::refuse_ring(socket, place));
             if ringloop::spawn(refusal).is_err() {
                 debug!("no io_uring runtime on this thread; connection closed");
             }

@@ -42,6 +42,9 @@ pub struct Forwarded {
     pub reason: &'static str,
 }
 
+/// The reason of a connection the upstream left unanswered for `backend.server_timeout`.
+const SERVER_TIMEOUT: &str = "server timeout";
+
 /// Why a proxied connection was ended from outside its byte streams.
 pub(super) enum Watchdog {
     /// Nothing moved for `listener.idle_timeout`.
@@ -63,7 +66,7 @@ impl Watchdog {
             Watchdog::Unanswered => {
                 debug!(limit = ?limits.server, "upstream did not answer; closing");
                 upstream.record_failure(Failure::ServerTimeout);
-                "server timeout"
+                SERVER_TIMEOUT
             }
             // The shutdown grace is over: stop forwarding.
             Watchdog::Stop => "shutdown",
@@ -153,10 +156,11 @@ impl Activity {
     }
 
     /// How it went: the bytes each way and `reason`; an answer from the upstream counts
-    /// as a success of it.
+    /// as a success of it, unless the connection ended because the upstream then stopped
+    /// answering (a keep-alive connection to a process that froze since).
     pub(super) fn forwarded(&self, upstream: &Upstream, reason: &'static str) -> Forwarded {
         let (bytes_in, bytes_out) = self.bytes();
-        if bytes_out > 0 {
+        if bytes_out > 0 && reason != SERVER_TIMEOUT {
             upstream.record_success();
         }
         Forwarded {

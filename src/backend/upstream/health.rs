@@ -19,7 +19,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -101,11 +101,14 @@ pub struct Upstream {
     fails: AtomicU32,
     /// Whether a server timeout is among `fails`.
     timed_out: AtomicBool,
-    /// Milliseconds after `base` until which it is suspect (0: not suspect since its last
-    /// good exchange; see [`Upstream::is_suspect`]).
+    /// Milliseconds after `base` until which it is suspect (see [`Upstream::is_suspect`]);
+    /// 0 when no suspicion began since its last good exchange.
     suspect_until_ms: AtomicU64,
     /// Suspicions since the last good exchange (each one twice as long as the one before).
     suspicions: AtomicU32,
+    /// Held while a suspicion starts or is cleared: two loops timing out at once start one
+    /// suspicion, and an answer that comes meanwhile clears what was just set.
+    suspicion_lock: Mutex<()>,
     /// Whether a good probe ends the current ejection (it was for connect failures only).
     probe_lifts: AtomicBool,
     /// Ejections since the last good exchange (each one twice as long as the one before).
@@ -133,6 +136,7 @@ impl Upstream {
             timed_out: AtomicBool::new(false),
             suspect_until_ms: AtomicU64::new(0),
             suspicions: AtomicU32::new(0),
+            suspicion_lock: Mutex::new(()),
             probe_lifts: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
             last_good_probe_ms: AtomicU64::new(0),
@@ -241,14 +245,20 @@ impl Upstream {
     /// in a row eject it. While it is ejected nothing new is sent there, so a failure then
     /// comes from a connection placed before: the same outage, not counted again.
     pub fn record_failure(&self, what: Failure) {
-        if what == Failure::ServerTimeout && !self.is_suspect() {
-            // Timeouts of clients placed before it became suspect are the same freeze.
-            let length = self.penalize(&self.suspicions, &self.suspect_until_ms);
-            warn!(
-                upstream = %self.address,
-                suspect_for_ms = length.as_millis() as u64,
-                "upstream left a client unanswered: suspect, new clients go elsewhere while another machine can take them"
-            );
+        if what == Failure::ServerTimeout {
+            let started = {
+                let _one_at_a_time = self.suspicion_lock.lock();
+                // Timeouts of clients placed before it became suspect are the same freeze.
+                (!self.is_suspect())
+                    .then(|| self.penalize(&self.suspicions, &self.suspect_until_ms))
+            };
+            if let Some(length) = started {
+                warn!(
+                    upstream = %self.address,
+                    suspect_for_ms = length.as_millis() as u64,
+                    "upstream left a client unanswered: suspect, new clients go elsewhere while another machine can take them"
+                );
+            }
         }
         if self.is_ejected() {
             return;
@@ -299,7 +309,9 @@ impl Upstream {
         if self.ejections.load(Ordering::Acquire) != 0 {
             self.ejections.store(0, Ordering::Release);
         }
-        if self.suspicions.load(Ordering::Acquire) != 0 {
+        // Non-zero from a suspicion's start until an answer, also once its time is up.
+        if self.suspect_until_ms.load(Ordering::Acquire) != 0 {
+            let _one_at_a_time = self.suspicion_lock.lock();
             self.suspect_until_ms.store(0, Ordering::Release);
             if self.suspicions.swap(0, Ordering::AcqRel) != 0 {
                 info!(upstream = %self.address, "upstream answered a client again: not suspect");

@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use super::context::SessionContext;
+use super::place::ConnectionSlot;
 use crate::backend::SessionKind;
 use crate::protocol::ErrorCode;
 
@@ -27,15 +28,23 @@ pub fn refusal(kind: SessionKind, code: ErrorCode, message: &str) -> Bytes {
 
 /// Sends the refusal (an error line, or nothing for a proxied stream) to a connection that
 /// is not admitted (or no longer: its `listener.max_connections` place is given up before
-/// this), then closes it gracefully: a FIN and the lingering close, never a reset — as
-/// one of [`MAX_REFUSING`](super::MAX_REFUSING) at most; past those, at once (`refuse_at_once`).
+/// this), then closes it gracefully: lingering as one of
+/// [`MAX_REFUSING`](super::MAX_REFUSING) refusals at most ([`refuse_lingering`]); past
+/// those, at once ([`refuse_at_once`]).
 pub async fn refuse(socket: TcpStream, reply: Bytes, ctx: &SessionContext) {
-    let Some(_place) = ctx.refusing_place() else {
-        if let Ok(socket) = socket.into_std() {
-            refuse_at_once(socket, &reply);
+    match ctx.refusing_place() {
+        Some(place) => refuse_lingering(socket, reply, place).await,
+        None => {
+            if let Ok(socket) = socket.into_std() {
+                refuse_at_once(socket, &reply);
+            }
         }
-        return;
-    };
+    }
+}
+
+/// The reply, a FIN and the lingering close (never a reset), holding `_place` (one of
+/// [`MAX_REFUSING`](super::MAX_REFUSING)) until done.
+pub async fn refuse_lingering(socket: TcpStream, reply: Bytes, _place: ConnectionSlot) {
     let (read_half, mut write_half) = socket.into_split();
     let sent = timeout(LINGER, write_half.write_all(&reply)).await;
     if matches!(sent, Ok(Ok(()))) && write_half.shutdown().await.is_ok() {
@@ -43,12 +52,13 @@ pub async fn refuse(socket: TcpStream, reply: Bytes, ctx: &SessionContext) {
     }
 }
 
-/// Refuses a connection without waiting, when [`MAX_REFUSING`](super::MAX_REFUSING) refusals are lingering
-/// already (a flood): the reply written if the socket takes it at once (a new socket's
-/// empty send buffer always does), what the client sent so far read and discarded (at
-/// most 64 KiB), so that the close is a FIN and not a reset, then closed. A client that
-/// sends more after this gets a reset, but its line has arrived before it.
-pub(super) fn refuse_at_once(mut socket: std::net::TcpStream, reply: &[u8]) {
+/// Refuses a connection without waiting, when [`MAX_REFUSING`](super::MAX_REFUSING)
+/// refusals are lingering already (a flood): the reply written if the socket takes it at
+/// once (a new socket's empty send buffer always does), what the client sent so far read
+/// and discarded (at most 64 KiB), so that the close is a FIN and not a reset, then closed.
+/// A client that sends more after this (or more than that) gets a reset, but its line has
+/// arrived before it.
+pub fn refuse_at_once(mut socket: std::net::TcpStream, reply: &[u8]) {
     use std::io::{Read, Write};
     if socket.set_nonblocking(true).is_err() {
         return;

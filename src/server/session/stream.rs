@@ -45,10 +45,19 @@ pub async fn serve_ring(
     serve_client(socket, peer, ctx, slot).await;
 }
 
-/// Closes a client refused at `listener.max_connections` on an io_uring event loop: a FIN,
-/// then the lingering read (as `Client::refuse`), no bytes added.
-pub async fn refuse_ring(socket: ringloop::TcpStream, ctx: &SessionContext) {
-    socket.refuse(ctx).await;
+/// Closes a client refused on an io_uring event loop, holding `_place` (one of
+/// [`MAX_REFUSING`](super::MAX_REFUSING)): a FIN, then the lingering read, no bytes added.
+pub async fn refuse_ring(socket: ringloop::TcpStream, _place: ConnectionSlot) {
+    if socket.get_ref().shutdown(Shutdown::Write).is_ok() {
+        let deadline = Instant::now() + LINGER;
+        let mut sink = vec![0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, socket.recv(sink)).await {
+                Ok((Ok(n), back)) if n > 0 => sink = back,
+                _ => break,
+            }
+        }
+    }
 }
 
 /// A proxied client's socket, tokio's or an io_uring loop's: forwarded by
@@ -70,18 +79,9 @@ impl Client for TcpStream {
 
 impl Client for ringloop::TcpStream {
     async fn refuse(self, ctx: &SessionContext) {
-        let Some(_place) = ctx.refusing_place() else {
-            return refuse_at_once(self.into_std(), &[]);
-        };
-        if self.get_ref().shutdown(Shutdown::Write).is_ok() {
-            let deadline = Instant::now() + LINGER;
-            let mut sink = vec![0u8; 4096];
-            loop {
-                match tokio::time::timeout_at(deadline, self.recv(sink)).await {
-                    Ok((Ok(n), back)) if n > 0 => sink = back,
-                    _ => break,
-                }
-            }
+        match ctx.refusing_place() {
+            Some(place) => refuse_ring(self, place).await,
+            None => refuse_at_once(self.into_std(), &[]),
         }
     }
 }

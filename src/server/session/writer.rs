@@ -62,10 +62,15 @@ impl InFlight {
         }
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.room.notify_one();
-        if self.count.fetch_sub(replies, Ordering::AcqRel) == replies {
+        // Stamped before the count reaches zero, so that a reader that sees zero never sees
+        // an older stamp (a stamp for a count that a new request keeps above zero is
+        // harmless: the reader does not close with work in flight).
+        if self.count.load(Ordering::Acquire) == replies {
             if let Ok(mut at) = self.drained_at.lock() {
                 *at = Some(Instant::now());
             }
+        }
+        if self.count.fetch_sub(replies, Ordering::AcqRel) == replies {
             self.drained.notify_one();
         }
     }
