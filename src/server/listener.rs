@@ -25,8 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::balance::{spawn_loop_threads, Handoff, Loops, Seat};
-use super::session::ConnectionSlot;
-use super::session::{self, SessionContext};
+use super::session::{self, ConnectionSlot, SessionContext};
 use super::slot::Acceptor;
 use crate::backend::SessionKind;
 use crate::protocol::ErrorCode;
