@@ -74,16 +74,8 @@ impl Listener {
                     let reply = session::refusal(self.session, ErrorCode::Overloaded, &msg);
                     // The reply, then the lingering close (so that what the client sent
                     // cannot turn the close into a reset), or at once under a flood.
-                    match self.ctx.refusing_place() {
-                        Some(place) => {
-                            self.tracker
-                                .spawn(session::refuse_lingering(socket, reply, place));
-                        }
-                        None => {
-                            if let Ok(socket) = socket.into_std() {
-                                session::refuse_at_once(socket, &reply);
-                            }
-                        }
+                    if let Some(lingering) = session::refuse_or_linger(socket, reply, &self.ctx) {
+                        self.tracker.spawn(lingering);
                     }
                 }
             }

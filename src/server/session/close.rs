@@ -29,22 +29,36 @@ pub fn refusal(kind: SessionKind, code: ErrorCode, message: &str) -> Bytes {
 /// Sends the refusal (an error line, or nothing for a proxied stream) to a connection that
 /// is not admitted (or no longer: its `listener.max_connections` place is given up before
 /// this), then closes it gracefully: lingering as one of
-/// [`MAX_REFUSING`](super::MAX_REFUSING) refusals at most ([`refuse_lingering`]); past
+/// [`MAX_REFUSING`](super::MAX_REFUSING) refusals at most (`refuse_lingering`); past
 /// those, at once ([`refuse_at_once`]).
 pub async fn refuse(socket: TcpStream, reply: Bytes, ctx: &SessionContext) {
+    if let Some(lingering) = refuse_or_linger(socket, reply, ctx) {
+        lingering.await;
+    }
+}
+
+/// [`refuse`] without waiting: the lingering close to run (as one of
+/// [`MAX_REFUSING`](super::MAX_REFUSING)), or `None` once the socket was refused at once.
+/// An accept loop spawns the future, so that a flood past the cap spawns nothing.
+pub fn refuse_or_linger(
+    socket: TcpStream,
+    reply: Bytes,
+    ctx: &SessionContext,
+) -> Option<impl std::future::Future<Output = ()>> {
     match ctx.refusing_place() {
-        Some(place) => refuse_lingering(socket, reply, place).await,
+        Some(place) => Some(refuse_lingering(socket, reply, place)),
         None => {
             if let Ok(socket) = socket.into_std() {
                 refuse_at_once(socket, &reply);
             }
+            None
         }
     }
 }
 
 /// The reply, a FIN and the lingering close (never a reset), holding `_place` (one of
 /// [`MAX_REFUSING`](super::MAX_REFUSING)) until done.
-pub async fn refuse_lingering(socket: TcpStream, reply: Bytes, _place: ConnectionSlot) {
+async fn refuse_lingering(socket: TcpStream, reply: Bytes, _place: ConnectionSlot) {
     let (read_half, mut write_half) = socket.into_split();
     let sent = timeout(LINGER, write_half.write_all(&reply)).await;
     if matches!(sent, Ok(Ok(()))) && write_half.shutdown().await.is_ok() {

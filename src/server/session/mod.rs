@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 use crate::backend::SessionKind;
 
-pub use close::{refusal, refuse, refuse_at_once, refuse_lingering};
+pub use close::{refusal, refuse, refuse_at_once, refuse_or_linger};
 pub use context::SessionContext;
 pub use place::{ConnectionSlot, MAX_REFUSING};
 
