@@ -240,11 +240,26 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             .into());
         }
     }
-    runtime()?.block_on(serve(config, source, overrides))
+    let runtime = runtime()?;
+    match runtime.block_on(serve(config, source, overrides))? {
+        Served::Stopped => Ok(ExitCode::SUCCESS),
+        // The event-loop threads may still be serving connections on the runtime's timers:
+        // dropping the runtime under them would make them panic on the way out. A second
+        // signal means "now", so the process ends here, runtime and all.
+        Served::Forced => std::process::exit(130),
+    }
+}
+
+/// How [`serve`] ended.
+enum Served {
+    /// The graceful shutdown completed.
+    Stopped,
+    /// A second SIGINT/SIGTERM cut it short.
+    Forced,
 }
 
 /// Binds, runs until a signal, shuts down.
-async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Result<ExitCode> {
+async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Result<Served> {
     // Signal handlers are installed before the listener binds (SPEC §5).
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
@@ -307,14 +322,14 @@ async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Re
     // A second signal during the graceful shutdown exits at once.
     let grace = server.config().shutdown.grace;
     tokio::select! {
-        _ = server.shutdown(grace) => Ok(ExitCode::SUCCESS),
+        _ = server.shutdown(grace) => Ok(Served::Stopped),
         _ = sigint.recv() => {
             info!("second signal: exiting now");
-            Ok(ExitCode::from(130))
+            Ok(Served::Forced)
         }
         _ = sigterm.recv() => {
             info!("second signal: exiting now");
-            Ok(ExitCode::from(130))
+            Ok(Served::Forced)
         }
     }
 }

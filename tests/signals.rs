@@ -401,3 +401,50 @@ async fn sighup_applies_added_and_removed_upstreams() {
     daemon.signal("-TERM");
     assert!(daemon.exit_status().await.success());
 }
+
+/// A second SIGTERM while proxied streams are open ends the process at once with 130, and
+/// nothing panics on the way out (the io_uring loops still held timers of the runtime that
+/// was being dropped under them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sigterm_with_open_streams_exits_130_without_a_panic() {
+    let (up, _up_task) = echo_upstream().await;
+    let mut cfg = test_config();
+    cfg.backend.mode = elastic_lb::config::BackendMode::Proxy;
+    cfg.backend.upstreams = vec![elastic_lb::config::UpstreamConfig {
+        address: up,
+        size: elastic_lb::core::Size::Medium,
+        max_connections: None,
+    }];
+    cfg.shutdown.grace = Duration::from_secs(30);
+    for round in 0..3 {
+        let mut d = Daemon::start(&format!("term-term-{round}"), cfg.clone()).await;
+        let mut streams = Vec::new();
+        for i in 0..5u8 {
+            let mut s = tokio::net::TcpStream::connect(d.addr)
+                .await
+                .expect("connect");
+            s.write_all(&[b'a' + i]).await.expect("write");
+            let mut back = [0u8; 1];
+            common::within("echo", s.read_exact(&mut back))
+                .await
+                .expect("read");
+            streams.push(s);
+        }
+        d.signal("-TERM");
+        d.wait_line("shutting down").await;
+        assert!(d.running(), "still in grace (30 s) with open streams");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        d.signal("-TERM");
+        let status = d.exit_status().await;
+        // The panic, when there is one, is written as the process ends.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let lines = d.lines();
+        assert_eq!(status.code(), Some(130), "stderr:\n{}", lines.join("\n"));
+        assert!(
+            !lines.iter().any(|l| l.contains("panicked")),
+            "round {round}: stderr:\n{}",
+            lines.join("\n")
+        );
+        drop(streams);
+    }
+}
