@@ -23,6 +23,8 @@ struct Upstream {
     addr: SocketAddr,
     open: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
+    /// Proxied connections so far (ones that sent bytes).
+    served: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -35,11 +37,12 @@ impl Upstream {
         let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (o, p) = (open.clone(), peak.clone());
+        let served = Arc::new(AtomicUsize::new(0));
+        let (o, p, n) = (open.clone(), peak.clone(), served.clone());
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             while let Ok((mut s, _)) = listener.accept().await {
-                let (o, p) = (o.clone(), p.clone());
+                let (o, p, served) = (o.clone(), p.clone(), n.clone());
                 conns.spawn(async move {
                     let mut buf = [0u8; 4096];
                     let Ok(n) = s.read(&mut buf).await else {
@@ -48,6 +51,7 @@ impl Upstream {
                     if n == 0 {
                         return; // a health probe
                     }
+                    served.fetch_add(1, Ordering::SeqCst);
                     let now = o.fetch_add(1, Ordering::SeqCst) + 1;
                     p.fetch_max(now, Ordering::SeqCst);
                     if s.write_all(&buf[..n]).await.is_ok() {
@@ -62,6 +66,7 @@ impl Upstream {
             addr,
             open,
             peak,
+            served,
             task,
         }
     }
@@ -140,6 +145,41 @@ async fn the_client_past_max_connections_waits_and_gets_through_when_one_closes(
         2,
         "never above max_connections"
     );
+}
+
+/// A client that resets its connection while it waits in the queue is gone: when its turn
+/// comes, what it sent is not delivered to the upstream, and the next one is served.
+#[tokio::test]
+async fn a_client_that_resets_while_queued_is_not_forwarded() {
+    let up = Upstream::start().await;
+    let lb = start_lb(config(&up, 1, Duration::from_secs(5))).await;
+    let first = echoing(lb.addr).await;
+    let mut gone = TcpStream::connect(lb.addr).await.expect("connect");
+    gone.write_all(b"gone\n").await.expect("write");
+    lb.wait_stats("it is queued", |s| s.queued_connections == 1)
+        .await;
+    gone.set_zero_linger().expect("SO_LINGER 0");
+    drop(gone); // a reset
+    let mut next = TcpStream::connect(lb.addr).await.expect("connect");
+    next.write_all(b"hi\n").await.expect("write");
+    lb.wait_stats("the next is queued", |s| s.queued_connections >= 1)
+        .await;
+
+    drop(first);
+    let mut buf = [0u8; 3];
+    within("the next client's echo", next.read_exact(&mut buf))
+        .await
+        .expect("read");
+    assert_eq!(&buf, b"hi\n");
+    assert_eq!(
+        up.served.load(Ordering::SeqCst),
+        2,
+        "the first and the next client only: the reset one's bytes were not delivered"
+    );
+    let s = lb
+        .wait_stats("the queue is empty", |s| s.queued_connections == 0)
+        .await;
+    assert_eq!(s.totals.connections_rejected, 0);
 }
 
 #[tokio::test]

@@ -101,7 +101,9 @@ pub(super) async fn add(
                 .find(|v| v.address == address.to_string());
             (StatusCode::CREATED, Json(view)).into_response()
         }
-        Err(e @ AddError::Exists(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ (AddError::Exists(_) | AddError::Draining(_))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
     }
 }
 

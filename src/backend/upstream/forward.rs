@@ -26,6 +26,9 @@ pub(crate) trait Socket: Sized {
     /// The peer's address and the local one.
     fn addresses(&self) -> io::Result<(SocketAddr, SocketAddr)>;
 
+    /// The socket's pending error (`SO_ERROR`), taken: a reset from the peer, say.
+    fn take_error(&self) -> io::Result<Option<io::Error>>;
+
     /// Sets `TCP_NODELAY` (best effort).
     fn set_nodelay(&self);
 
@@ -50,6 +53,10 @@ impl Socket for TcpStream {
 
     fn addresses(&self) -> io::Result<(SocketAddr, SocketAddr)> {
         Ok((self.peer_addr()?, self.local_addr()?))
+    }
+
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        TcpStream::take_error(self)
     }
 
     fn set_nodelay(&self) {

@@ -53,8 +53,9 @@ struct Entry {
     machine: Option<Arc<MachineInfo>>,
     /// Removed while backing a machine: leaves the pool when that machine retires.
     removing: bool,
-    /// Listed again by a reload while `removing`: joins again, fresh, once it has left,
-    /// with the file's size and `max_connections`.
+    /// Joins again, fresh, once its machine has retired, with this size and
+    /// `max_connections`: listed again by a reload while `removing`, or given another size
+    /// by a reload while it backs a machine. A later removal cancels it.
     rejoin: Option<(Size, Option<u32>)>,
     added_at: Instant,
 }
@@ -91,6 +92,12 @@ pub enum AddError {
     /// The address is in the pool already.
     #[error("upstream {0} exists")]
     Exists(SocketAddr),
+    /// The address was removed and its machine still drains.
+    #[error(
+        "upstream {0} is draining after its removal: it can be added again once its last \
+         connection has closed and it has left the pool"
+    )]
+    Draining(SocketAddr),
 }
 
 /// Why an upstream could not be removed.
@@ -238,8 +245,12 @@ impl UpstreamPool {
         upstream.set_max_connections(max_connections);
         {
             let mut state = self.lock();
-            if state.entries.iter().any(|e| e.upstream.address == address) {
-                return Err(AddError::Exists(address));
+            if let Some(e) = state.entries.iter().find(|e| e.upstream.address == address) {
+                return Err(if e.removing {
+                    AddError::Draining(address)
+                } else {
+                    AddError::Exists(address)
+                });
             }
             state.entries.push(Entry {
                 upstream: upstream.clone(),
@@ -267,15 +278,17 @@ impl UpstreamPool {
     ///
     /// [`RemoveError::Unknown`] when the address is not in the pool.
     pub fn remove(&self, address: SocketAddr) -> Result<Removed, RemoveError> {
-        let (removed, left) = {
+        let (removed, left, again) = {
             let mut state = self.lock();
             let index = state
                 .entries
                 .iter()
                 .position(|e| e.upstream.address == address)
                 .ok_or(RemoveError::Unknown(address))?;
+            let again = state.entries[index].removing;
             let removed = match state.entries[index].machine.clone() {
                 Some(machine) => {
+                    state.entries[index].rejoin = None;
                     if !state.entries[index].removing {
                         state.entries[index].removing = true;
                         state.retiring.push(machine.id);
@@ -285,9 +298,9 @@ impl UpstreamPool {
                 None => Ok(state.entries.remove(index)),
             };
             let left = state.entries.iter().filter(|e| !e.removing).count();
-            (removed, left)
+            (removed, left, again)
         };
-        if left == 0 && self.provider.is_none() {
+        if left == 0 && !again && self.provider.is_none() {
             // HAProxy answers 503 with every server disabled; a TCP balancer can only make
             // clients wait (`backend.queue_timeout`) and close them: say so once.
             warn!(
@@ -309,12 +322,13 @@ impl UpstreamPool {
         }
     }
 
-    /// The addresses that came from `[[backend.upstreams]]`.
+    /// The addresses that came from `[[backend.upstreams]]` and are to stay in the pool
+    /// (a removed one that is to join again included).
     pub fn configured(&self) -> Vec<SocketAddr> {
         self.lock()
             .entries
             .iter()
-            .filter(|e| e.origin == Origin::Config && !e.removing)
+            .filter(|e| e.origin == Origin::Config && (!e.removing || e.rejoin.is_some()))
             .map(|e| e.upstream.address)
             .collect()
     }
@@ -328,17 +342,41 @@ impl UpstreamPool {
     }
 
     /// Marks an upstream as coming from the configuration (a reload listed an address
-    /// that was added at run time). One that is draining because it was removed joins the
-    /// pool again once its machine has retired, as a new entry of `size` and `limit`.
+    /// that was added at run time) with the file's `size`. One that is draining because it
+    /// was removed joins the pool again once its machine has retired, as a new entry of
+    /// `size` and `limit`; so does one whose machine serves at another size. An idle one
+    /// of another size is replaced at once.
     pub fn adopt(&self, address: SocketAddr, size: Size, limit: Option<u32>) {
-        let mut state = self.lock();
-        if let Some(e) = state
-            .entries
-            .iter_mut()
-            .find(|e| e.upstream.address == address)
-        {
+        let replaced = {
+            let mut state = self.lock();
+            let Some(index) = state
+                .entries
+                .iter()
+                .position(|e| e.upstream.address == address)
+            else {
+                return;
+            };
+            let e = &mut state.entries[index];
             e.origin = Origin::Config;
-            e.rejoin = e.removing.then_some((size, limit));
+            let resized = e.upstream.size != size;
+            e.rejoin = (e.removing || resized).then_some((size, limit));
+            if resized && e.machine.is_none() {
+                Some(state.entries.remove(index))
+            } else {
+                if resized && !e.removing {
+                    warn!(
+                        upstream = %address,
+                        from = %e.upstream.size,
+                        to = %size,
+                        "upstream size changes once its machine retires; it serves at its old size until then"
+                    );
+                }
+                None
+            }
+        };
+        if let Some(old) = replaced {
+            info!(upstream = %address, from = %old.upstream.size, to = %size, "upstream resized");
+            let _ = self.add(address, size, limit, Origin::Config);
         }
     }
 
@@ -371,7 +409,7 @@ impl UpstreamPool {
             };
             let entry = &mut state.entries[index];
             entry.machine = None;
-            if entry.removing || entry.origin == Origin::Provider {
+            if entry.removing || entry.origin == Origin::Provider || entry.rejoin.is_some() {
                 Some(state.entries.remove(index))
             } else {
                 None
@@ -383,7 +421,7 @@ impl UpstreamPool {
             if entry.origin == Origin::Provider {
                 self.spawn_release(address);
             } else if let Some((size, limit)) = entry.rejoin {
-                // Removed, then listed again while its machine drained.
+                // Removed and listed again, or resized, while its machine served.
                 let _ = self.add(address, size, limit, Origin::Config);
             }
         }

@@ -47,6 +47,10 @@ impl Socket for TcpStream {
         Ok((socket.peer_addr()?, socket.local_addr()?))
     }
 
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.get_ref().take_error()
+    }
+
     fn set_nodelay(&self) {
         let _ = self.get_ref().set_nodelay(true);
     }

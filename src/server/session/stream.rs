@@ -6,7 +6,7 @@ use std::net::{Shutdown, SocketAddr};
 use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::{warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use super::access::{self, ConnCounters};
 use super::close::{refuse, refuse_at_once, LINGER};
@@ -105,6 +105,13 @@ async fn serve_client<C: Client>(
         let placement = match fast {
             Some(placement) => placement,
             None => match ctx.dispatcher.admit_avoiding(peer, avoid.clone()).await {
+                // A client that reset its connection while it waited (in the admission
+                // queue, say) is gone: what it sent is not delivered to an upstream.
+                Ok(_) if matches!(socket.take_error(), Ok(Some(_))) => {
+                    ctx.stats.totals.admission_withdrawn();
+                    debug!(%peer, "client reset its connection while it waited; not forwarded");
+                    return;
+                }
                 Ok(placement) => placement,
                 Err(_) => {
                     drop(slot);
