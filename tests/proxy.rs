@@ -701,6 +701,64 @@ async fn an_upload_longer_than_server_timeout_is_not_cut() {
     task.abort();
 }
 
+/// An upstream that reads slowly is busy, not silent: the client's upload waits in the
+/// balancer's send buffer towards it (up to megabytes) long before the upstream has read
+/// it, so the client's last bytes are read by the balancer early. While the upstream keeps
+/// taking what the balancer sent it, `server_timeout` does not cut the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_upstream_reads_slowly_after_the_client_is_done_is_not_cut() {
+    // Reads 16 KiB every 20 ms (about 800 KB/s) until the client's FIN, then answers. Its
+    // receive buffer is small (fixed), so what it has not read waits on the balancer's side.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(64).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut total = 0usize;
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => total += n,
+                        Err(_) => return,
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = s.write_all(format!("{total}\n").as_bytes()).await;
+            });
+        }
+    });
+    let mut cfg = proxy_config(10.0, &[addr]);
+    cfg.backend.server_timeout = Duration::from_millis(300);
+    cfg.backend.max_fails = 1;
+    let lb = start_lb(cfg).await;
+    let mut c = TcpStream::connect(lb.addr).await.expect("connect");
+    const TOTAL: usize = 2 << 20;
+    let started = std::time::Instant::now();
+    c.write_all(&vec![9u8; TOTAL]).await.expect("upload");
+    c.shutdown().await.expect("half-close");
+    let sent_in = started.elapsed();
+    let mut reply = String::new();
+    within("the answer after the upload", c.read_to_string(&mut reply))
+        .await
+        .expect("read answer");
+    assert_eq!(
+        reply,
+        format!("{TOTAL}\n"),
+        "answered, not cut (the client was done after {sent_in:?}, the answer came after {:?})",
+        started.elapsed()
+    );
+    let up = &lb.snapshot().machines;
+    assert_eq!(up.len(), 1, "the upstream was not ejected: {up:#?}");
+    assert_eq!(up[0].state, elastic_lb::core::MachineState::Active);
+    task.abort();
+}
+
 /// A client that keeps sending but does not read its answers yet is a slow *client*, not a
 /// silent upstream: the upstream answered and only waits for the balancer to take more,
 /// which it does not while the client's side is full. `server_timeout` must not cut the

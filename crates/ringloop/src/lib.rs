@@ -19,7 +19,8 @@
 //!   buffer stays alive until the kernel is done with it.
 //!
 //! The unsafe code is confined to `op` (handing entries that point at owned memory to
-//! the kernel) and `net` (plain system calls on descriptors this crate owns).
+//! the kernel) and `net` (plain system calls on descriptors this crate owns, and
+//! [`unacked_bytes`], one `ioctl` on a descriptor its caller owns).
 #![deny(unsafe_op_in_unsafe_fn, missing_docs, rust_2018_idioms)]
 
 mod net;
@@ -27,6 +28,6 @@ mod op;
 mod pool;
 mod runtime;
 
-pub use net::{IoBuf, TcpListener, TcpStream};
+pub use net::{unacked_bytes, IoBuf, TcpListener, TcpStream};
 pub use pool::PooledBuf;
 pub use runtime::{available, spawn, Runtime};

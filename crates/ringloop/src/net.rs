@@ -433,3 +433,23 @@ impl Drop for TcpStream {
         }
     }
 }
+
+/// Bytes in the send queue of the TCP socket `fd` that its peer has not acknowledged yet
+/// (`SIOCOUTQ`): it shrinks while the peer's application reads what was sent. Works on any
+/// TCP socket, whatever loop it belongs to. The caller keeps `fd` open for the call (a
+/// closed or reused descriptor gives an error or another socket's count, nothing worse).
+///
+/// # Errors
+///
+/// The system call's (`EBADF`, or `EINVAL` for a socket that is not connected).
+pub fn unacked_bytes(fd: std::os::fd::RawFd) -> io::Result<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one c_int through the pointer, which points at a
+    // live local for the duration of the call.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(u32::try_from(n).unwrap_or(0))
+    }
+}

@@ -2,6 +2,7 @@
 //! bytes last moved, whether the upstream owes the client an answer, the timers that end it
 //! from outside — and how it went (shared by the epoll and the io_uring forwarding).
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -145,12 +146,17 @@ impl Pump for Activity {
 impl Activity {
     /// Completes when the connection must end from outside: nothing moved for
     /// `limits.idle` (unless zero), the upstream left the client unanswered for
-    /// `limits.server`, or `stop` fired.
-    pub(super) async fn watch(&self, limits: &Limits, stop: &CancellationToken) -> Watchdog {
+    /// `limits.server` (`server` is its socket, open while this runs), or `stop` fired.
+    pub(super) async fn watch(
+        &self,
+        limits: &Limits,
+        stop: &CancellationToken,
+        server: RawFd,
+    ) -> Watchdog {
         let idle = limits.idle;
         tokio::select! {
             _ = self.idle_for(idle), if !idle.is_zero() => Watchdog::Idle,
-            _ = self.unanswered_for(limits.server) => Watchdog::Unanswered,
+            _ = self.unanswered_for(limits.server, server) => Watchdog::Unanswered,
             _ = stop.cancelled() => Watchdog::Stop,
         }
     }
@@ -179,22 +185,50 @@ impl Activity {
     }
 
     /// Completes once the client's latest bytes have waited `limit` with no answer from the
-    /// upstream since.
-    async fn unanswered_for(&self, limit: Duration) {
+    /// upstream since, and the upstream (socket `server`) is not still reading them.
+    ///
+    /// What the client sent reaches the balancer's send buffer towards the upstream (up to
+    /// megabytes) long before an upstream that reads slowly has taken it, so the client's
+    /// last bytes are read early. At the deadline, bytes still waiting in that buffer
+    /// (`SIOCOUTQ`) are looked at once more a `limit` later: if fewer wait then, the
+    /// upstream is busy, not silent, and the clock starts again. So it ends one to two
+    /// `limit`s after the upstream last took anything.
+    async fn unanswered_for(&self, limit: Duration, server: RawFd) {
+        let mut waiting: Option<u32> = None;
         loop {
             let since = self.unanswered_since.load(Ordering::Relaxed);
             if since == 0 || self.answer_stalled.load(Ordering::Relaxed) {
                 // Nothing waiting, or the answer waits for the client: look again in one
                 // limit's time.
+                waiting = None;
                 tokio::time::sleep(limit).await;
                 continue;
             }
             let start = self.base + Duration::from_millis(since - 1);
             let deadline = start.checked_add(limit).unwrap_or(start);
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now < deadline {
+                tokio::time::sleep_until(deadline).await;
+                continue;
+            }
+            let queued = ringloop::unacked_bytes(server).unwrap_or(0);
+            let taking = match waiting {
+                // First look: bytes wait; look again a limit later.
+                None => queued > 0,
+                Some(before) => queued < before,
+            };
+            if !taking {
                 return;
             }
-            tokio::time::sleep_until(deadline).await;
+            waiting = Some(queued);
+            let now_ms = now.duration_since(self.base).as_millis() as u64;
+            // Unless an answer or more client bytes came meanwhile, the clock starts again.
+            let _ = self.unanswered_since.compare_exchange(
+                since,
+                now_ms + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -28,6 +29,9 @@ pub(crate) trait Socket: Sized {
 
     /// The socket's pending error (`SO_ERROR`), taken: a reset from the peer, say.
     fn take_error(&self) -> io::Result<Option<io::Error>>;
+
+    /// The descriptor (for [`ringloop::unacked_bytes`] while the socket is open).
+    fn raw_fd(&self) -> RawFd;
 
     /// Sets `TCP_NODELAY` (best effort).
     fn set_nodelay(&self);
@@ -57,6 +61,10 @@ impl Socket for TcpStream {
 
     fn take_error(&self) -> io::Result<Option<io::Error>> {
         TcpStream::take_error(self)
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.as_raw_fd()
     }
 
     fn set_nodelay(&self) {
@@ -116,7 +124,7 @@ pub(crate) async fn forward<S: Socket>(
     let activity = Activity::default();
     // The timers and the shutdown signal are polled only when one of them fires, not on
     // every read and write (`Gated`).
-    let mut watchdog = Gated::new(activity.watch(&limits, stop));
+    let mut watchdog = Gated::new(activity.watch(&limits, stop, server.raw_fd()));
     let pumped = tokio::select! {
         biased;
         pumped = S::pump(&mut client, &mut server, &activity) => Ok(pumped),

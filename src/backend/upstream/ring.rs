@@ -51,6 +51,10 @@ impl Socket for TcpStream {
         self.get_ref().take_error()
     }
 
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self.get_ref())
+    }
+
     fn set_nodelay(&self) {
         let _ = self.get_ref().set_nodelay(true);
     }
