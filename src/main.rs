@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand, ValueEnum};
-use elastic_lb::config::{self, AdminAddress, Config, ConfigSource};
+use elastic_lb::config::{self, AdminAddress, BackendMode, Config, ConfigSource};
 use elastic_lb::core::StrategyKind;
 use elastic_lb::server::bind::{self, Listening};
 use elastic_lb::server::descriptors;
@@ -80,7 +80,7 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Address to listen on (overrides listener.address).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = listen_address)]
     listen: Option<SocketAddr>,
     /// Admin address, or "off" (overrides admin.address).
     #[arg(long, value_name = "ADDR|off")]
@@ -154,6 +154,13 @@ fn one_line(rendered: &str) -> String {
         line.push_str(values);
     }
     line
+}
+
+/// `--listen`: an `IP:port`; the error says so, as the file's `listener.address` does.
+fn listen_address(value: &str) -> std::result::Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| "expected ip:port, e.g. \"127.0.0.1:7070\"".to_string())
 }
 
 /// A multi-threaded tokio runtime.
@@ -240,6 +247,24 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             .into());
         }
     }
+    if let Some(listen) = args
+        .listen
+        .filter(|_| config.backend.mode == BackendMode::Proxy)
+    {
+        if let Some(u) = config
+            .backend
+            .upstreams
+            .iter()
+            .find(|u| config::upstream_is_listener(u.address, listen))
+        {
+            return Err(config::ConfigError::Invalid(format!(
+                "--listen {listen}: the upstream {} is this address: the balancer would \
+                 forward to itself",
+                u.address
+            ))
+            .into());
+        }
+    }
     let runtime = runtime()?;
     match runtime.block_on(serve(config, source, overrides))? {
         Served::Stopped => Ok(ExitCode::SUCCESS),
@@ -247,6 +272,17 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         // dropping the runtime under them would make them panic on the way out. A second
         // signal means "now", so the process ends here, runtime and all.
         Served::Forced => std::process::exit(130),
+    }
+}
+
+/// Warns when `autoscaler.min_machines` is more than the pool can ever hold.
+fn warn_min_machines(config: &Config) {
+    if let Some(pool) = config.min_machines_beyond_pool() {
+        warn!(
+            min_machines = config.autoscaler.min_machines,
+            pool,
+            "autoscaler.min_machines is more than the pool holds (pool = {pool}): the minimum cannot be met"
+        );
     }
 }
 
@@ -293,6 +329,7 @@ async fn serve(config: Config, source: ConfigSource, overrides: Overrides) -> Re
         );
     }
     descriptors::raise_and_check(&config);
+    warn_min_machines(&config);
     let server = Server::start(config, listener, admin_listener)
         .await
         .map_err(Error::Start)?;
@@ -390,5 +427,6 @@ async fn reload(server: &Server, started: &Config, path: Option<&Path>, override
         restart_pending = waiting.len(),
         "configuration reloaded"
     );
+    warn_min_machines(&config);
     server.reload(config).await;
 }

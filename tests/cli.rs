@@ -253,7 +253,7 @@ fn listen_and_admin_flags_on_one_address_are_refused_naming_both() {
 }
 
 #[test]
-fn unknown_strategy_flag_is_refused_naming_it() {
+fn bad_flag_values_are_refused_naming_them() {
     let dir = scratch_dir("strategy-flag");
     let out = run(
         &[
@@ -283,6 +283,13 @@ fn unknown_strategy_flag_is_refused_naming_it() {
     assert!(
         line.contains("fastest") && line.contains("round-robin"),
         "names the strategy and the known ones: {line}"
+    );
+    let out = run(&["run", "--listen", "127.0.0.1"], &dir);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    let line = single_error_line(&out);
+    assert!(
+        line.contains("127.0.0.1") && line.contains("--listen") && line.contains("ip:port"),
+        "names the flag, the value and what it may be: {line}"
     );
     let out = run(&["--log-format", "xml"], &dir);
     assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);

@@ -67,9 +67,31 @@ pub fn listeners_collide(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
+/// Whether connecting to `upstream` reaches the balancer's own `listener` (same port, and
+/// the same IP, or a loopback one when the listener takes every address): a proxy that
+/// forwards to itself loops until its connection limit.
+pub fn upstream_is_listener(upstream: SocketAddr, listener: SocketAddr) -> bool {
+    upstream.port() == listener.port()
+        && (upstream.ip() == listener.ip()
+            || (listener.ip().is_unspecified()
+                && (upstream.ip().is_loopback() || upstream.ip().is_unspecified())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::listeners_collide;
+
+    #[test]
+    fn an_upstream_on_the_listeners_own_address_is_the_balancer_itself() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
+        let is = super::upstream_is_listener;
+        assert!(is(a("127.0.0.1:7070"), a("127.0.0.1:7070")));
+        assert!(is(a("127.0.0.1:7070"), a("0.0.0.0:7070")));
+        assert!(is(a("[::1]:7070"), a("[::]:7070")));
+        assert!(!is(a("10.0.0.5:7070"), a("0.0.0.0:7070")), "another host");
+        assert!(!is(a("127.0.0.1:7071"), a("127.0.0.1:7070")));
+        assert!(!is(a("127.0.0.2:7070"), a("127.0.0.1:7070")));
+    }
 
     #[test]
     fn listeners_collide_on_one_port_when_the_ips_meet() {

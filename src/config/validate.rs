@@ -240,6 +240,16 @@ impl Config {
                 )
                 .entry(i));
             }
+            if b.mode == BackendMode::Proxy
+                && super::addr::upstream_is_listener(u.address, self.listener.address)
+            {
+                return Err(ValidationError::new(
+                    "backend.upstreams.address",
+                    quoted(u.address),
+                    "this is the balancer's own listener.address: it would forward to itself",
+                )
+                .entry(i));
+            }
             if b.upstreams[..i].iter().any(|o| o.address == u.address) {
                 return Err(ValidationError::new(
                     "backend.upstreams.address",
@@ -532,6 +542,20 @@ fn float(v: f64) -> String {
     format!("{v:?}")
 }
 
+impl Config {
+    /// `autoscaler.min_machines` above what the pool can ever hand out (no provider): the
+    /// pool's size then, for a start-up and reload warning. Valid — upstreams can be added at
+    /// run time — but the minimum cannot hold.
+    pub fn min_machines_beyond_pool(&self) -> Option<u64> {
+        if self.backend.provider.is_some() {
+            return None;
+        }
+        let pool = pool_sizes(self);
+        let total: u64 = Size::ALL.iter().map(|&s| u64::from(pool.get(s))).sum();
+        (self.autoscaler.min_machines as u64 > total).then_some(total)
+    }
+}
+
 /// Machines of each size the backend can hand out at most: `[pool]`, or in proxy mode the
 /// `[[backend.upstreams]]` of each size (SPEC §8: the upstreams are the pool). The running
 /// factories report the same through `MachineFactory::pool_size`.
@@ -545,5 +569,50 @@ fn pool_sizes(config: &Config) -> SizeCounts {
             }
             sizes
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    #[test]
+    fn min_machines_beyond_the_pool_is_valid_but_flagged() {
+        let parse = |text: &str| Config::from_toml(text, "x.toml").expect("valid");
+        let pool = "[pool]\nsmall = 0\nmedium = 1\nlarge = 1\nxlarge = 0\n";
+        let c = parse(&format!(
+            "{pool}[autoscaler]\nmin_machines = 3\nmax_machines = 3\n"
+        ));
+        assert_eq!(c.min_machines_beyond_pool(), Some(2));
+        let c = parse(&format!(
+            "{pool}[autoscaler]\nmin_machines = 2\nmax_machines = 3\n"
+        ));
+        assert_eq!(c.min_machines_beyond_pool(), None);
+        assert_eq!(Config::default().min_machines_beyond_pool(), None);
+        // Proxy mode: the upstreams are the pool, unless a provider creates more.
+        let proxy = "[autoscaler]\nmin_machines = 2\n[backend]\nmode = \"proxy\"\n";
+        let one = "[[backend.upstreams]]\naddress = \"127.0.0.1:9001\"\n";
+        let c = parse(&format!("{proxy}{one}"));
+        assert_eq!(c.min_machines_beyond_pool(), Some(1));
+        let c = parse(&format!(
+            "{proxy}provider = {{ command = \"/bin/true\" }}\n{one}"
+        ));
+        assert_eq!(c.min_machines_beyond_pool(), None);
+    }
+
+    #[test]
+    fn an_upstream_at_the_balancers_own_address_is_refused() {
+        // The default listener.address is 0.0.0.0:7070.
+        let text =
+            "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\naddress = \"127.0.0.1:7070\"\n";
+        let e = Config::from_toml(text, "x.toml").expect_err("a loop");
+        assert_eq!(
+            e.to_string(),
+            "x.toml:4: backend.upstreams.address = \"127.0.0.1:7070\": this is the balancer's own listener.address: it would forward to itself"
+        );
+        let elsewhere = text.replace("127.0.0.1:7070", "10.0.0.5:7070");
+        assert!(
+            Config::from_toml(&elsewhere, "x.toml").is_ok(),
+            "another host"
+        );
     }
 }

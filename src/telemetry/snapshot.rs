@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::core::{Size, SizeCounts, StrategyKind, Units};
+use crate::core::{MachineState, Size, SizeCounts, StrategyKind, Units};
 
 use super::gauges::{MachineInfo, MachineSnapshot};
 use super::totals::{Totals, TotalsSnapshot};
@@ -139,9 +139,18 @@ impl StatsHandle {
         let topology = self.topology();
         let machines: Vec<MachineSnapshot> =
             topology.machines.iter().map(|m| m.snapshot()).collect();
+        // From the machines as listed (read once each), so that the answer agrees with itself.
+        let (used, capacity) = machines
+            .iter()
+            .filter(|m| m.state == MachineState::Active)
+            .fold((0.0, 0.0), |(u, c), m| (u + m.used, c + m.capacity));
         let snapshot = Snapshot {
             strategy: topology.strategy.to_string(),
-            avg_load: average_load(topology.machines.iter().map(|m| &**m)),
+            avg_load: if capacity > 0.0 {
+                100.0 * used / capacity
+            } else {
+                0.0
+            },
             machines,
             pool: topology.pool,
             totals: self.totals.snapshot(),
