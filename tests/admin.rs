@@ -524,6 +524,25 @@ async fn stats_command_prints_a_table_or_one_clear_error_line() {
             && stderr.contains("(is elastic-lb running? is the admin endpoint enabled?)"),
         "{stderr}"
     );
+
+    // The balancer's own listener answers lines, not HTTP: the error says which port to use.
+    let listener = lb.addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["stats", "--admin", &listener])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run elastic-lb stats")
+    })
+    .await
+    .expect("join");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("not HTTP: is this the admin address"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,11 +37,21 @@ pub enum GetError {
     #[error(transparent)]
     Request(hyper::http::Error),
     /// The HTTP exchange failed: not HTTP, closed early, …
-    #[error(transparent)]
+    #[error("{}{}", .0, not_http_hint(.0))]
     Http(hyper::Error),
     /// No complete answer within the time limit.
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
+}
+
+/// For an answer that is not HTTP at all: the likeliest cause, said.
+fn not_http_hint(e: &hyper::Error) -> &'static str {
+    if e.is_parse() {
+        " (the answer is not HTTP: is this the admin address, admin.address, rather than the \
+         balancer's listener?)"
+    } else {
+        ""
+    }
 }
 
 /// What was wrong with an answer to `GET /api/stats`.
