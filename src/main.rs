@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand, ValueEnum};
-use elastic_lb::config::{self, AdminAddress, BackendMode, Config, ConfigSource};
+use elastic_lb::config::{self, AdminAddress, Config, ConfigSource};
 use elastic_lb::core::StrategyKind;
 use elastic_lb::server::bind::{self, Listening};
 use elastic_lb::server::descriptors;
@@ -180,6 +180,7 @@ fn client(command: impl std::future::Future<Output = Result<()>>) -> Result<Exit
 /// `elastic-lb check`: print the effective configuration (exit 0), or fail.
 fn check(path: Option<&Path>) -> Result<ExitCode> {
     let config = ConfigSource::find(path, config::SEARCH_PATH).load()?;
+    config.check_upstream_loop()?;
     print!("{}", config.to_toml());
     Ok(ExitCode::SUCCESS)
 }
@@ -247,24 +248,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             .into());
         }
     }
-    if let Some(listen) = args
-        .listen
-        .filter(|_| config.backend.mode == BackendMode::Proxy)
-    {
-        if let Some(u) = config
-            .backend
-            .upstreams
-            .iter()
-            .find(|u| config::upstream_is_listener(u.address, listen))
-        {
-            return Err(config::ConfigError::Invalid(format!(
-                "--listen {listen}: the upstream {} is this address: the balancer would \
-                 forward to itself",
-                u.address
-            ))
-            .into());
-        }
-    }
+    config.check_upstream_loop()?;
     let runtime = runtime()?;
     match runtime.block_on(serve(config, source, overrides))? {
         Served::Stopped => Ok(ExitCode::SUCCESS),
@@ -404,7 +388,11 @@ async fn reload(server: &Server, started: &Config, path: Option<&Path>, override
     let waiting = config::keep_restart_keys(started, &mut config);
     // The file was valid on its own; with the running [backend] kept it must still be
     // (e.g. `autoscaler.initial` against the running upstreams).
-    if let Err(e) = config.validate() {
+    let checked = config
+        .validate()
+        .map_err(|e| e.to_string())
+        .and_then(|()| config.check_upstream_loop().map_err(|e| e.to_string()));
+    if let Err(e) = checked {
         error!(
             "reload failed, keeping the old configuration: {}: {e} (with the running \
              restart-only [backend] keys, of which only the upstream list reloads)",

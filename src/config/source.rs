@@ -7,8 +7,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::addr::upstream_is_listener;
 use super::diagnostics::ConfigError;
-use super::schema::Config;
+use super::schema::{BackendMode, Config};
 
 /// The first path tried when `--config` is not given (relative to the working directory).
 pub const DEFAULT_PATH: &str = "config/elastic-lb.toml";
@@ -72,6 +73,35 @@ impl fmt::Display for ConfigSource {
         match self {
             ConfigSource::File(path) => path.display().fmt(f),
             ConfigSource::Defaults => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+impl Config {
+    /// In proxy mode, refuses an upstream at the balancer's own `listener.address` (it
+    /// would forward to itself until its connection limit). Checked on the configuration in
+    /// force — after `--listen` — at start, by `check` and on every reload.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the upstream and the listener.
+    pub fn check_upstream_loop(&self) -> Result<(), ConfigError> {
+        if self.backend.mode != BackendMode::Proxy {
+            return Ok(());
+        }
+        let listener = self.listener.address;
+        match self
+            .backend
+            .upstreams
+            .iter()
+            .find(|u| upstream_is_listener(u.address, listener))
+        {
+            Some(u) => Err(ConfigError::Invalid(format!(
+                "backend.upstreams: {} is the balancer's own listener address ({listener}): \
+                 it would forward to itself",
+                u.address
+            ))),
+            None => Ok(()),
         }
     }
 }
@@ -144,5 +174,25 @@ mod tests {
             file.path(),
             Some(Path::new("/etc/elastic-lb/elastic-lb.toml"))
         );
+    }
+
+    #[test]
+    fn an_upstream_at_the_balancers_own_address_is_refused() {
+        // The default listener.address is 127.0.0.1:7070.
+        let text =
+            "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\naddress = \"127.0.0.1:7070\"\n";
+        let mut config = Config::from_toml(text, "x.toml").expect("valid on its own");
+        let e = config.check_upstream_loop().expect_err("a loop");
+        assert_eq!(
+            e.to_string(),
+            "backend.upstreams: 127.0.0.1:7070 is the balancer's own listener address \
+             (127.0.0.1:7070): it would forward to itself"
+        );
+        // --listen elsewhere: no loop.
+        config.listener.address = "0.0.0.0:8080".parse().expect("addr");
+        assert!(config.check_upstream_loop().is_ok());
+        let elsewhere = text.replace("127.0.0.1:7070", "10.0.0.5:7070");
+        let config = Config::from_toml(&elsewhere, "x.toml").expect("valid");
+        assert!(config.check_upstream_loop().is_ok(), "another host");
     }
 }

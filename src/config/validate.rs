@@ -240,16 +240,6 @@ impl Config {
                 )
                 .entry(i));
             }
-            if b.mode == BackendMode::Proxy
-                && super::addr::upstream_is_listener(u.address, self.listener.address)
-            {
-                return Err(ValidationError::new(
-                    "backend.upstreams.address",
-                    quoted(u.address),
-                    "this is the balancer's own listener.address: it would forward to itself",
-                )
-                .entry(i));
-            }
             if b.upstreams[..i].iter().any(|o| o.address == u.address) {
                 return Err(ValidationError::new(
                     "backend.upstreams.address",
@@ -597,22 +587,5 @@ mod tests {
             "{proxy}provider = {{ command = \"/bin/true\" }}\n{one}"
         ));
         assert_eq!(c.min_machines_beyond_pool(), None);
-    }
-
-    #[test]
-    fn an_upstream_at_the_balancers_own_address_is_refused() {
-        // The default listener.address is 0.0.0.0:7070.
-        let text =
-            "[backend]\nmode = \"proxy\"\n[[backend.upstreams]]\naddress = \"127.0.0.1:7070\"\n";
-        let e = Config::from_toml(text, "x.toml").expect_err("a loop");
-        assert_eq!(
-            e.to_string(),
-            "x.toml:4: backend.upstreams.address = \"127.0.0.1:7070\": this is the balancer's own listener.address: it would forward to itself"
-        );
-        let elsewhere = text.replace("127.0.0.1:7070", "10.0.0.5:7070");
-        assert!(
-            Config::from_toml(&elsewhere, "x.toml").is_ok(),
-            "another host"
-        );
     }
 }

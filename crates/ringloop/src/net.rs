@@ -436,16 +436,27 @@ impl Drop for TcpStream {
 
 /// Bytes in the send queue of the TCP socket `fd` that its peer has not acknowledged yet
 /// (`SIOCOUTQ`): it shrinks while the peer's application reads what was sent. Works on any
-/// TCP socket, whatever loop it belongs to. The caller keeps `fd` open for the call (a
-/// closed or reused descriptor gives an error or another socket's count, nothing worse).
+/// TCP socket, whatever loop it belongs to. The caller keeps `fd` open for the call; a
+/// descriptor that is not a socket is refused before the `ioctl` (whose request number
+/// means other things to other devices).
 ///
 /// # Errors
 ///
-/// The system call's (`EBADF`, or `EINVAL` for a socket that is not connected).
+/// `EBADF`; `ENOTSOCK` for a descriptor that is not a socket; the `ioctl`'s own (`EINVAL`
+/// for a socket that is not connected).
 pub fn unacked_bytes(fd: std::os::fd::RawFd) -> io::Result<u32> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one `stat` through the pointer, which points at a live local.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::from_raw_os_error(libc::ENOTSOCK));
+    }
     let mut n: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one c_int through the pointer, which points at a
-    // live local for the duration of the call.
+    // SAFETY: on a socket, TIOCOUTQ (= SIOCOUTQ) writes one c_int through the pointer, which
+    // points at a live local for the duration of the call.
     let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
     if r < 0 {
         Err(io::Error::last_os_error())

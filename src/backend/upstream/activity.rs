@@ -194,9 +194,15 @@ impl Activity {
     /// upstream is busy, not silent, and the clock starts again. So it ends one to two
     /// `limit`s after the upstream last took anything.
     async fn unanswered_for(&self, limit: Duration, server: RawFd) {
-        let mut waiting: Option<u32> = None;
+        // Bytes waiting at the last look, and the clock start that look set: once the
+        // clock was started by anything else (more client bytes read, which refill the
+        // buffer), the next look is a first one again.
+        let mut waiting: Option<(u32, u64)> = None;
         loop {
             let since = self.unanswered_since.load(Ordering::Relaxed);
+            if waiting.is_some_and(|(_, set)| set != since) {
+                waiting = None;
+            }
             if since == 0 || self.answer_stalled.load(Ordering::Relaxed) {
                 // Nothing waiting, or the answer waits for the client: look again in one
                 // limit's time.
@@ -215,20 +221,20 @@ impl Activity {
             let taking = match waiting {
                 // First look: bytes wait; look again a limit later.
                 None => queued > 0,
-                Some(before) => queued < before,
+                Some((before, _)) => queued < before,
             };
             if !taking {
                 return;
             }
-            waiting = Some(queued);
-            let now_ms = now.duration_since(self.base).as_millis() as u64;
+            let restart = now.duration_since(self.base).as_millis() as u64 + 1;
             // Unless an answer or more client bytes came meanwhile, the clock starts again.
             let _ = self.unanswered_since.compare_exchange(
                 since,
-                now_ms + 1,
+                restart,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
+            waiting = Some((queued, restart));
         }
     }
 

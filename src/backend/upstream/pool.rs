@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -21,28 +20,8 @@ use super::provider::Provider;
 use crate::core::{MachineId, MachineState, Size, SizeCounts};
 use crate::telemetry::MachineInfo;
 
-/// Where an upstream came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// `[[backend.upstreams]]` (a reload that drops it removes it).
-    Config,
-    /// `POST /api/upstreams`.
-    Admin,
-    /// `backend.provider`'s `acquire` (released through the provider when it leaves).
-    Provider,
-}
-
-impl Origin {
-    /// As in the API and the logs: `config`, `admin` or `provider`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Config => "config",
-            Origin::Admin => "admin",
-            Origin::Provider => "provider",
-        }
-    }
-}
+mod view;
+pub use view::{Origin, UpstreamView};
 
 /// One upstream of the pool.
 #[derive(Debug)]
@@ -58,32 +37,6 @@ struct Entry {
     /// by a reload while it backs a machine. A later removal cancels it.
     rejoin: Option<(Size, Option<u32>)>,
     added_at: Instant,
-}
-
-/// How `GET /api/upstreams` shows one upstream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpstreamView {
-    /// `host:port`.
-    pub address: String,
-    /// The size it counts as.
-    pub size: String,
-    /// Up by the active checks and not ejected.
-    pub healthy: bool,
-    /// It left a client unanswered for `server_timeout` a short while ago (`eject_for`,
-    /// doubling): new clients go there only when no other machine can take them.
-    #[serde(default)]
-    pub suspect: bool,
-    /// `idle` (in the pool, no machine), `active` or `draining`.
-    pub state: String,
-    /// The machine it backs (`m3`), if any.
-    pub machine: Option<String>,
-    /// Open connections of that machine.
-    pub connections: u64,
-    /// Its `max_connections` (none: no limit).
-    #[serde(default)]
-    pub max_connections: Option<u64>,
-    /// `config`, `admin` or `provider`.
-    pub origin: Origin,
 }
 
 /// Why an upstream could not be added.
@@ -241,8 +194,8 @@ impl UpstreamPool {
         max_connections: Option<u32>,
         origin: Origin,
     ) -> Result<(), AddError> {
-        let upstream = Arc::new(Upstream::new(address, size, self.policy));
-        upstream.set_max_connections(max_connections);
+        let entry = self.new_entry(address, size, max_connections, origin);
+        let upstream = entry.upstream.clone();
         {
             let mut state = self.lock();
             if let Some(e) = state.entries.iter().find(|e| e.upstream.address == address) {
@@ -252,22 +205,41 @@ impl UpstreamPool {
                     AddError::Exists(address)
                 });
             }
-            state.entries.push(Entry {
-                upstream: upstream.clone(),
-                origin,
-                machine: None,
-                removing: false,
-                rejoin: None,
-                added_at: Instant::now(),
-            });
+            state.entries.push(entry);
         }
         info!(upstream = %address, %size, origin = origin.as_str(), "upstream added");
+        self.probe(upstream);
+        Ok(())
+    }
+
+    /// A fresh, idle entry (not probed yet).
+    fn new_entry(
+        &self,
+        address: SocketAddr,
+        size: Size,
+        max_connections: Option<u32>,
+        origin: Origin,
+    ) -> Entry {
+        let upstream = Arc::new(Upstream::new(address, size, self.policy));
+        upstream.set_max_connections(max_connections);
+        Entry {
+            upstream,
+            origin,
+            machine: None,
+            removing: false,
+            rejoin: None,
+            added_at: Instant::now(),
+        }
+    }
+
+    /// Probes a new entry's upstream once in the background; it can back a machine once
+    /// that probe succeeds.
+    fn probe(&self, upstream: Arc<Upstream>) {
         let (limit, send_proxy) = (self.probe_timeout, self.policy.send_proxy);
         tokio::spawn(async move {
             let ok = health::probe(upstream.address, limit, send_proxy).await;
             upstream.set_initial(ok);
         });
-        Ok(())
     }
 
     /// Removes an upstream: an idle one leaves the pool at once (a provider-created one is
@@ -361,7 +333,10 @@ impl UpstreamPool {
             let resized = e.upstream.size != size;
             e.rejoin = (e.removing || resized).then_some((size, limit));
             if resized && e.machine.is_none() {
-                Some(state.entries.remove(index))
+                // Replaced in place, under this lock: no reload or `POST` sees it missing.
+                let fresh = self.new_entry(address, size, limit, Origin::Config);
+                let fresh_upstream = fresh.upstream.clone();
+                Some((std::mem::replace(e, fresh), fresh_upstream))
             } else {
                 if resized && !e.removing {
                     warn!(
@@ -374,9 +349,9 @@ impl UpstreamPool {
                 None
             }
         };
-        if let Some(old) = replaced {
+        if let Some((old, fresh)) = replaced {
             info!(upstream = %address, from = %old.upstream.size, to = %size, "upstream resized");
-            let _ = self.add(address, size, limit, Origin::Config);
+            self.probe(fresh);
         }
     }
 
@@ -409,20 +384,29 @@ impl UpstreamPool {
             };
             let entry = &mut state.entries[index];
             entry.machine = None;
-            if entry.removing || entry.origin == Origin::Provider || entry.rejoin.is_some() {
-                Some(state.entries.remove(index))
+            if let Some((size, limit)) = entry.rejoin {
+                // Removed and listed again, or resized, while its machine served: a fresh
+                // entry in its place, under this lock (no reload sees it missing).
+                let address = entry.upstream.address;
+                let fresh = self.new_entry(address, size, limit, Origin::Config);
+                let fresh_upstream = fresh.upstream.clone();
+                state.entries[index] = fresh;
+                Some((address, None, Some(fresh_upstream)))
+            } else if entry.removing || entry.origin == Origin::Provider {
+                let entry = state.entries.remove(index);
+                Some((entry.upstream.address, Some(entry.origin), None))
             } else {
                 None
             }
         };
-        if let Some(entry) = leaving {
-            let address = entry.upstream.address;
+        if let Some((address, origin, fresh)) = leaving {
             info!(upstream = %address, "upstream left the pool");
-            if entry.origin == Origin::Provider {
+            if origin == Some(Origin::Provider) {
                 self.spawn_release(address);
-            } else if let Some((size, limit)) = entry.rejoin {
-                // Removed and listed again, or resized, while its machine served.
-                let _ = self.add(address, size, limit, Origin::Config);
+            }
+            if let Some(fresh) = fresh {
+                info!(upstream = %address, size = %fresh.size, "upstream joins again");
+                self.probe(fresh);
             }
         }
     }
