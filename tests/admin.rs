@@ -468,12 +468,10 @@ async fn admin_answers_promptly_while_clients_pipeline() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stats_command_prints_a_table_or_one_clear_error_line() {
-    let lb = two_machines().await;
-    let _client = lb.admitted().await;
-    let admin = lb.admin.to_string();
-    let output = tokio::task::spawn_blocking(move || {
+/// `elastic-lb stats --admin ADDR`, run off the test's runtime.
+async fn stats(admin: &str) -> std::process::Output {
+    let admin = admin.to_string();
+    tokio::task::spawn_blocking(move || {
         Command::new(BIN)
             .args(["stats", "--admin", &admin])
             .stdin(Stdio::null())
@@ -481,7 +479,14 @@ async fn stats_command_prints_a_table_or_one_clear_error_line() {
             .expect("run elastic-lb stats")
     })
     .await
-    .expect("join");
+    .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_command_prints_a_table_or_one_clear_error_line() {
+    let lb = two_machines().await;
+    let _client = lb.admitted().await;
+    let output = stats(&lb.admin.to_string()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
     assert!(
@@ -505,16 +510,7 @@ async fn stats_command_prints_a_table_or_one_clear_error_line() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .to_string();
-    let addr = closed.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["stats", "--admin", &addr])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run elastic-lb stats")
-    })
-    .await
-    .expect("join");
+    let output = stats(&closed).await;
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(output.stdout.is_empty(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -526,16 +522,7 @@ async fn stats_command_prints_a_table_or_one_clear_error_line() {
     );
 
     // The balancer's own listener answers lines, not HTTP: the error says which port to use.
-    let listener = lb.addr.to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["stats", "--admin", &listener])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run elastic-lb stats")
-    })
-    .await
-    .expect("join");
+    let output = stats(&lb.addr.to_string()).await;
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
