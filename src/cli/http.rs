@@ -44,6 +44,14 @@ pub enum GetError {
     TimedOut(Duration),
 }
 
+/// What to check when nothing answered HTTP; an answer that is not HTTP has its own hint.
+fn reach_hint(e: &GetError) -> &'static str {
+    match e {
+        GetError::Http(e) if e.is_parse() => "",
+        _ => " (is elastic-lb running? is the admin endpoint enabled?)",
+    }
+}
+
 /// For an answer that is not HTTP at all: the likeliest cause, said.
 fn not_http_hint(e: &hyper::Error) -> &'static str {
     if e.is_parse() {
@@ -69,7 +77,10 @@ pub enum AnswerError {
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// Nothing answered HTTP at the address (refused, timed out, closed, not HTTP).
-    #[error("cannot reach the admin endpoint at {addr}: {source} (is elastic-lb running? is the admin endpoint enabled?)")]
+    #[error(
+        "cannot reach the admin endpoint at {addr}: {source}{}",
+        reach_hint(source)
+    )]
     Unreachable {
         /// The admin address.
         addr: SocketAddr,

@@ -68,12 +68,14 @@ pub fn listeners_collide(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// Whether connecting to `upstream` reaches the balancer's own `listener` (same port, and
-/// the same IP, or a loopback one when the listener takes every address): a proxy that
-/// forwards to itself loops until its connection limit.
+/// the same IP, or a loopback one when the listener takes every address of its family —
+/// `[::]` takes IPv4 too): a proxy that forwards to itself loops until its connection limit.
 pub fn upstream_is_listener(upstream: SocketAddr, listener: SocketAddr) -> bool {
+    let family = listener.is_ipv6() || upstream.is_ipv4();
     upstream.port() == listener.port()
         && (upstream.ip() == listener.ip()
             || (listener.ip().is_unspecified()
+                && family
                 && (upstream.ip().is_loopback() || upstream.ip().is_unspecified())))
 }
 
@@ -88,6 +90,8 @@ mod tests {
         assert!(is(a("127.0.0.1:7070"), a("127.0.0.1:7070")));
         assert!(is(a("127.0.0.1:7070"), a("0.0.0.0:7070")));
         assert!(is(a("[::1]:7070"), a("[::]:7070")));
+        assert!(is(a("127.0.0.1:7070"), a("[::]:7070")), "dual stack");
+        assert!(!is(a("[::1]:7070"), a("0.0.0.0:7070")), "IPv4 only");
         assert!(!is(a("10.0.0.5:7070"), a("0.0.0.0:7070")), "another host");
         assert!(!is(a("127.0.0.1:7071"), a("127.0.0.1:7070")));
         assert!(!is(a("127.0.0.2:7070"), a("127.0.0.1:7070")));
