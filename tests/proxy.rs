@@ -17,6 +17,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+/// A test upstream: runs `serve` on every connection `listener` accepts, each in a task of
+/// its own, until the returned task is aborted.
+fn serve_each<F, Fut>(listener: TcpListener, serve: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
+        }
+    })
+}
+
 #[tokio::test]
 async fn bytes_pass_through_unchanged_both_ways() {
     let echo = Echo::start().await;
@@ -579,17 +593,13 @@ async fn a_keep_alive_connection_timing_out_makes_its_upstream_suspect() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     // Answers each connection's first bytes, then never again.
-    let server = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 64];
-                if let Ok(n @ 1..) = s.read(&mut buf).await {
-                    let _ = s.write_all(&buf[..n]).await;
-                }
-                std::future::pending::<()>().await;
-                drop(s);
-            });
+    let server = serve_each(listener, |mut s| async move {
+        let mut buf = [0u8; 64];
+        if let Ok(n @ 1..) = s.read(&mut buf).await {
+            let _ = s.write_all(&buf[..n]).await;
         }
+        std::future::pending::<()>().await;
+        drop(s);
     });
     let mut cfg = proxy_config(10.0, &[addr]);
     cfg.backend.server_timeout = Duration::from_millis(200);
@@ -667,14 +677,10 @@ async fn an_upload_longer_than_server_timeout_is_not_cut() {
     // Reads until the client's FIN, then answers with the byte count.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                if s.read_to_end(&mut got).await.is_ok() {
-                    let _ = s.write_all(format!("{}\n", got.len()).as_bytes()).await;
-                }
-            });
+    let task = serve_each(listener, |mut s| async move {
+        let mut got = Vec::new();
+        if s.read_to_end(&mut got).await.is_ok() {
+            let _ = s.write_all(format!("{}\n", got.len()).as_bytes()).await;
         }
     });
     let mut cfg = proxy_config(10.0, &[addr]);
@@ -716,22 +722,18 @@ async fn an_upload_the_upstream_reads_slowly_after_the_client_is_done_is_not_cut
         .expect("bind");
     let listener = socket.listen(64).expect("listen");
     let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut total = 0usize;
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) => break,
-                        Ok(n) => total += n,
-                        Err(_) => return,
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let _ = s.write_all(format!("{total}\n").as_bytes()).await;
-            });
+    let task = serve_each(listener, |mut s| async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut total = 0usize;
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(_) => return,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let _ = s.write_all(format!("{total}\n").as_bytes()).await;
     });
     let mut cfg = proxy_config(10.0, &[addr]);
     cfg.backend.server_timeout = Duration::from_millis(300);

@@ -70,7 +70,7 @@ pub fn listeners_collide(a: SocketAddr, b: SocketAddr) -> bool {
 /// Whether connecting to `upstream` reaches the balancer's own `listener` (same port, and
 /// the same IP, or a loopback one when the listener takes every address of its family —
 /// `[::]` takes IPv4 too): a proxy that forwards to itself loops until its connection limit.
-pub fn upstream_is_listener(upstream: SocketAddr, listener: SocketAddr) -> bool {
+pub(crate) fn upstream_is_listener(upstream: SocketAddr, listener: SocketAddr) -> bool {
     let family = listener.is_ipv6() || upstream.is_ipv4();
     upstream.port() == listener.port()
         && (upstream.ip() == listener.ip()

@@ -37,7 +37,7 @@ mod token;
 mod validate;
 mod variant;
 
-pub use addr::{listeners_collide, resolve_addr, upstream_is_listener, ResolveAddrError};
+pub use addr::{listeners_collide, resolve_addr, ResolveAddrError};
 pub use diagnostics::{locate, ConfigError};
 use diagnostics::{parse_error, validation_error};
 pub use restart::{keep_restart_keys, RestartChange};
